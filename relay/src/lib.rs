@@ -1,0 +1,1 @@
+//! Tandem relay: STUN/TURN server and media relay.

@@ -1,0 +1,4 @@
+//! Tandem signaling: SIP registrar and forking proxy for multi-device accounts.
+#![deny(unsafe_code)]
+
+pub mod model;
