@@ -2,3 +2,5 @@
 #![deny(unsafe_code)]
 
 pub mod model;
+pub mod registrar;
+pub mod sip;

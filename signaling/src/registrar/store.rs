@@ -1,0 +1,28 @@
+//! What the registrar needs from persistent storage.
+//!
+//! The registrar keeps bindings in memory and writes them through; it reads accounts
+//! and devices on each REGISTER. The trait is object safe so that [`super::RegistrarHandle`]
+//! stays one concrete type whatever the backend.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::model::{AccountCredentials, AccountId, Binding, Device};
+
+/// Error from a storage backend, kept opaque: the registrar answers 500 and logs it.
+pub type StoreFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Boxed future returned by [`RegistrarStore`] methods.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreFailure>> + Send + 'a>>;
+
+/// Storage operations the registrar uses (see `store::Store` for the real backend).
+pub trait RegistrarStore: Send + Sync + 'static {
+    /// Account by SIP login, username or phone number in any accepted form.
+    fn find_account<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Option<AccountCredentials>>;
+    fn find_device<'a>(&'a self, account: AccountId, instance_id: &'a str) -> StoreFuture<'a, Option<Device>>;
+    /// Upsert keyed by (account_id, instance_id, reg_id).
+    fn save_binding<'a>(&'a self, b: &'a Binding) -> StoreFuture<'a, ()>;
+    fn delete_binding<'a>(&'a self, account: AccountId, instance_id: &'a str, reg_id: u32) -> StoreFuture<'a, ()>;
+    fn delete_instance_bindings<'a>(&'a self, account: AccountId, instance_id: &'a str) -> StoreFuture<'a, ()>;
+    fn load_bindings(&self) -> StoreFuture<'_, Vec<Binding>>;
+}

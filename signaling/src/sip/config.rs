@@ -1,0 +1,78 @@
+//! `[sip]` section of the signaling configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// SIP listeners and transport limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Digest realm offered in challenges. HA1 values are computed with it, so changing
+    /// it invalidates every stored password.
+    pub realm: String,
+    /// UDP listener; `None` disables UDP.
+    pub udp_listen: Option<SocketAddr>,
+    /// TCP listener; `None` disables TCP.
+    pub tcp_listen: Option<SocketAddr>,
+    /// TLS listener (off by default); needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    pub tls_key: Option<PathBuf>,
+    /// Largest SIP message accepted on any transport, in bytes (header and body).
+    pub max_message_size: usize,
+    /// Most TCP + TLS connections open at once; further accepts are closed at once.
+    pub max_connections: usize,
+    /// A TCP/TLS connection that carries no data for this long is closed (seconds).
+    /// Clients keep flows alive with RFC 5626 CRLF pings, well under this.
+    pub idle_timeout_secs: u64,
+    /// How long a TLS handshake may take (seconds).
+    pub tls_handshake_timeout_secs: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            realm: "tandem.local".to_owned(),
+            udp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
+            tcp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: 16 * 1024,
+            max_connections: 4096,
+            idle_timeout_secs: 600,
+            tls_handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl SipConfig {
+    /// Checks values that serde cannot; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.realm.is_empty() || self.realm.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            return Err("sip.realm: must be non-empty and contain no quote, backslash or control character".into());
+        }
+        if self.max_message_size < 1024 || self.max_message_size > 1024 * 1024 {
+            return Err("sip.max_message_size: must be between 1024 and 1048576".into());
+        }
+        if self.max_connections == 0 {
+            return Err("sip.max_connections: must be at least 1".into());
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err("sip.idle_timeout_secs: must be at least 1".into());
+        }
+        if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("sip.tls_listen: needs sip.tls_cert and sip.tls_key".into());
+        }
+        Ok(())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}

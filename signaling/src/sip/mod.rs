@@ -1,0 +1,8 @@
+//! SIP stack: message model and parser, transports (UDP, TCP, TLS), sans-IO
+//! transactions (RFC 3261 section 17) and the server that drives the registrar.
+
+pub mod config;
+pub mod server;
+
+pub use config::SipConfig;
+pub use server::{SipAddrs, SipError, SipServer};
