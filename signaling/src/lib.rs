@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod model;
 pub mod number;
+pub mod registrar;
+pub mod sip;
 pub mod store;
 
 static LOG_PII: AtomicBool = AtomicBool::new(false);
