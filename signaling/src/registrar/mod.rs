@@ -1,6 +1,8 @@
 //! Multi-device registrar (RFC 3261 section 10, RFC 5626 instances and reg-ids).
 
 pub mod config;
+pub mod core;
+pub mod digest;
 pub mod store;
 
 use std::sync::Arc;

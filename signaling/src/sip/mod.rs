@@ -2,6 +2,8 @@
 //! transactions (RFC 3261 section 17) and the server that drives the registrar.
 
 pub mod config;
+pub mod grammar;
+pub mod message;
 pub mod server;
 
 pub use config::SipConfig;
