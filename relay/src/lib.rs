@@ -1,1 +1,10 @@
 //! Tandem relay: STUN/TURN server and media relay.
+//!
+//! - [`stun`]: the STUN/TURN wire format (borrowing decoder, encoder into caller buffers).
+//! - [`turn`]: the sans-IO TURN server core.
+//! - [`driver`]: a portable tokio driver that runs the core on UDP sockets.
+//! - [`config`]: configuration file, flags and environment.
+#![deny(unsafe_code)]
+
+pub mod stun;
+pub mod turn;

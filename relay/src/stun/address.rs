@@ -1,0 +1,106 @@
+//! (XOR-)address attribute values (RFC 8489 sections 14.1 and 14.2).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::attr::{FAMILY_IPV4, FAMILY_IPV6};
+use super::{TransactionId, MAGIC_COOKIE};
+
+/// Encoded length of an address attribute value for this address.
+pub fn encoded_len(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => 8,
+        SocketAddr::V6(_) => 20,
+    }
+}
+
+/// Decode a MAPPED-ADDRESS style value. `None` when malformed.
+pub fn decode_plain(value: &[u8]) -> Option<SocketAddr> {
+    let family = *value.get(1)?;
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]);
+    match family {
+        FAMILY_IPV4 if value.len() == 8 => {
+            let ip: [u8; 4] = value.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+        }
+        FAMILY_IPV6 if value.len() == 20 => {
+            let ip: [u8; 16] = value.get(4..20)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+        }
+        _ => None,
+    }
+}
+
+fn xor_mask(tid: &TransactionId) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    mask[4..].copy_from_slice(tid);
+    mask
+}
+
+/// Decode an XOR-*-ADDRESS value. `None` when malformed.
+pub fn decode_xor(value: &[u8], tid: &TransactionId) -> Option<SocketAddr> {
+    let plain = decode_plain(value)?;
+    let mask = xor_mask(tid);
+    let port = plain.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    Some(match plain.ip() {
+        IpAddr::V4(ip) => {
+            let mut o = ip.octets();
+            for (b, m) in o.iter_mut().zip(mask.iter()) {
+                *b ^= m;
+            }
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port)
+        }
+        IpAddr::V6(ip) => {
+            let mut o = ip.octets();
+            for (b, m) in o.iter_mut().zip(mask.iter()) {
+                *b ^= m;
+            }
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port)
+        }
+    })
+}
+
+/// Write an XOR-*-ADDRESS value into `out` (which must be `encoded_len` long).
+pub fn encode_xor(addr: &SocketAddr, tid: &TransactionId, out: &mut [u8]) {
+    let mask = xor_mask(tid);
+    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    out[0] = 0;
+    out[2..4].copy_from_slice(&port.to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out[1] = FAMILY_IPV4;
+            for (i, b) in ip.octets().iter().enumerate() {
+                out[4 + i] = b ^ mask[i];
+            }
+        }
+        IpAddr::V6(ip) => {
+            out[1] = FAMILY_IPV6;
+            for (i, b) in ip.octets().iter().enumerate() {
+                out[4 + i] = b ^ mask[i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_round_trip() {
+        let tid = [7u8; 12];
+        for a in [
+            "192.0.2.1:32853",
+            "[2001:db8:1234:5678:11:2233:4455:6677]:32853",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut buf = [0u8; 20];
+            let n = encoded_len(&a);
+            encode_xor(&a, &tid, &mut buf[..n]);
+            assert_eq!(decode_xor(&buf[..n], &tid), Some(a));
+        }
+        assert_eq!(decode_xor(&[0, 1, 0], &tid), None);
+        assert_eq!(decode_xor(&[0, 3, 0, 0, 1, 2, 3, 4], &tid), None);
+        assert_eq!(decode_xor(&[0, 2, 0, 0, 1, 2, 3, 4], &tid), None);
+    }
+}

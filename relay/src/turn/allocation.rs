@@ -1,0 +1,151 @@
+//! Allocation state: permissions, channel bindings, the bandwidth bucket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::stun::TransactionId;
+
+use super::auth::Key;
+
+/// Identifies an allocation (and its relayed socket) to the driver. The generation
+/// makes a stale id from a closed allocation harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationId {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// The 5-tuple of a UDP client (the transport is always UDP here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// The relay's listening address the client talks to.
+    pub local: SocketAddr,
+    /// The client's address as seen by the relay.
+    pub client: SocketAddr,
+}
+
+/// A permission for one peer IP (RFC 8656 section 9).
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub ip: IpAddr,
+    pub expires: Instant,
+}
+
+/// A channel binding (RFC 8656 section 12).
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBinding {
+    pub number: u16,
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+/// One TURN allocation.
+#[derive(Debug)]
+pub struct Allocation {
+    pub id: AllocationId,
+    pub tuple: FiveTuple,
+    /// The address the relayed socket is bound to.
+    pub relayed: SocketAddr,
+    /// The address told to the client (the external IP when configured).
+    pub advertised: SocketAddr,
+    pub username: Box<[u8]>,
+    pub quota_user: Box<[u8]>,
+    pub key: Key,
+    pub expires: Instant,
+    /// Transaction id of the Allocate that created it, to answer retransmissions.
+    pub allocate_tid: TransactionId,
+    pub reservation_token: Option<[u8; 8]>,
+    pub lifetime: u32,
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<ChannelBinding>,
+    /// The deadline of the timer entry currently queued for this allocation.
+    pub scheduled: Option<Instant>,
+    pub bucket: Bucket,
+}
+
+impl Allocation {
+    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && p.expires > now)
+    }
+
+    pub fn channel_by_number(&self, number: u16, now: Instant) -> Option<&ChannelBinding> {
+        self.channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now)
+    }
+
+    pub fn channel_by_peer(&self, peer: SocketAddr, now: Instant) -> Option<&ChannelBinding> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
+    }
+
+    /// Install or refresh a permission. The caller checked the quota.
+    pub fn permit(&mut self, ip: IpAddr, until: Instant) {
+        match self.permissions.iter_mut().find(|p| p.ip == ip) {
+            Some(p) => p.expires = p.expires.max(until),
+            None => self.permissions.push(Permission { ip, expires: until }),
+        }
+    }
+
+    /// The earliest instant at which something in this allocation expires.
+    pub fn next_deadline(&self) -> Instant {
+        let mut d = self.expires;
+        for p in &self.permissions {
+            d = d.min(p.expires);
+        }
+        for c in &self.channels {
+            d = d.min(c.expires);
+        }
+        d
+    }
+
+    /// Drop expired permissions and channels.
+    pub fn sweep(&mut self, now: Instant) {
+        self.permissions.retain(|p| p.expires > now);
+        self.channels.retain(|c| c.expires > now);
+    }
+}
+
+/// Token bucket for the relayed bytes per second of one allocation (both directions).
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: u64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    pub fn full(rate: u64) -> Self {
+        Bucket {
+            tokens: rate,
+            last: None,
+        }
+    }
+
+    /// Take `bytes` tokens; `rate` 0 means unlimited. Burst is one second of rate.
+    pub fn take(&mut self, now: Instant, rate: u64, bytes: usize) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let el = now.saturating_duration_since(last);
+            let add =
+                (el.as_micros().min(u128::from(u32::MAX)) as u64).saturating_mul(rate) / 1_000_000;
+            if add > 0 || el > Duration::from_secs(1) {
+                self.tokens = self.tokens.saturating_add(add).min(rate);
+                self.last = Some(now);
+            }
+        } else {
+            self.last = Some(now);
+        }
+        let b = bytes as u64;
+        if self.tokens >= b {
+            self.tokens -= b;
+            true
+        } else {
+            false
+        }
+    }
+}
