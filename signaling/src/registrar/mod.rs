@@ -1,21 +1,60 @@
-//! Multi-device registrar (RFC 3261 section 10, RFC 5626 instances and reg-ids).
+//! Multi-device registrar (RFC 3261 section 10, RFC 5626 instances and reg-ids,
+//! digest authentication per RFC 7616 / RFC 8760).
+//!
+//! [`core::Registrar`] is the sans-IO state; this module is the async glue that looks
+//! up accounts and devices in the store, writes bindings through, closes replaced
+//! flows and builds the responses.
 
 pub mod config;
 pub mod core;
 pub mod digest;
 pub mod store;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
 
 use crate::model::{AccountId, Binding};
+use crate::sip::grammar::{self, AuthParams, SipUri};
+use crate::sip::message::{HeaderName, Message, ResponseBuilder};
+use crate::sip::transport::{Flows, Transport};
 
+use self::core::{AuthDecision, ContactRequest, ContactsSpec, RegisterRequest, Registrar, StoreOp};
 pub use config::RegistrarConfig;
 pub use store::{RegistrarStore, StoreFailure, StoreFuture};
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Shows only the network part of an address in logs (personal data).
+pub(crate) fn redact(addr: std::net::IpAddr) -> String {
+    match addr {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.x.x", o[0], o[1])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}::x", s[0], s[1])
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) core: Mutex<Registrar>,
+    pub(crate) store: Arc<dyn RegistrarStore>,
+    pub(crate) flows: Arc<Flows>,
+    /// Wakes the expiry task when the earliest expiry may have moved.
+    pub(crate) expiry_changed: Notify,
+}
 
 /// Handle the HTTP API and tests use to look at and drop bindings.
 #[derive(Clone)]
 pub struct RegistrarHandle {
-    inner: Arc<()>,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RegistrarHandle {
@@ -24,16 +63,272 @@ impl std::fmt::Debug for RegistrarHandle {
     }
 }
 
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub transport: Transport,
+    pub source: SocketAddr,
+    pub local: SocketAddr,
+}
+
 impl RegistrarHandle {
     /// Live (unexpired) bindings of an account, from memory.
     pub fn bindings(&self, account: AccountId) -> Vec<Binding> {
-        let _ = (&self.inner, account);
-        Vec::new()
+        match self.inner.core.lock() {
+            Ok(c) => c.bindings(account, unix_now()),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Drops every binding of that instance at once, deletes them from the store and
     /// closes the TCP/TLS flow it registered over.
     pub async fn revoke_instance(&self, account: AccountId, instance_id: &str) {
-        let _ = (account, instance_id);
+        let removed = match self.inner.core.lock() {
+            Ok(mut c) => c.revoke_instance(account, instance_id),
+            Err(_) => Vec::new(),
+        };
+        for b in &removed {
+            self.close_flow(&b.transport, &b.source);
+        }
+        if let Err(e) = self.inner.store.delete_instance_bindings(account, instance_id).await {
+            tracing::error!(error = %e, "deleting revoked bindings from the store failed");
+        }
+        self.inner.expiry_changed.notify_one();
     }
+
+    fn close_flow(&self, transport: &str, remote: &str) {
+        if let (Some(t), Ok(addr)) = (Transport::parse(transport), remote.parse::<SocketAddr>()) {
+            if t.reliable() {
+                self.inner.flows.close(t, addr);
+            }
+        }
+    }
+
+    /// Removes expired bindings (memory and store); returns when the next one expires.
+    pub(crate) async fn expire(&self) -> Option<i64> {
+        let (expired, next) = match self.inner.core.lock() {
+            Ok(mut c) => {
+                let e = c.handle_timeout(unix_now());
+                (e, c.poll_timeout())
+            }
+            Err(_) => (Vec::new(), None),
+        };
+        for b in expired {
+            tracing::debug!(account = b.account_id, "binding expired");
+            if let Err(e) = self.inner.store.delete_binding(b.account_id, &b.instance_id, b.reg_id).await {
+                tracing::error!(error = %e, "deleting an expired binding failed");
+            }
+        }
+        next
+    }
+
+    /// Handles a validated REGISTER; returns the response bytes. `top_via` is the
+    /// request's top Via with `received`/`rport` filled in.
+    pub(crate) async fn handle_register(&self, msg: &Message<'_>, origin: Origin, top_via: &str) -> Vec<u8> {
+        let now = unix_now();
+        let reply = |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()));
+        let ip = origin.source.ip();
+        if self.inner.core.lock().map(|c| c.is_banned(ip, now)).unwrap_or(false) {
+            return reply(403, "Forbidden").finish();
+        }
+        // The AOR: the To URI's user (login, username or phone number).
+        let Some(to) = msg.to() else { return reply(400, "Bad Request").finish() };
+        let Some(to_uri) = SipUri::parse(to.uri) else {
+            return reply(416, "Unsupported URI Scheme").finish();
+        };
+        let Some(identity) = to_uri.user_decoded() else { return reply(404, "Not Found").finish() };
+        // User parameters (";...") in the user part are not part of the identity.
+        let identity = identity.split(';').next().unwrap_or("").to_owned();
+
+        let auths: Vec<AuthParams<'_>> =
+            msg.headers_named(HeaderName::Authorization).filter_map(|h| AuthParams::parse(&h.value)).collect();
+        let has_ours = {
+            let realm_ok = |a: &&AuthParams<'_>| a.scheme.eq_ignore_ascii_case("Digest");
+            auths.iter().any(|a| realm_ok(&a))
+        };
+        if !has_ours {
+            return self.challenge(msg, top_via, now, false);
+        }
+        let account = match self.inner.store.find_account(&identity).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                return reply(500, "Server Internal Error").finish();
+            }
+        };
+        let decision = match self.inner.core.lock() {
+            Ok(mut c) => c.authenticate(&auths, "REGISTER", account.as_ref(), ip, now),
+            Err(_) => return reply(500, "Server Internal Error").finish(),
+        };
+        let account = match (decision, account) {
+            (AuthDecision::Accept, Some(a)) => a,
+            (AuthDecision::Challenge { stale }, _) => return self.challenge(msg, top_via, now, stale),
+            (AuthDecision::Forbidden { banned }, _) => {
+                if banned {
+                    tracing::warn!(
+                        source = %redact(ip),
+                        "source banned after repeated digest authentication failures"
+                    );
+                }
+                return reply(403, "Forbidden").finish();
+            }
+            (AuthDecision::Accept, None) => return reply(403, "Forbidden").finish(),
+        };
+
+        // Contacts.
+        let contacts = match parse_contacts(msg) {
+            Ok(c) => c,
+            Err((code, reason)) => return reply(code, reason).finish(),
+        };
+        let expires_header = match msg.header(HeaderName::Expires) {
+            Some(e) => match grammar::decimal(e, u32::MAX as u64) {
+                Some(v) => Some(v as u32),
+                None => return reply(400, "Bad Request").finish(),
+            },
+            None => None,
+        };
+        if let ContactsSpec::List(list) = &contacts {
+            let mut checked: Vec<&str> = Vec::new();
+            for c in list {
+                if checked.contains(&c.instance_id.as_str()) {
+                    continue;
+                }
+                match self.inner.store.find_device(account.id, &c.instance_id).await {
+                    Ok(Some(_)) => checked.push(&c.instance_id),
+                    Ok(None) => {
+                        tracing::info!(account = account.id, "REGISTER from an instance that is not an authorised device");
+                        return reply(403, "Device Not Authorized").finish();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "device lookup failed");
+                        return reply(500, "Server Internal Error").finish();
+                    }
+                }
+            }
+        }
+        let (call_id, cseq) = match (msg.call_id(), msg.cseq()) {
+            (Some(c), Some((n, _))) => (c.to_owned(), n),
+            _ => return reply(400, "Bad Request").finish(),
+        };
+        let req = RegisterRequest {
+            account: account.id,
+            call_id,
+            cseq,
+            contacts,
+            expires_header,
+            transport: origin.transport.as_str().to_owned(),
+            source: origin.source.to_string(),
+            local: origin.local.to_string(),
+            user_agent: msg.header(HeaderName::UserAgent).map(|u| u.chars().take(200).collect()),
+        };
+        let outcome = match self.inner.core.lock() {
+            Ok(mut c) => c.register(&req, now),
+            Err(_) => return reply(500, "Server Internal Error").finish(),
+        };
+        for op in &outcome.ops {
+            let r = match op {
+                StoreOp::Save(b) => self.inner.store.save_binding(b).await,
+                StoreOp::Delete { account, instance_id, reg_id } => {
+                    self.inner.store.delete_binding(*account, instance_id, *reg_id).await
+                }
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, "writing a binding to the store failed");
+                return reply(500, "Server Internal Error").finish();
+            }
+        }
+        for f in &outcome.close {
+            tracing::info!(account = account.id, "closing the flow of a replaced binding");
+            self.close_flow(&f.transport, &f.remote);
+        }
+        if !outcome.ops.is_empty() {
+            self.inner.expiry_changed.notify_one();
+        }
+        let mut r = reply(outcome.code, outcome.reason);
+        if let Some(min) = outcome.min_expires {
+            r = r.header("Min-Expires", &min.to_string());
+        }
+        if outcome.code == 200 {
+            let outbound = outcome.contacts.iter().any(|(b, _)| b.reg_id > 0)
+                && msg.list(HeaderName::Supported).unwrap_or_default().iter().any(|s| s.eq_ignore_ascii_case("outbound"));
+            if outbound {
+                r = r.header("Require", "outbound");
+            }
+            for (b, left) in &outcome.contacts {
+                let mut v = format!("<{}>;expires={};+sip.instance=\"<{}>\"", b.contact_uri, left, b.instance_id);
+                if b.reg_id > 0 {
+                    v.push_str(&format!(";reg-id={}", b.reg_id));
+                }
+                r = r.header("Contact", &v);
+            }
+        }
+        r.finish()
+    }
+
+    fn challenge(&self, msg: &Message<'_>, top_via: &str, now: i64, stale: bool) -> Vec<u8> {
+        let random: [u8; 8] = rand::random();
+        let challenges = match self.inner.core.lock() {
+            Ok(c) => c.challenges(now, random, stale),
+            Err(_) => Vec::new(),
+        };
+        let mut r = ResponseBuilder::new(msg, 401, "Unauthorized", top_via, Some(&new_tag()));
+        for c in &challenges {
+            r = r.header("WWW-Authenticate", c);
+        }
+        r.finish()
+    }
+}
+
+pub(crate) fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Reads the Contact list of a REGISTER (RFC 3261 10.3 step 6, RFC 5626 6).
+fn parse_contacts(msg: &Message<'_>) -> Result<ContactsSpec, (u16, &'static str)> {
+    let list = msg.list(HeaderName::Contact).map_err(|_| (400, "Bad Request"))?;
+    if list.is_empty() {
+        return Ok(ContactsSpec::Fetch);
+    }
+    if list.contains(&"*") {
+        if list.len() != 1 {
+            return Err((400, "Wildcard Contact Must Be Alone"));
+        }
+        return Ok(ContactsSpec::Star);
+    }
+    if list.len() > 16 {
+        return Err((400, "Too Many Contacts"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for c in list {
+        let na = grammar::name_addr(c).ok_or((400, "Bad Request"))?;
+        let instance = na.params.value("+sip.instance").ok_or((403, "Device Not Authorized"))?;
+        let instance = instance.strip_prefix('<').and_then(|i| i.strip_suffix('>')).unwrap_or(instance);
+        // Devices are stored under the canonical form (lower-case UUID).
+        let instance = crate::store::canonical_instance_id(instance).ok_or((403, "Device Not Authorized"))?;
+        let reg_id = match na.params.value("reg-id") {
+            Some(r) => match grammar::decimal(r, (1u64 << 31) - 1) {
+                Some(v) if v > 0 => v as u32,
+                _ => return Err((400, "Bad reg-id")),
+            },
+            None => 0,
+        };
+        let expires = match na.params.get("expires") {
+            Some(Some(e)) => Some(grammar::decimal(e, u32::MAX as u64).ok_or((400, "Bad Request"))? as u32),
+            Some(None) => return Err((400, "Bad Request")),
+            None => None,
+        };
+        if na.uri.len() > 512 {
+            return Err((400, "Bad Request"));
+        }
+        out.push(ContactRequest {
+            uri: na.uri.to_owned(),
+            instance_id: instance,
+            reg_id,
+            expires,
+            pn_provider: na.params.value("pn-provider").map(str::to_owned),
+            pn_prid: na.params.value("pn-prid").map(str::to_owned),
+            pn_param: na.params.value("pn-param").map(str::to_owned),
+        });
+    }
+    Ok(ContactsSpec::List(out))
 }

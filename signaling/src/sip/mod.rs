@@ -4,6 +4,8 @@
 pub mod config;
 pub mod grammar;
 pub mod message;
+pub mod transaction;
+pub mod transport;
 pub mod server;
 
 pub use config::SipConfig;

@@ -1,11 +1,24 @@
-//! The SIP server: binds the listeners and drives the registrar.
+//! The SIP server: binds UDP, TCP and TLS listeners, frames streams, runs server
+//! transactions and dispatches requests (REGISTER to the registrar, OPTIONS answered
+//! here, everything else 405 or 501 until the proxy exists).
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::registrar::{RegistrarConfig, RegistrarHandle, RegistrarStore};
+use crate::registrar::core::Registrar;
+use crate::registrar::{unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared};
+use crate::sip::message::{frame_stream, stamp_via, Framing, HeaderName, Message, ResponseBuilder};
+use crate::sip::transaction::{ServerInvite, ServerNonInvite, TimerConfig};
+use crate::sip::transport::{Flows, Transport};
 use crate::sip::SipConfig;
 
 /// Errors starting or running the SIP server.
@@ -37,7 +50,48 @@ pub struct SipAddrs {
 pub struct SipServer {
     addrs: SipAddrs,
     registrar: RegistrarHandle,
-    tasks: tokio::task::JoinSet<()>,
+    tracker: TaskTracker,
+}
+
+/// Methods RFC 3261 and its extensions define; others get 501 (RFC 3261 8.2.1).
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO",
+    "REFER", "MESSAGE", "UPDATE",
+];
+const ALLOW: &str = "REGISTER, OPTIONS";
+/// Option tags we support (RFC 3261 8.2.2.3).
+const SUPPORTED: &[&str] = &["outbound", "path"];
+/// Most requests handled at once (UDP); more are dropped and retransmitted by clients.
+const MAX_IN_FLIGHT: usize = 1024;
+const MAX_TRANSACTIONS: usize = 200_000;
+
+enum ServerTx {
+    NonInvite(ServerNonInvite),
+    Invite(ServerInvite),
+}
+
+struct TxEntry {
+    tx: ServerTx,
+    transport: Transport,
+    dest: SocketAddr,
+}
+
+#[derive(Default)]
+struct TxTable {
+    entries: HashMap<String, TxEntry>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+}
+
+struct Server {
+    cfg: SipConfig,
+    registrar: RegistrarHandle,
+    flows: Arc<Flows>,
+    txs: Mutex<TxTable>,
+    timers: TimerConfig,
+    in_flight: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
 }
 
 impl SipServer {
@@ -51,8 +105,68 @@ impl SipServer {
     ) -> Result<SipServer, SipError> {
         cfg.validate().map_err(SipError::Config)?;
         reg.validate().map_err(SipError::Config)?;
-        let _ = (Arc::new(store), shutdown);
-        Err(SipError::Task("not yet implemented".into()))
+        let store: Arc<dyn RegistrarStore> = Arc::new(store);
+        let secret = if reg.nonce_secret.is_empty() {
+            rand::random::<[u8; 32]>().to_vec()
+        } else {
+            reg.nonce_secret.as_bytes().to_vec()
+        };
+        let mut core = Registrar::new(reg.clone(), cfg.realm.clone(), secret);
+        let stored = store.load_bindings().await.map_err(|e| SipError::Store(e.to_string()))?;
+        let expired = core.restore(stored, unix_now());
+        for b in expired {
+            store
+                .delete_binding(b.account_id, &b.instance_id, b.reg_id)
+                .await
+                .map_err(|e| SipError::Store(e.to_string()))?;
+        }
+        let flows = Arc::new(Flows::default());
+        let registrar = RegistrarHandle {
+            inner: Arc::new(Shared {
+                core: Mutex::new(core),
+                store,
+                flows: flows.clone(),
+                expiry_changed: Notify::new(),
+            }),
+        };
+        let tracker = TaskTracker::new();
+        let server = Arc::new(Server {
+            cfg: cfg.clone(),
+            registrar: registrar.clone(),
+            flows: flows.clone(),
+            txs: Mutex::new(TxTable::default()),
+            timers: TimerConfig::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+
+        let mut addrs = SipAddrs { udp: None, tcp: None, tls: None };
+        if let Some(addr) = cfg.udp_listen {
+            let sock = UdpSocket::bind(addr).await.map_err(|source| SipError::Bind { transport: "udp", addr, source })?;
+            let local = sock.local_addr().map_err(|source| SipError::Bind { transport: "udp", addr, source })?;
+            addrs.udp = Some(local);
+            let sock = Arc::new(sock);
+            flows.set_udp(sock.clone());
+            tracker.spawn(server.clone().udp_loop(sock, local));
+        }
+        if let Some(addr) = cfg.tcp_listen {
+            let l = TcpListener::bind(addr).await.map_err(|source| SipError::Bind { transport: "tcp", addr, source })?;
+            addrs.tcp = Some(l.local_addr().map_err(|source| SipError::Bind { transport: "tcp", addr, source })?);
+            tracker.spawn(server.clone().accept_loop(l, None));
+        }
+        if let Some(addr) = cfg.tls_listen {
+            let acceptor = tls_acceptor(cfg)?;
+            let l = TcpListener::bind(addr).await.map_err(|source| SipError::Bind { transport: "tls", addr, source })?;
+            addrs.tls = Some(l.local_addr().map_err(|source| SipError::Bind { transport: "tls", addr, source })?);
+            tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
+        }
+        tracker.spawn(server.clone().expiry_loop());
+        tracker.spawn(server.clone().transaction_timer_loop());
+        tracker.close();
+        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
+        Ok(SipServer { addrs, registrar, tracker })
     }
 
     pub fn registrar(&self) -> RegistrarHandle {
@@ -64,10 +178,413 @@ impl SipServer {
     }
 
     /// Resolves when the server has stopped after shutdown.
-    pub async fn wait(mut self) -> Result<(), SipError> {
-        while let Some(r) = self.tasks.join_next().await {
-            r.map_err(|e| SipError::Task(e.to_string()))?;
-        }
+    pub async fn wait(self) -> Result<(), SipError> {
+        self.tracker.wait().await;
         Ok(())
+    }
+}
+
+fn tls_acceptor(cfg: &SipConfig) -> Result<tokio_rustls::TlsAcceptor, SipError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Err(SipError::Config("sip.tls_listen: needs sip.tls_cert and sip.tls_key".into()));
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| SipError::Tls(format!("sip.tls_cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(SipError::Tls(format!("sip.tls_cert {}: no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| SipError::Tls(format!("sip.tls_key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SipError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| SipError::Tls(format!("sip.tls_cert/sip.tls_key: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+impl Server {
+    async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>, local: SocketAddr) {
+        let mut buf = vec![0u8; self.cfg.max_message_size + 1];
+        loop {
+            let (n, src) = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive error");
+                        continue;
+                    }
+                },
+            };
+            if n > self.cfg.max_message_size {
+                continue;
+            }
+            let Some(data) = buf.get(..n) else { continue };
+            // Keep-alive CRLFs on UDP (RFC 5626 4.4.1 uses STUN there; tolerate CRLF).
+            if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                continue;
+            }
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { continue };
+            let data = data.to_vec();
+            let me = self.clone();
+            self.tracker.spawn(async move {
+                me.handle(&data, Origin { transport: Transport::Udp, source: src, local }).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+        loop {
+            let (stream, remote) = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = l.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "accept error");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!("connection limit reached, closing new connection");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(remote);
+            let me = self.clone();
+            let tls = tls.clone();
+            self.tracker.spawn(async move {
+                match tls {
+                    None => me.stream_loop(stream, transport, remote, local).await,
+                    Some(acc) => {
+                        let hs = Duration::from_secs(me.cfg.tls_handshake_timeout_secs);
+                        match tokio::time::timeout(hs, acc.accept(stream)).await {
+                            Ok(Ok(s)) => me.stream_loop(s, transport, remote, local).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn stream_loop<S>(self: Arc<Self>, stream: S, transport: Transport, remote: SocketAddr, local: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let close = self.shutdown.child_token();
+        let id = self.flows.add(transport, remote, tx.clone(), close.clone());
+        let writer_close = close.clone();
+        let writer = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = writer_close.cancelled() => break,
+                    m = rx.recv() => match m {
+                        Some(bytes) => {
+                            if wr.write_all(&bytes).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let max = self.cfg.max_message_size;
+        let idle = self.cfg.idle_timeout();
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        'conn: loop {
+            // Frame everything already buffered.
+            loop {
+                match frame_stream(&buf, max) {
+                    Framing::Incomplete => break,
+                    Framing::Ping(n) => {
+                        buf.drain(..n);
+                        // RFC 5626 4.4.1: answer a double-CRLF ping with a single CRLF.
+                        let _ = tx.try_send(b"\r\n".to_vec());
+                    }
+                    Framing::Skip(n) => {
+                        buf.drain(..n);
+                    }
+                    Framing::Message(n) => {
+                        let msg: Vec<u8> = buf.drain(..n).collect();
+                        self.handle(&msg, Origin { transport, source: remote, local }).await;
+                    }
+                    Framing::Invalid => {
+                        tracing::debug!(transport = transport.as_str(), "unframeable stream, closing");
+                        break 'conn;
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 2048 {
+                buf.reserve(4096);
+            }
+            let read = tokio::select! {
+                _ = close.cancelled() => break,
+                r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => r,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::debug!("idle connection closed");
+                    break;
+                }
+            }
+        }
+        close.cancel();
+        self.flows.remove(transport, remote, id);
+        let _ = writer.await;
+    }
+
+    async fn expiry_loop(self: Arc<Self>) {
+        loop {
+            let next = self.registrar.expire().await;
+            let wait = match next {
+                Some(t) => Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0).max(1)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.registrar.inner.expiry_changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Drives server transaction timers (G, H, I, J) from a heap.
+    async fn transaction_timer_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let mut sends = Vec::new();
+            if let Ok(mut t) = self.txs.lock() {
+                while let Some(Reverse((at, _))) = t.timers.peek() {
+                    if *at > now {
+                        break;
+                    }
+                    let Some(Reverse((_, key))) = t.timers.pop() else { break };
+                    let mut done = false;
+                    let mut next = None;
+                    if let Some(e) = t.entries.get_mut(&key) {
+                        let (out, term, nt) = drive(&mut e.tx, |tx| match tx {
+                            ServerTx::NonInvite(x) => x.handle_timeout(now),
+                            ServerTx::Invite(x) => x.handle_timeout(now),
+                        });
+                        for b in out {
+                            sends.push((e.transport, e.dest, b));
+                        }
+                        done = term;
+                        next = nt;
+                    }
+                    if done {
+                        t.entries.remove(&key);
+                    } else if let Some(n) = next {
+                        t.timers.push(Reverse((n, key)));
+                    }
+                }
+            }
+            for (tr, dest, b) in sends {
+                self.flows.send(tr, dest, b).await;
+            }
+        }
+    }
+
+    /// Where responses to this request go (RFC 3261 18.2.2, RFC 3581 4).
+    fn response_dest(origin: Origin, via: &crate::sip::grammar::Via<'_>) -> SocketAddr {
+        if origin.transport.reliable() || via.params.contains("rport") {
+            origin.source
+        } else {
+            SocketAddr::new(origin.source.ip(), via.port.unwrap_or(5060))
+        }
+    }
+
+    async fn handle(&self, data: &[u8], origin: Origin) {
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "unparseable SIP message dropped");
+                return;
+            }
+        };
+        if !msg.is_request() {
+            // No client transactions are started yet; stray responses are dropped.
+            if let Err(e) = msg.validate_response() {
+                tracing::debug!(error = %e, "invalid response dropped");
+            }
+            return;
+        }
+        // Without a usable top Via we cannot route a response: drop.
+        let (top_text, via) = match (msg.list(HeaderName::Via), msg.top_via()) {
+            (Ok(list), Ok(v)) => match list.first() {
+                Some(t) => ((*t).to_owned(), v),
+                None => return,
+            },
+            _ => return,
+        };
+        let stamped = stamp_via(&top_text, &via, origin.source);
+        let dest = Self::response_dest(origin, &via);
+        let method = msg.method().unwrap_or("");
+        if let Err(e) = msg.validate_request() {
+            if method == "ACK" {
+                return;
+            }
+            let (code, reason) = e.status();
+            let bytes = ResponseBuilder::new(&msg, code, reason, &stamped, Some(&crate::registrar::new_tag())).finish();
+            self.flows.send(origin.transport, dest, bytes).await;
+            return;
+        }
+        let branch = via.branch().unwrap_or("");
+        let tx_method = if method == "ACK" { "INVITE" } else { method };
+        let key = format!("{branch}|{}:{}|{}|{}", via.host, via.port.unwrap_or(0), tx_method, origin.transport.as_str());
+
+        // Retransmission or ACK for an existing server transaction.
+        let mut resend = Vec::new();
+        let existing = match self.txs.lock() {
+            Ok(mut t) => match t.entries.get_mut(&key) {
+                Some(e) => {
+                    let now = Instant::now();
+                    let (out, _, _) = drive(&mut e.tx, |tx| match tx {
+                        ServerTx::NonInvite(x) => x.handle_request_retransmission(),
+                        ServerTx::Invite(x) if method == "ACK" => x.handle_ack(now),
+                        ServerTx::Invite(x) => x.handle_request_retransmission(),
+                    });
+                    resend = out;
+                    let next = match &e.tx {
+                        ServerTx::NonInvite(x) => x.poll_timeout(),
+                        ServerTx::Invite(x) => x.poll_timeout(),
+                    };
+                    if let Some(n) = next {
+                        t.timers.push(Reverse((n, key.clone())));
+                    }
+                    true
+                }
+                None => false,
+            },
+            Err(_) => return,
+        };
+        if existing {
+            for b in resend {
+                self.flows.send(origin.transport, dest, b).await;
+            }
+            return;
+        }
+        if method == "ACK" {
+            return; // ACK for a 2xx or unknown transaction: nothing to do here.
+        }
+        let reliable = origin.transport.reliable();
+        let tx = if method == "INVITE" {
+            ServerTx::Invite(ServerInvite::new(reliable, self.timers))
+        } else {
+            ServerTx::NonInvite(ServerNonInvite::new(reliable, self.timers))
+        };
+        match self.txs.lock() {
+            Ok(mut t) => {
+                if t.entries.len() >= MAX_TRANSACTIONS {
+                    return;
+                }
+                t.entries.insert(key.clone(), TxEntry { tx, transport: origin.transport, dest });
+            }
+            Err(_) => return,
+        }
+
+        let response = self.respond(&msg, origin, &stamped).await;
+        let code = Message::parse(&response).ok().and_then(|m| m.status()).unwrap_or(500);
+        let mut out = Vec::new();
+        if let Ok(mut t) = self.txs.lock() {
+            let now = Instant::now();
+            let mut remove = false;
+            let mut next = None;
+            if let Some(e) = t.entries.get_mut(&key) {
+                let (o, term, nt) = drive(&mut e.tx, |tx| match tx {
+                    ServerTx::NonInvite(x) => x.send_response(now, code, response),
+                    ServerTx::Invite(x) => x.send_response(now, code, response),
+                });
+                out = o;
+                remove = term;
+                next = nt;
+            }
+            if remove {
+                t.entries.remove(&key);
+            } else if let Some(n) = next {
+                t.timers.push(Reverse((n, key)));
+            }
+        }
+        for b in out {
+            self.flows.send(origin.transport, dest, b).await;
+        }
+    }
+
+    /// The TU: builds the final response for a new request.
+    async fn respond(&self, msg: &Message<'_>, origin: Origin, top_via: &str) -> Vec<u8> {
+        let method = msg.method().unwrap_or("");
+        let tag = crate::registrar::new_tag();
+        let reply = |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&tag));
+        if !KNOWN_METHODS.contains(&method) {
+            return reply(501, "Not Implemented").header("Allow", ALLOW).finish();
+        }
+        let uri = msg.request_uri().unwrap_or("");
+        let scheme = uri.split(':').next().unwrap_or("");
+        if !["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+            return reply(416, "Unsupported URI Scheme").finish();
+        }
+        let required = msg.list(HeaderName::Require).unwrap_or_default();
+        let unsupported: Vec<&str> =
+            required.into_iter().filter(|r| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(r))).collect();
+        if !unsupported.is_empty() && method != "CANCEL" {
+            return reply(420, "Bad Extension").header("Unsupported", &unsupported.join(", ")).finish();
+        }
+        match method {
+            "REGISTER" => self.registrar.handle_register(msg, origin, top_via).await,
+            "OPTIONS" => reply(200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp").finish(),
+            "CANCEL" => reply(481, "Call/Transaction Does Not Exist").finish(),
+            _ => reply(405, "Method Not Allowed").header("Allow", ALLOW).finish(),
+        }
+    }
+}
+
+/// Runs `f` on a transaction and collects its output: bytes to send, whether it
+/// terminated, and its next timeout.
+fn drive(tx: &mut ServerTx, f: impl FnOnce(&mut ServerTx)) -> (Vec<Vec<u8>>, bool, Option<Instant>) {
+    f(tx);
+    let mut out = Vec::new();
+    let mut terminated = false;
+    match tx {
+        ServerTx::NonInvite(x) => {
+            while let Some(b) = x.poll_transmit() {
+                out.push(b);
+            }
+            while let Some(e) = x.poll_event() {
+                terminated |= e == crate::sip::transaction::Event::Terminated;
+            }
+            (out, terminated, x.poll_timeout())
+        }
+        ServerTx::Invite(x) => {
+            while let Some(b) = x.poll_transmit() {
+                out.push(b);
+            }
+            while let Some(e) = x.poll_event() {
+                terminated |= e == crate::sip::transaction::Event::Terminated;
+            }
+            (out, terminated, x.poll_timeout())
+        }
     }
 }

@@ -1,0 +1,132 @@
+//! Connection-oriented flows (TCP, TLS) and where to send a message.
+//!
+//! Every accepted TCP/TLS connection is a flow keyed by (transport, remote address).
+//! Requests to a device that registered over TCP/TLS go back over that flow (RFC 5626
+//! connection reuse); responses go over the connection the request came on
+//! (RFC 3261 18.2.2). A flow can be closed from elsewhere (a replaced or revoked
+//! binding) through its cancellation token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// SIP transport of a flow or datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "udp" => Some(Transport::Udp),
+            "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
+            _ => None,
+        }
+    }
+
+    pub fn reliable(self) -> bool {
+        self != Transport::Udp
+    }
+}
+
+#[derive(Debug)]
+struct Flow {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    close: CancellationToken,
+}
+
+/// The open flows and the UDP socket.
+#[derive(Debug, Default)]
+pub struct Flows {
+    next_id: AtomicU64,
+    flows: Mutex<HashMap<(Transport, SocketAddr), Flow>>,
+    udp: Mutex<Option<Arc<UdpSocket>>>,
+}
+
+impl Flows {
+    pub fn set_udp(&self, s: Arc<UdpSocket>) {
+        if let Ok(mut g) = self.udp.lock() {
+            *g = Some(s);
+        }
+    }
+
+    /// Registers a new flow; returns its id (for [`Flows::remove`]). A previous flow
+    /// from the same address is closed.
+    pub fn add(&self, t: Transport, remote: SocketAddr, tx: mpsc::Sender<Vec<u8>>, close: CancellationToken) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = self.flows.lock() {
+            if let Some(old) = g.insert((t, remote), Flow { id, tx, close }) {
+                old.close.cancel();
+            }
+        }
+        id
+    }
+
+    pub fn remove(&self, t: Transport, remote: SocketAddr, id: u64) {
+        if let Ok(mut g) = self.flows.lock() {
+            if g.get(&(t, remote)).is_some_and(|f| f.id == id) {
+                g.remove(&(t, remote));
+            }
+        }
+    }
+
+    /// Closes the flow, if open.
+    pub fn close(&self, t: Transport, remote: SocketAddr) {
+        if let Ok(mut g) = self.flows.lock() {
+            if let Some(f) = g.remove(&(t, remote)) {
+                f.close.cancel();
+            }
+        }
+    }
+
+    pub fn is_open(&self, t: Transport, remote: SocketAddr) -> bool {
+        self.flows.lock().map(|g| g.contains_key(&(t, remote))).unwrap_or(false)
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.lock().map(|g| g.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends `bytes` to `remote` over `t`: the UDP socket, or the open flow. Returns
+    /// false when there is no way to send (flow gone, queue full).
+    pub async fn send(&self, t: Transport, remote: SocketAddr, bytes: Vec<u8>) -> bool {
+        match t {
+            Transport::Udp => {
+                let sock = self.udp.lock().ok().and_then(|g| g.clone());
+                match sock {
+                    Some(s) => s.send_to(&bytes, remote).await.is_ok(),
+                    None => false,
+                }
+            }
+            _ => {
+                let tx = self.flows.lock().ok().and_then(|g| g.get(&(t, remote)).map(|f| f.tx.clone()));
+                match tx {
+                    Some(tx) => tx.try_send(bytes).is_ok(),
+                    None => false,
+                }
+            }
+        }
+    }
+}
