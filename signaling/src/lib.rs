@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod config;
+pub mod http;
 pub mod model;
 pub mod number;
 pub mod registrar;
@@ -20,4 +22,184 @@ pub fn log_pii() -> bool {
 /// Turns personal data in logs on or off (process-wide).
 pub fn set_log_pii(on: bool) {
     LOG_PII.store(on, Ordering::Relaxed);
+}
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::SignalingConfig;
+use registrar::RegistrarHandle;
+use sip::{SipAddrs, SipError, SipServer};
+use store::{Store, StoreError};
+
+/// Errors that stop the process from starting (or from running on).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("SIP: {0}")]
+    Sip(#[from] SipError),
+    #[error("cannot bind the HTTP API on {addr}: {source}")]
+    ApiBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP API server failed: {0}")]
+    Api(std::io::Error),
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A started signaling server: where it listens and handles to its parts.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound SIP addresses (real ports when configured with port 0).
+    pub sip: SipAddrs,
+    /// Bound HTTP API address.
+    pub api: SocketAddr,
+    /// The admin bearer token in force (configured or generated).
+    pub admin_token: String,
+    /// Where a generated admin token is kept; `None` when it was configured.
+    pub admin_token_file: Option<PathBuf>,
+    pub store: Store,
+    pub registrar: RegistrarHandle,
+    sip_server: SipServer,
+    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Resolves when every part has stopped after `shutdown` was cancelled.
+    pub async fn wait(self) -> Result<(), StartError> {
+        let api = self.api_task.await;
+        let sip = self.sip_server.wait().await;
+        self.store.close().await;
+        match api {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Api(e)),
+            Err(e) => return Err(StartError::Api(std::io::Error::other(e.to_string()))),
+        }
+        sip?;
+        Ok(())
+    }
+}
+
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The configured admin token, or the one kept in `<data_dir>/admin-token`, created
+/// (32 random bytes, hex, mode 0600) at first start.
+fn admin_token(cfg: &SignalingConfig) -> Result<(String, Option<PathBuf>), StartError> {
+    if let Some(t) = &cfg.api.admin_token {
+        return Ok((t.clone(), None));
+    }
+    let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+    let err = |source| StartError::AdminToken {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => return Ok((t.trim().to_owned(), Some(path))),
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "token shorter than 16 characters",
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(err)?;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, &token).map_err(err)?;
+    Ok((token, Some(path)))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Binds everything (database, SIP listeners, HTTP API) and starts serving until
+/// `shutdown` is cancelled. Listeners configured with port 0 report their real port
+/// in [`Running`].
+pub async fn start(
+    cfg: SignalingConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    cfg.validate()?;
+    set_log_pii(cfg.log.show_personal_data);
+    let (admin_token, admin_token_file) = admin_token(&cfg)?;
+    if let Some(path) = &admin_token_file {
+        tracing::info!(path = %path.display(), "admin bearer token is kept in this file");
+    }
+    let store = Store::connect_with(
+        &cfg.database_url(),
+        &cfg.default_country_code,
+        cfg.database.max_connections,
+    )
+    .await?;
+    tracing::info!(backend = ?store.backend(), "database ready");
+    let sip_server =
+        SipServer::start(&cfg.sip, &cfg.registrar, store.clone(), shutdown.clone()).await?;
+    let registrar = sip_server.registrar();
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .map_err(|source| StartError::ApiBind {
+            addr: cfg.api.listen,
+            source,
+        })?;
+    let api = listener
+        .local_addr()
+        .map_err(|source| StartError::ApiBind {
+            addr: cfg.api.listen,
+            source,
+        })?;
+    let state = http::AppState::new(
+        store.clone(),
+        Arc::new(registrar.clone()),
+        http::ApiSettings {
+            realm: cfg.sip.realm.clone(),
+            admin_token: admin_token.clone(),
+            default_limits: cfg.device_limits,
+            default_country_code: cfg.default_country_code.clone(),
+        },
+        http::Metrics::new(),
+    );
+    let api_task = tokio::spawn(http::serve(listener, state, shutdown.clone()));
+    tracing::info!(%api, "HTTP API listening");
+    Ok(Running {
+        sip: sip_server.local_addrs(),
+        api,
+        admin_token,
+        admin_token_file,
+        store,
+        registrar,
+        sip_server,
+        api_task,
+    })
+}
+
+/// [`start`], then wait until `shutdown` is cancelled and everything has stopped.
+pub async fn run(cfg: SignalingConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let running = start(cfg, shutdown).await?;
+    running.wait().await?;
+    Ok(())
 }

@@ -1,1 +1,91 @@
-fn main() {}
+//! `tandem-signaling`: parses flags and configuration, sets up logging, runs the
+//! server until SIGINT or SIGTERM, then shuts down gracefully.
+
+use clap::Parser;
+use tandem_signaling::config::{Cli, SignalingConfig};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match SignalingConfig::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem-signaling: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        let mut shown = cfg.clone();
+        if shown.api.admin_token.is_some() {
+            shown.api.admin_token = Some("<hidden>".to_owned());
+        }
+        if !shown.registrar.nonce_secret.is_empty() {
+            shown.registrar.nonce_secret = "<hidden>".to_owned();
+        }
+        match toml::to_string_pretty(&shown) {
+            Ok(t) => print!("{t}"),
+            Err(e) => eprintln!("tandem-signaling: cannot print the configuration: {e}"),
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-signaling: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signal_token = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signal_token.cancel();
+        });
+        tandem_signaling::run(cfg, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tandem-signaling: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -165,6 +165,45 @@ pub fn ha1(login: &str, realm: &str, password: &str) -> (String, String) {
     (md5, sha)
 }
 
+/// Canonical form of a `+sip.instance` value, `None` when it is not a URN we accept:
+/// `urn:uuid:` with a lower-case UUID (RFC 4122 UUIDs compare case-insensitively), or
+/// another RFC 8141 URN kept as given. Devices are stored under this form and
+/// [`Store::find_device`] applies it to its argument, so the registrar may pass the
+/// value from the Contact header as it came.
+pub fn canonical_instance_id(raw: &str) -> Option<String> {
+    if raw.len() > 256 {
+        return None;
+    }
+    if let Some(uuid) = raw
+        .get(..9)
+        .filter(|p| p.eq_ignore_ascii_case("urn:uuid:"))
+        .map(|_| &raw[9..])
+    {
+        let b = uuid.as_bytes();
+        let ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        return ok.then(|| format!("urn:uuid:{}", uuid.to_ascii_lowercase()));
+    }
+    // RFC 8141: "urn:" NID ":" NSS. The NSS characters allowed exclude '<', '>', '"'
+    // and whitespace, which would break the Contact header parameter.
+    let rest = raw
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("urn:"))
+        .map(|_| &raw[4..])?;
+    let (nid, nss) = rest.split_once(':')?;
+    let nid_ok = (2..=32).contains(&nid.len())
+        && nid.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        && !nid.starts_with('-');
+    let nss_ok = !nss.is_empty()
+        && nss
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&c));
+    (nid_ok && nss_ok).then(|| raw.to_owned())
+}
+
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -701,6 +740,9 @@ impl Store {
         account: AccountId,
         instance_id: &str,
     ) -> Result<Option<Device>, StoreError> {
+        let Some(instance_id) = canonical_instance_id(instance_id) else {
+            return Ok(None);
+        };
         let row = sqlx::query(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE account_id = $1 AND instance_id = $2"
         ))

@@ -1,0 +1,289 @@
+//! Configuration of `tandem-signaling`: a TOML file (every key optional, unknown keys
+//! refused), then `TANDEM_*` environment variables, then command-line flags, each
+//! overriding the one before. [`SignalingConfig::validate`] names the key of any bad
+//! value so that the process fails at start, not later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::registrar::RegistrarConfig;
+use crate::sip::SipConfig;
+use crate::store::DeviceLimits;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The message starts with the offending key.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// Directory for the embedded database and the generated admin token.
+    pub data_dir: PathBuf,
+    /// Country calling code for accounts created without one, and for reading bare
+    /// phone numbers given as a login identity.
+    pub default_country_code: String,
+    pub database: DatabaseConfig,
+    pub sip: SipConfig,
+    pub registrar: RegistrarConfig,
+    pub api: ApiConfig,
+    /// Default per-class device limits for accounts that set none.
+    pub device_limits: DeviceLimits,
+    pub log: LogConfig,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            data_dir: PathBuf::from("./data"),
+            default_country_code: "1".to_owned(),
+            database: DatabaseConfig::default(),
+            sip: SipConfig::default(),
+            registrar: RegistrarConfig::default(),
+            api: ApiConfig::default(),
+            device_limits: DeviceLimits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://...`; unset: `sqlite://<data_dir>/signaling.db`.
+    pub url: Option<String>,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Private listener of the HTTP API.
+    pub listen: SocketAddr,
+    /// Bearer token of the administrator routes. Unset: one is generated at first
+    /// start and kept in `<data_dir>/admin-token` (mode 0600).
+    pub admin_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `info,tandem_signaling::sip=debug`.
+    pub level: String,
+    /// Show personal data (phone numbers, SIP URIs, addresses) in logs. Debug only.
+    pub show_personal_data: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            show_personal_data: false,
+        }
+    }
+}
+
+/// Command-line flags; each also reads a `TANDEM_*` environment variable.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "tandem-signaling",
+    version,
+    about = "SIP registrar and forking proxy for multi-device accounts"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (embedded database, generated admin token).
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://path or postgres://user@host/db.
+    #[arg(long, env = "TANDEM_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// HTTP API listen address (keep it private).
+    #[arg(long, env = "TANDEM_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// SIP listen address for both UDP and TCP.
+    #[arg(long, env = "TANDEM_SIP_LISTEN")]
+    pub sip_listen: Option<SocketAddr>,
+    /// SIP UDP listen address (overrides --sip-listen for UDP).
+    #[arg(long, env = "TANDEM_SIP_UDP_LISTEN")]
+    pub sip_udp_listen: Option<SocketAddr>,
+    /// SIP TCP listen address (overrides --sip-listen for TCP).
+    #[arg(long, env = "TANDEM_SIP_TCP_LISTEN")]
+    pub sip_tcp_listen: Option<SocketAddr>,
+    /// SIP TLS listen address (needs sip.tls_cert and sip.tls_key).
+    #[arg(long, env = "TANDEM_SIP_TLS_LISTEN")]
+    pub sip_tls_listen: Option<SocketAddr>,
+    /// Digest realm.
+    #[arg(long, env = "TANDEM_SIP_REALM")]
+    pub sip_realm: Option<String>,
+    /// Log filter (e.g. info, debug).
+    #[arg(long, env = "TANDEM_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Show personal data in logs (debugging only).
+    #[arg(long, env = "TANDEM_LOG_PERSONAL_DATA")]
+    pub log_personal_data: bool,
+    /// Parse and check the configuration, print it (secrets hidden) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl SignalingConfig {
+    /// Parses TOML text; the error names the key and line.
+    pub fn from_toml(text: &str, path: &Path) -> Result<SignalingConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<SignalingConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// File (if given), then environment-only settings, then flags; validated.
+    pub fn load(cli: &Cli) -> Result<SignalingConfig, ConfigError> {
+        let mut cfg = match &cli.config {
+            Some(p) => Self::from_file(p)?,
+            None => SignalingConfig::default(),
+        };
+        // Secrets come from the environment, never from a flag (ps shows flags).
+        if let Ok(token) = std::env::var("TANDEM_ADMIN_TOKEN") {
+            cfg.api.admin_token = Some(token);
+        }
+        cfg.apply(cli);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies flags (and the environment variables clap read for them).
+    pub fn apply(&mut self, cli: &Cli) {
+        if let Some(d) = &cli.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(u) = &cli.database_url {
+            self.database.url = Some(u.clone());
+        }
+        if let Some(a) = cli.api_listen {
+            self.api.listen = a;
+        }
+        if let Some(a) = cli.sip_listen {
+            self.sip.udp_listen = Some(a);
+            self.sip.tcp_listen = Some(a);
+        }
+        if let Some(a) = cli.sip_udp_listen {
+            self.sip.udp_listen = Some(a);
+        }
+        if let Some(a) = cli.sip_tcp_listen {
+            self.sip.tcp_listen = Some(a);
+        }
+        if let Some(a) = cli.sip_tls_listen {
+            self.sip.tls_listen = Some(a);
+        }
+        if let Some(r) = &cli.sip_realm {
+            self.sip.realm = r.clone();
+        }
+        if let Some(l) = &cli.log_level {
+            self.log.level = l.clone();
+        }
+        if cli.log_personal_data {
+            self.log.show_personal_data = true;
+        }
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("signaling.db").display()),
+        }
+    }
+
+    /// Checks what serde cannot; the message starts with the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir: must not be empty".into());
+        }
+        if crate::number::validate_country_code(&self.default_country_code).is_err() {
+            return bad("default_country_code: must be 1-3 digits not starting with 0".into());
+        }
+        if let Some(url) = &self.database.url {
+            let ok = ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            if !ok {
+                return bad("database.url: must start with sqlite:// or postgres://".into());
+            }
+        }
+        if self.database.max_connections == 0 || self.database.max_connections > 1000 {
+            return bad("database.max_connections: must be 1-1000".into());
+        }
+        if let Some(t) = &self.api.admin_token {
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(
+                    "api.admin_token: must be at least 16 characters without whitespace".into(),
+                );
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad(format!(
+                "log.level: not a valid filter: {:?}",
+                self.log.level
+            ));
+        }
+        for (key, v) in [
+            ("device_limits.mobile", self.device_limits.mobile),
+            ("device_limits.desktop", self.device_limits.desktop),
+            ("device_limits.web", self.device_limits.web),
+        ] {
+            if v > crate::http::types::MAX_LIMIT {
+                return bad(format!(
+                    "{key}: must be at most {}",
+                    crate::http::types::MAX_LIMIT
+                ));
+            }
+        }
+        self.sip.validate().map_err(ConfigError::Invalid)?;
+        self.registrar.validate().map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,97 @@
+//! Admin bearer token and account HTTP Basic authentication.
+//!
+//! Both compare in constant time. Basic credentials name the account by its SIP
+//! login, username or a phone number in any accepted form; the password is checked
+//! by recomputing HA1 (SHA-256) with the configured realm, so the API needs no copy
+//! of the password beyond what the registrar already stores.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::model::AccountId;
+use crate::store::ha1;
+
+/// Proof that the request carried the admin bearer token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// The account that authenticated with HTTP Basic.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountAuth(pub AccountId);
+
+fn authorization(parts: &Parts) -> Option<&str> {
+    parts.headers.get(AUTHORIZATION)?.to_str().ok()
+}
+
+/// Splits `Scheme credentials`, matching the scheme case-insensitively (RFC 9110 11.1).
+fn scheme<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    let (s, rest) = value.split_once(' ')?;
+    s.eq_ignore_ascii_case(name).then(|| rest.trim())
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = authorization(parts).and_then(|v| scheme(v, "Bearer")) else {
+            state.metrics().auth_failure("admin");
+            return Err(ApiError::unauthorized("admin bearer token required"));
+        };
+        let expected = state.admin_token().as_bytes();
+        if bool::from(token.as_bytes().ct_eq(expected)) {
+            Ok(Admin)
+        } else {
+            state.metrics().auth_failure("admin");
+            Err(ApiError::unauthorized("invalid admin token"))
+        }
+    }
+}
+
+fn basic_error(message: &str) -> ApiError {
+    let mut e = ApiError::unauthorized(message);
+    e.basic_challenge = true;
+    e
+}
+
+impl FromRequestParts<AppState> for AccountAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(encoded) = authorization(parts).and_then(|v| scheme(v, "Basic")) else {
+            state.metrics().auth_failure("basic");
+            return Err(basic_error("HTTP Basic credentials required"));
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((identity, password)) = decoded.as_deref().and_then(|s| s.split_once(':')) else {
+            state.metrics().auth_failure("basic");
+            return Err(basic_error("malformed HTTP Basic credentials"));
+        };
+        let creds = state.store().find_account(identity).await?;
+        // Unknown identities still cost one hash so that timing does not tell which
+        // identities exist.
+        let (login, expected) = match &creds {
+            Some(c) => (c.login.as_str(), c.ha1_sha256.as_str()),
+            None => (
+                "",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+        };
+        let (_, computed) = ha1(login, state.realm(), password);
+        let ok = bool::from(computed.as_bytes().ct_eq(expected.as_bytes()));
+        match creds {
+            Some(c) if ok => Ok(AccountAuth(c.id)),
+            _ => {
+                state.metrics().auth_failure("basic");
+                Err(basic_error("wrong identity or password"))
+            }
+        }
+    }
+}

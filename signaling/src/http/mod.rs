@@ -1,0 +1,337 @@
+//! HTTP API on the private listener (`--api-listen`, default 127.0.0.1:8080).
+//!
+//! | Method | Path                                              | Auth  | What                                              |
+//! |--------|---------------------------------------------------|-------|---------------------------------------------------|
+//! | GET    | /health                                           | none  | 200 `{"status":"ok"}` when the database answers   |
+//! | GET    | /metrics                                          | none  | Prometheus text exposition                        |
+//! | GET    | /openapi.json                                     | none  | this API as OpenAPI 3.1                           |
+//! | POST   | /accounts                                         | admin | create account (login, password, numbers, ...)    |
+//! | GET    | /accounts?after=&limit=                           | admin | list accounts, by id                              |
+//! | GET    | /accounts/{id}                                    | admin | one account                                       |
+//! | PATCH  | /accounts/{id}                                    | admin | change password, display name, country code       |
+//! | DELETE | /accounts/{id}                                    | admin | delete account, drop its registrations            |
+//! | POST   | /accounts/{id}/phone-numbers                      | admin | add a number `{"number": "+48 600 ..."}`          |
+//! | DELETE | /accounts/{id}/phone-numbers/{number}             | admin | remove a number (any accepted form)               |
+//! | PUT    | /accounts/{id}/username                           | admin | set the username (service ID), once               |
+//! | PUT    | /accounts/{id}/limits                             | admin | per-class device limits (`null` = default)        |
+//! | GET    | /accounts/{id}/devices                            | admin | list devices                                      |
+//! | POST   | /accounts/{id}/devices                            | admin | authorise a device                                |
+//! | DELETE | /accounts/{id}/devices/{instance}                 | admin | revoke a device (drops its binding at once)       |
+//! | PUT    | /accounts/{id}/devices/{instance}/push-token      | admin | set push provider + token                         |
+//! | DELETE | /accounts/{id}/devices/{instance}/push-token      | admin | clear the push token                              |
+//! | GET    | /registrations/{id}                               | admin | live bindings from the registrar                  |
+//! | GET    | /me                                               | basic | own account                                       |
+//! | PUT    | /me/username                                      | basic | set own username, once                            |
+//! | GET    | /me/devices                                       | basic | list own devices                                  |
+//! | POST   | /me/devices                                       | basic | authorise a device                                |
+//! | DELETE | /me/devices/{instance}                            | basic | revoke own device                                 |
+//! | PUT    | /me/devices/{instance}/push-token                 | basic | set push provider + token                         |
+//! | DELETE | /me/devices/{instance}/push-token                 | basic | clear the push token                              |
+//!
+//! * admin: `Authorization: Bearer <api.admin_token>`.
+//! * basic: `Authorization: Basic base64(identity:password)`, identity = SIP login,
+//!   username or a phone number in any accepted form.
+//! * `{id}` is the numeric account id; `{instance}` the `+sip.instance` URN, e.g.
+//!   `urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6` (colons need no escaping).
+//! * Authorise body: `{"instance_id": "urn:uuid:...", "class": "mobile|tablet|desktop|web",
+//!   "name": "...", "push_provider"?: "apns|fcm|webhook", "push_token"?: "..."}`;
+//!   201 when new, 200 when the instance was already authorised; a desktop/web device
+//!   at the limit replaces the oldest of its class (listed in `replaced`).
+//! * Errors: `{"error": {"code": "...", "message": "..."}}`; codes include
+//!   `invalid_json`, `invalid_request`, `invalid_phone_number`, `invalid_instance_id`,
+//!   `unauthorized`, `account_not_found`, `device_not_found`, `not_found`,
+//!   `method_not_allowed`, `login_taken`, `username_taken`, `username_already_set`,
+//!   `phone_number_taken`, `device_limit_reached`, `device_class_mismatch`, `internal`.
+
+pub mod accounts;
+pub mod auth;
+pub mod devices;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod types;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{AccountId, Binding};
+use crate::registrar::RegistrarHandle;
+use crate::store::{DeviceLimits, Store};
+use error::ApiError;
+pub use metrics::Metrics;
+
+/// Every route, as (method, OpenAPI path). A test checks that the router serves each
+/// and that the OpenAPI document lists exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("POST", "/accounts"),
+    ("GET", "/accounts"),
+    ("GET", "/accounts/{id}"),
+    ("PATCH", "/accounts/{id}"),
+    ("DELETE", "/accounts/{id}"),
+    ("POST", "/accounts/{id}/phone-numbers"),
+    ("DELETE", "/accounts/{id}/phone-numbers/{number}"),
+    ("PUT", "/accounts/{id}/username"),
+    ("PUT", "/accounts/{id}/limits"),
+    ("GET", "/accounts/{id}/devices"),
+    ("POST", "/accounts/{id}/devices"),
+    ("DELETE", "/accounts/{id}/devices/{instance}"),
+    ("PUT", "/accounts/{id}/devices/{instance}/push-token"),
+    ("DELETE", "/accounts/{id}/devices/{instance}/push-token"),
+    ("GET", "/registrations/{id}"),
+    ("GET", "/me"),
+    ("PUT", "/me/username"),
+    ("GET", "/me/devices"),
+    ("POST", "/me/devices"),
+    ("DELETE", "/me/devices/{instance}"),
+    ("PUT", "/me/devices/{instance}/push-token"),
+    ("DELETE", "/me/devices/{instance}/push-token"),
+];
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the API needs from the registrar: live bindings and dropping an instance.
+/// Implemented by [`RegistrarHandle`]; tests can record calls with their own.
+pub trait Registrations: Send + Sync + 'static {
+    fn bindings(&self, account: AccountId) -> Vec<Binding>;
+    fn revoke_instance<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+impl Registrations for RegistrarHandle {
+    fn bindings(&self, account: AccountId) -> Vec<Binding> {
+        RegistrarHandle::bindings(self, account)
+    }
+    fn revoke_instance<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(RegistrarHandle::revoke_instance(self, account, instance_id))
+    }
+}
+
+/// Settings the API takes from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Digest realm (`sip.realm`); HA1 values are computed with it.
+    pub realm: String,
+    pub admin_token: String,
+    pub default_limits: DeviceLimits,
+    /// Country code for accounts created without one.
+    pub default_country_code: String,
+}
+
+struct StateInner {
+    store: Store,
+    registrations: Arc<dyn Registrations>,
+    settings: ApiSettings,
+    metrics: Metrics,
+}
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        registrations: Arc<dyn Registrations>,
+        settings: ApiSettings,
+        metrics: Metrics,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(StateInner {
+                store,
+                registrations,
+                settings,
+                metrics,
+            }),
+        }
+    }
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn registrations(&self) -> &dyn Registrations {
+        self.inner.registrations.as_ref()
+    }
+    pub fn realm(&self) -> &str {
+        &self.inner.settings.realm
+    }
+    pub fn admin_token(&self) -> &str {
+        &self.inner.settings.admin_token
+    }
+    pub fn default_limits(&self) -> &DeviceLimits {
+        &self.inner.settings.default_limits
+    }
+    pub fn default_country_code(&self) -> &str {
+        &self.inner.settings.default_country_code
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// The API's router with its state applied.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .route("/accounts", post(accounts::create).get(accounts::list))
+        .route(
+            "/accounts/{id}",
+            get(accounts::get_one)
+                .patch(accounts::update)
+                .delete(accounts::remove),
+        )
+        .route(
+            "/accounts/{id}/phone-numbers",
+            post(accounts::add_phone_number),
+        )
+        .route(
+            "/accounts/{id}/phone-numbers/{number}",
+            delete(accounts::remove_phone_number),
+        )
+        .route("/accounts/{id}/username", put(accounts::set_username))
+        .route("/accounts/{id}/limits", put(accounts::set_limits))
+        .route(
+            "/accounts/{id}/devices",
+            get(devices::admin_list).post(devices::admin_authorise),
+        )
+        .route(
+            "/accounts/{id}/devices/{instance}",
+            delete(devices::admin_revoke),
+        )
+        .route(
+            "/accounts/{id}/devices/{instance}/push-token",
+            put(devices::admin_set_push).delete(devices::admin_clear_push),
+        )
+        .route("/registrations/{id}", get(devices::registrations))
+        .route("/me", get(accounts::me))
+        .route("/me/username", put(accounts::me_set_username))
+        .route(
+            "/me/devices",
+            get(devices::me_list).post(devices::me_authorise),
+        )
+        .route("/me/devices/{instance}", delete(devices::me_revoke))
+        .route(
+            "/me/devices/{instance}/push-token",
+            put(devices::me_set_push).delete(devices::me_clear_push),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    state
+        .metrics()
+        .request(&method, &route, resp.status().as_u16());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, body = types::Health), (status = 503, body = error::ErrorBody)))]
+pub async fn health(State(state): State<AppState>) -> Result<axum::Json<types::Health>, ApiError> {
+    match state.store().ping().await {
+        Ok(()) => Ok(axum::Json(types::Health {
+            status: "ok".to_owned(),
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "database unavailable",
+            ))
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics().encode(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
+        .into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
