@@ -63,7 +63,9 @@ impl RegistrarConfig {
             return Err("registrar.max_expires: must be >= registrar.min_expires".into());
         }
         if self.default_expires < self.min_expires || self.default_expires > self.max_expires {
-            return Err("registrar.default_expires: must lie within min_expires..=max_expires".into());
+            return Err(
+                "registrar.default_expires: must lie within min_expires..=max_expires".into(),
+            );
         }
         if self.nonce_ttl == 0 {
             return Err("registrar.nonce_ttl: must be at least 1".into());

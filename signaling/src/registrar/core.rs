@@ -68,7 +68,11 @@ pub struct Flow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
     Save(Binding),
-    Delete { account: AccountId, instance_id: String, reg_id: u32 },
+    Delete {
+        account: AccountId,
+        instance_id: String,
+        reg_id: u32,
+    },
 }
 
 /// Result of a REGISTER.
@@ -86,7 +90,14 @@ pub struct RegisterOutcome {
 
 impl RegisterOutcome {
     fn error(code: u16, reason: &'static str) -> RegisterOutcome {
-        RegisterOutcome { code, reason, min_expires: None, contacts: Vec::new(), ops: Vec::new(), close: Vec::new() }
+        RegisterOutcome {
+            code,
+            reason,
+            min_expires: None,
+            contacts: Vec::new(),
+            ops: Vec::new(),
+            close: Vec::new(),
+        }
     }
 }
 
@@ -95,10 +106,18 @@ impl RegisterOutcome {
 pub enum AuthDecision {
     Accept,
     /// Answer 401 with fresh challenges (`stale` when the nonce was ours but old).
-    Challenge { stale: bool },
+    Challenge {
+        stale: bool,
+    },
+    /// Answer 401 with a fresh challenge: a wrong password, counted against the source.
+    Retry {
+        banned: bool,
+    },
     /// Answer 403: bad credentials counted against the source; `banned` when this
     /// failure started a ban.
-    Forbidden { banned: bool },
+    Forbidden {
+        banned: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +144,14 @@ impl Registrar {
     pub fn new(cfg: RegistrarConfig, realm: String, secret: Vec<u8>) -> Registrar {
         let key = NonceKey::new(secret, realm, cfg.nonce_ttl);
         let counts = NonceCounts::new(cfg.max_tracked_nonces);
-        Registrar { cfg, key, counts, failures: HashMap::new(), bindings: HashMap::new(), expiry: BinaryHeap::new() }
+        Registrar {
+            cfg,
+            key,
+            counts,
+            failures: HashMap::new(),
+            bindings: HashMap::new(),
+            expiry: BinaryHeap::new(),
+        }
     }
 
     pub fn config(&self) -> &RegistrarConfig {
@@ -147,13 +173,18 @@ impl Registrar {
         if !self.failures.contains_key(&ip) && self.failures.len() >= self.cfg.max_tracked_sources {
             // Bounded: forget sources that are neither banned nor inside a window.
             let window = i64::from(self.cfg.auth_fail_window);
-            self.failures.retain(|_, f| f.banned_until > now || now - f.window_start < window);
+            self.failures
+                .retain(|_, f| f.banned_until > now || now - f.window_start < window);
             if self.failures.len() >= self.cfg.max_tracked_sources {
                 return false;
             }
         }
         let window = i64::from(self.cfg.auth_fail_window);
-        let st = self.failures.entry(ip).or_insert(FailState { window_start: now, count: 0, banned_until: 0 });
+        let st = self.failures.entry(ip).or_insert(FailState {
+            window_start: now,
+            count: 0,
+            banned_until: 0,
+        });
         if now - st.window_start >= window {
             st.window_start = now;
             st.count = 0;
@@ -181,7 +212,9 @@ impl Registrar {
         // Pick the credentials for our realm (RFC 3261 22.4: several may be present).
         let ours: Vec<&AuthParams<'_>> = authorizations
             .iter()
-            .filter(|a| a.scheme.eq_ignore_ascii_case("Digest") && a.get("realm") == Some(self.key.realm()))
+            .filter(|a| {
+                a.scheme.eq_ignore_ascii_case("Digest") && a.get("realm") == Some(self.key.realm())
+            })
             .collect();
         let Some(auth) = ours.first() else {
             return AuthDecision::Challenge { stale: false };
@@ -194,6 +227,14 @@ impl Registrar {
             Ok(()) => AuthDecision::Accept,
             Err(AuthFailure::NoCredentials) => AuthDecision::Challenge { stale: false },
             Err(AuthFailure::Stale) => AuthDecision::Challenge { stale: true },
+            Err(AuthFailure::WrongPassword) => {
+                let banned = self.record_failure(source, now);
+                if banned {
+                    AuthDecision::Forbidden { banned }
+                } else {
+                    AuthDecision::Retry { banned }
+                }
+            }
             Err(AuthFailure::Rejected(why)) => {
                 tracing::debug!(why, "digest credentials refused");
                 let banned = self.record_failure(source, now);
@@ -216,9 +257,17 @@ impl Registrar {
     }
 
     fn insert(&mut self, b: Binding) {
-        self.expiry.push(Reverse((b.expires_at, b.account_id, b.instance_id.clone(), b.reg_id)));
+        self.expiry.push(Reverse((
+            b.expires_at,
+            b.account_id,
+            b.instance_id.clone(),
+            b.reg_id,
+        )));
         let list = self.bindings.entry(b.account_id).or_default();
-        if let Some(slot) = list.iter_mut().find(|x| x.instance_id == b.instance_id && x.reg_id == b.reg_id) {
+        if let Some(slot) = list
+            .iter_mut()
+            .find(|x| x.instance_id == b.instance_id && x.reg_id == b.reg_id)
+        {
             *slot = b;
         } else {
             list.push(b);
@@ -227,7 +276,9 @@ impl Registrar {
 
     fn remove(&mut self, key: &Key) -> Option<Binding> {
         let list = self.bindings.get_mut(&key.0)?;
-        let pos = list.iter().position(|x| x.instance_id == key.1 && x.reg_id == key.2)?;
+        let pos = list
+            .iter()
+            .position(|x| x.instance_id == key.1 && x.reg_id == key.2)?;
         let b = list.swap_remove(pos);
         if list.is_empty() {
             self.bindings.remove(&key.0);
@@ -274,13 +325,18 @@ impl Registrar {
             if *t > now {
                 break;
             }
-            let Some(Reverse((t, account, instance, reg_id))) = self.expiry.pop() else { break };
+            let Some(Reverse((t, account, instance, reg_id))) = self.expiry.pop() else {
+                break;
+            };
             let key = (account, instance, reg_id);
             // Lazy deletion: the heap entry is stale if the binding was refreshed.
             let current = self
                 .bindings
                 .get(&key.0)
-                .and_then(|l| l.iter().find(|b| b.instance_id == key.1 && b.reg_id == key.2))
+                .and_then(|l| {
+                    l.iter()
+                        .find(|b| b.instance_id == key.1 && b.reg_id == key.2)
+                })
                 .map(|b| b.expires_at);
             if current == Some(t) {
                 if let Some(b) = self.remove(&key) {
@@ -304,12 +360,19 @@ impl Registrar {
                 // RFC 3261 10.3 step 6: remove all bindings of the AOR, subject to the
                 // Call-ID/CSeq rule.
                 let current = self.bindings(req.account, i64::MIN);
-                if current.iter().any(|b| b.call_id == req.call_id && b.cseq >= req.cseq) {
+                if current
+                    .iter()
+                    .any(|b| b.call_id == req.call_id && b.cseq >= req.cseq)
+                {
                     return RegisterOutcome::error(500, "Request Out Of Order");
                 }
                 for b in current {
                     if let Some(b) = self.remove(&(b.account_id, b.instance_id.clone(), b.reg_id)) {
-                        out.ops.push(StoreOp::Delete { account: b.account_id, instance_id: b.instance_id, reg_id: b.reg_id });
+                        out.ops.push(StoreOp::Delete {
+                            account: b.account_id,
+                            instance_id: b.instance_id,
+                            reg_id: b.reg_id,
+                        });
                     }
                 }
             }
@@ -317,7 +380,10 @@ impl Registrar {
                 // First pass: validate everything, so a failing REGISTER changes nothing.
                 let mut planned = Vec::with_capacity(list.len());
                 for c in list {
-                    let asked = c.expires.or(req.expires_header).unwrap_or(self.cfg.default_expires);
+                    let asked = c
+                        .expires
+                        .or(req.expires_header)
+                        .unwrap_or(self.cfg.default_expires);
                     if asked != 0 && asked < self.cfg.min_expires {
                         let mut o = RegisterOutcome::error(423, "Interval Too Brief");
                         o.min_expires = Some(self.cfg.min_expires);
@@ -338,7 +404,9 @@ impl Registrar {
                     .map(|b| (b.instance_id, b.reg_id))
                     .collect();
                 for (c, granted) in &planned {
-                    after.retain(|(i, r)| !(i == &c.instance_id && (*r == c.reg_id || c.reg_id == 0 || *r == 0)));
+                    after.retain(|(i, r)| {
+                        !(i == &c.instance_id && (*r == c.reg_id || c.reg_id == 0 || *r == 0))
+                    });
                     if *granted > 0 {
                         after.push((c.instance_id.clone(), c.reg_id));
                     }
@@ -347,7 +415,9 @@ impl Registrar {
                     return RegisterOutcome::error(403, "Too Many Registrations");
                 }
                 for (inst, _) in &after {
-                    if after.iter().filter(|(i, _)| i == inst).count() > self.cfg.max_reg_ids_per_instance {
+                    if after.iter().filter(|(i, _)| i == inst).count()
+                        > self.cfg.max_reg_ids_per_instance
+                    {
                         return RegisterOutcome::error(403, "Too Many Flows For Instance");
                     }
                 }
@@ -369,9 +439,13 @@ impl Registrar {
                         .unwrap_or_default();
                     for k in replaced {
                         if let Some(old) = self.remove(&k) {
-                            let same_flow = old.transport == req.transport && old.source == req.source;
+                            let same_flow =
+                                old.transport == req.transport && old.source == req.source;
                             if !same_flow && old.transport != "udp" {
-                                out.close.push(Flow { transport: old.transport.clone(), remote: old.source.clone() });
+                                out.close.push(Flow {
+                                    transport: old.transport.clone(),
+                                    remote: old.source.clone(),
+                                });
                             }
                             if old.reg_id != c.reg_id || granted == 0 {
                                 out.ops.push(StoreOp::Delete {
@@ -424,6 +498,9 @@ impl Registrar {
     }
 
     fn find(&self, account: AccountId, instance: &str, reg_id: u32) -> Option<&Binding> {
-        self.bindings.get(&account)?.iter().find(|b| b.instance_id == instance && b.reg_id == reg_id)
+        self.bindings
+            .get(&account)?
+            .iter()
+            .find(|b| b.instance_id == instance && b.reg_id == reg_id)
     }
 }

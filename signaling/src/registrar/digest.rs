@@ -58,7 +58,9 @@ impl Algorithm {
 /// Result of checking a nonce we issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
-    Valid { issued: i64 },
+    Valid {
+        issued: i64,
+    },
     /// Ours, but too old: challenge again with `stale=true`.
     Stale,
     /// Not ours or tampered with.
@@ -75,13 +77,20 @@ pub struct NonceKey {
 
 impl std::fmt::Debug for NonceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NonceKey").field("realm", &self.realm).field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("NonceKey")
+            .field("realm", &self.realm)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
 impl NonceKey {
     pub fn new(secret: Vec<u8>, realm: String, ttl_secs: u32) -> NonceKey {
-        NonceKey { secret, realm, ttl: i64::from(ttl_secs) }
+        NonceKey {
+            secret,
+            realm,
+            ttl: i64::from(ttl_secs),
+        }
     }
 
     fn mac(&self, ts_rand: &[u8]) -> Option<[u8; 16]> {
@@ -114,8 +123,12 @@ impl NonceKey {
         if raw.len() != NONCE_RAW_LEN {
             return NonceCheck::Invalid;
         }
-        let (Some(head), Some(tag)) = (raw.get(..16), raw.get(16..)) else { return NonceCheck::Invalid };
-        let Ok(mut mac) = HmacSha256::new_from_slice(&self.secret) else { return NonceCheck::Invalid };
+        let (Some(head), Some(tag)) = (raw.get(..16), raw.get(16..)) else {
+            return NonceCheck::Invalid;
+        };
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.secret) else {
+            return NonceCheck::Invalid;
+        };
         mac.update(head);
         mac.update(self.realm.as_bytes());
         // Constant-time comparison of the truncated tag.
@@ -123,7 +136,9 @@ impl NonceKey {
             return NonceCheck::Invalid;
         }
         let mut ts = [0u8; 8];
-        let Some(ts_bytes) = head.get(..8) else { return NonceCheck::Invalid };
+        let Some(ts_bytes) = head.get(..8) else {
+            return NonceCheck::Invalid;
+        };
         ts.copy_from_slice(ts_bytes);
         let issued = i64::from_be_bytes(ts);
         if issued > now.saturating_add(5) || now.saturating_sub(issued) > self.ttl {
@@ -150,7 +165,12 @@ pub struct NonceCounts {
 
 impl NonceCounts {
     pub fn new(max: usize) -> NonceCounts {
-        NonceCounts { max: max.max(1), counts: HashMap::new(), order: VecDeque::new(), forgotten_up_to: i64::MIN }
+        NonceCounts {
+            max: max.max(1),
+            counts: HashMap::new(),
+            order: VecDeque::new(),
+            forgotten_up_to: i64::MIN,
+        }
     }
 
     /// Accepts `nc` for `nonce` if it is higher than any seen before; `Err(true)` means
@@ -167,7 +187,9 @@ impl NonceCounts {
             return Err(true);
         }
         while self.counts.len() >= self.max {
-            let Some((old, ts)) = self.order.pop_front() else { break };
+            let Some((old, ts)) = self.order.pop_front() else {
+                break;
+            };
             self.counts.remove(&old);
             self.forgotten_up_to = self.forgotten_up_to.max(ts);
         }
@@ -192,7 +214,10 @@ pub enum AuthFailure {
     NoCredentials,
     /// Nonce expired or forgotten: challenge with `stale=true`, not counted.
     Stale,
-    /// Malformed credentials, wrong username, wrong response, replayed nc, foreign nonce.
+    /// Well-formed credentials whose response does not match the password: counted,
+    /// answered with a fresh challenge (the user may retype the password).
+    WrongPassword,
+    /// Malformed credentials, wrong username, replayed nc, foreign nonce: counted, 403.
     Rejected(&'static str),
 }
 
@@ -232,7 +257,10 @@ pub fn verify(
     if auth.has_duplicates() {
         return Err(AuthFailure::Rejected("repeated digest parameter"));
     }
-    let field = |n: &'static str| auth.get(n).ok_or(AuthFailure::Rejected("missing digest parameter"));
+    let field = |n: &'static str| {
+        auth.get(n)
+            .ok_or(AuthFailure::Rejected("missing digest parameter"))
+    };
     let username = field("username")?;
     let nonce = field("nonce")?;
     let uri = field("uri")?;
@@ -241,7 +269,10 @@ pub fn verify(
         Some(a) => Algorithm::parse(a).ok_or(AuthFailure::Rejected("unsupported algorithm"))?,
         None => Algorithm::Md5,
     };
-    if !auth.get("qop").is_some_and(|q| q.eq_ignore_ascii_case("auth")) {
+    if !auth
+        .get("qop")
+        .is_some_and(|q| q.eq_ignore_ascii_case("auth"))
+    {
         return Err(AuthFailure::Rejected("qop=auth required"));
     }
     let nc_text = field("nc")?;
@@ -267,9 +298,13 @@ pub fn verify(
         Algorithm::Md5 => &creds.ha1_md5,
     };
     let ha2 = algorithm.hash_hex(format!("{method}:{uri}").as_bytes());
-    let expected = algorithm.hash_hex(format!("{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}").as_bytes());
-    if !constant_time_eq(expected.as_bytes(), response.to_ascii_lowercase().as_bytes()) {
-        return Err(AuthFailure::Rejected("wrong digest response"));
+    let expected =
+        algorithm.hash_hex(format!("{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}").as_bytes());
+    if !constant_time_eq(
+        expected.as_bytes(),
+        response.to_ascii_lowercase().as_bytes(),
+    ) {
+        return Err(AuthFailure::WrongPassword);
     }
     match counts.accept(nonce, issued, nc) {
         Ok(()) => Ok(()),
@@ -288,7 +323,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// HA1 values for a login and password, as the account store computes them.
 pub fn ha1(login: &str, realm: &str, password: &str) -> (String, String) {
     let input = format!("{login}:{realm}:{password}");
-    (Algorithm::Md5.hash_hex(input.as_bytes()), Algorithm::Sha256.hash_hex(input.as_bytes()))
+    (
+        Algorithm::Md5.hash_hex(input.as_bytes()),
+        Algorithm::Sha256.hash_hex(input.as_bytes()),
+    )
 }
 
 /// Computes a client's Authorization value (used by tests and by the forking proxy

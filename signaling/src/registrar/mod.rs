@@ -26,7 +26,10 @@ pub use config::RegistrarConfig;
 pub use store::{RegistrarStore, StoreFailure, StoreFuture};
 
 pub(crate) fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Shows only the network part of an address in logs (personal data).
@@ -90,7 +93,12 @@ impl RegistrarHandle {
         for b in &removed {
             self.close_flow(&b.transport, &b.source);
         }
-        if let Err(e) = self.inner.store.delete_instance_bindings(account, instance_id).await {
+        if let Err(e) = self
+            .inner
+            .store
+            .delete_instance_bindings(account, instance_id)
+            .await
+        {
             tracing::error!(error = %e, "deleting revoked bindings from the store failed");
         }
         self.inner.expiry_changed.notify_one();
@@ -115,7 +123,12 @@ impl RegistrarHandle {
         };
         for b in expired {
             tracing::debug!(account = b.account_id, "binding expired");
-            if let Err(e) = self.inner.store.delete_binding(b.account_id, &b.instance_id, b.reg_id).await {
+            if let Err(e) = self
+                .inner
+                .store
+                .delete_binding(b.account_id, &b.instance_id, b.reg_id)
+                .await
+            {
                 tracing::error!(error = %e, "deleting an expired binding failed");
             }
         }
@@ -124,24 +137,43 @@ impl RegistrarHandle {
 
     /// Handles a validated REGISTER; returns the response bytes. `top_via` is the
     /// request's top Via with `received`/`rport` filled in.
-    pub(crate) async fn handle_register(&self, msg: &Message<'_>, origin: Origin, top_via: &str) -> Vec<u8> {
+    pub(crate) async fn handle_register(
+        &self,
+        msg: &Message<'_>,
+        origin: Origin,
+        top_via: &str,
+    ) -> Vec<u8> {
         let now = unix_now();
-        let reply = |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()));
+        let reply = |code: u16, reason: &str| {
+            ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()))
+        };
         let ip = origin.source.ip();
-        if self.inner.core.lock().map(|c| c.is_banned(ip, now)).unwrap_or(false) {
+        if self
+            .inner
+            .core
+            .lock()
+            .map(|c| c.is_banned(ip, now))
+            .unwrap_or(false)
+        {
             return reply(403, "Forbidden").finish();
         }
         // The AOR: the To URI's user (login, username or phone number).
-        let Some(to) = msg.to() else { return reply(400, "Bad Request").finish() };
+        let Some(to) = msg.to() else {
+            return reply(400, "Bad Request").finish();
+        };
         let Some(to_uri) = SipUri::parse(to.uri) else {
             return reply(416, "Unsupported URI Scheme").finish();
         };
-        let Some(identity) = to_uri.user_decoded() else { return reply(404, "Not Found").finish() };
+        let Some(identity) = to_uri.user_decoded() else {
+            return reply(404, "Not Found").finish();
+        };
         // User parameters (";...") in the user part are not part of the identity.
         let identity = identity.split(';').next().unwrap_or("").to_owned();
 
-        let auths: Vec<AuthParams<'_>> =
-            msg.headers_named(HeaderName::Authorization).filter_map(|h| AuthParams::parse(&h.value)).collect();
+        let auths: Vec<AuthParams<'_>> = msg
+            .headers_named(HeaderName::Authorization)
+            .filter_map(|h| AuthParams::parse(&h.value))
+            .collect();
         let has_ours = {
             let realm_ok = |a: &&AuthParams<'_>| a.scheme.eq_ignore_ascii_case("Digest");
             auths.iter().any(|a| realm_ok(&a))
@@ -162,7 +194,10 @@ impl RegistrarHandle {
         };
         let account = match (decision, account) {
             (AuthDecision::Accept, Some(a)) => a,
-            (AuthDecision::Challenge { stale }, _) => return self.challenge(msg, top_via, now, stale),
+            (AuthDecision::Challenge { stale }, _) => {
+                return self.challenge(msg, top_via, now, stale)
+            }
+            (AuthDecision::Retry { .. }, _) => return self.challenge(msg, top_via, now, false),
             (AuthDecision::Forbidden { banned }, _) => {
                 if banned {
                     tracing::warn!(
@@ -193,10 +228,18 @@ impl RegistrarHandle {
                 if checked.contains(&c.instance_id.as_str()) {
                     continue;
                 }
-                match self.inner.store.find_device(account.id, &c.instance_id).await {
+                match self
+                    .inner
+                    .store
+                    .find_device(account.id, &c.instance_id)
+                    .await
+                {
                     Ok(Some(_)) => checked.push(&c.instance_id),
                     Ok(None) => {
-                        tracing::info!(account = account.id, "REGISTER from an instance that is not an authorised device");
+                        tracing::info!(
+                            account = account.id,
+                            "REGISTER from an instance that is not an authorised device"
+                        );
                         return reply(403, "Device Not Authorized").finish();
                     }
                     Err(e) => {
@@ -219,7 +262,9 @@ impl RegistrarHandle {
             transport: origin.transport.as_str().to_owned(),
             source: origin.source.to_string(),
             local: origin.local.to_string(),
-            user_agent: msg.header(HeaderName::UserAgent).map(|u| u.chars().take(200).collect()),
+            user_agent: msg
+                .header(HeaderName::UserAgent)
+                .map(|u| u.chars().take(200).collect()),
         };
         let outcome = match self.inner.core.lock() {
             Ok(mut c) => c.register(&req, now),
@@ -228,8 +273,15 @@ impl RegistrarHandle {
         for op in &outcome.ops {
             let r = match op {
                 StoreOp::Save(b) => self.inner.store.save_binding(b).await,
-                StoreOp::Delete { account, instance_id, reg_id } => {
-                    self.inner.store.delete_binding(*account, instance_id, *reg_id).await
+                StoreOp::Delete {
+                    account,
+                    instance_id,
+                    reg_id,
+                } => {
+                    self.inner
+                        .store
+                        .delete_binding(*account, instance_id, *reg_id)
+                        .await
                 }
             };
             if let Err(e) = r {
@@ -238,7 +290,10 @@ impl RegistrarHandle {
             }
         }
         for f in &outcome.close {
-            tracing::info!(account = account.id, "closing the flow of a replaced binding");
+            tracing::info!(
+                account = account.id,
+                "closing the flow of a replaced binding"
+            );
             self.close_flow(&f.transport, &f.remote);
         }
         if !outcome.ops.is_empty() {
@@ -250,12 +305,19 @@ impl RegistrarHandle {
         }
         if outcome.code == 200 {
             let outbound = outcome.contacts.iter().any(|(b, _)| b.reg_id > 0)
-                && msg.list(HeaderName::Supported).unwrap_or_default().iter().any(|s| s.eq_ignore_ascii_case("outbound"));
+                && msg
+                    .list(HeaderName::Supported)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case("outbound"));
             if outbound {
                 r = r.header("Require", "outbound");
             }
             for (b, left) in &outcome.contacts {
-                let mut v = format!("<{}>;expires={};+sip.instance=\"<{}>\"", b.contact_uri, left, b.instance_id);
+                let mut v = format!(
+                    "<{}>;expires={};+sip.instance=\"<{}>\"",
+                    b.contact_uri, left, b.instance_id
+                );
                 if b.reg_id > 0 {
                     v.push_str(&format!(";reg-id={}", b.reg_id));
                 }
@@ -285,7 +347,9 @@ pub(crate) fn new_tag() -> String {
 
 /// Reads the Contact list of a REGISTER (RFC 3261 10.3 step 6, RFC 5626 6).
 fn parse_contacts(msg: &Message<'_>) -> Result<ContactsSpec, (u16, &'static str)> {
-    let list = msg.list(HeaderName::Contact).map_err(|_| (400, "Bad Request"))?;
+    let list = msg
+        .list(HeaderName::Contact)
+        .map_err(|_| (400, "Bad Request"))?;
     if list.is_empty() {
         return Ok(ContactsSpec::Fetch);
     }
@@ -301,10 +365,17 @@ fn parse_contacts(msg: &Message<'_>) -> Result<ContactsSpec, (u16, &'static str)
     let mut out = Vec::with_capacity(list.len());
     for c in list {
         let na = grammar::name_addr(c).ok_or((400, "Bad Request"))?;
-        let instance = na.params.value("+sip.instance").ok_or((403, "Device Not Authorized"))?;
-        let instance = instance.strip_prefix('<').and_then(|i| i.strip_suffix('>')).unwrap_or(instance);
+        let instance = na
+            .params
+            .value("+sip.instance")
+            .ok_or((403, "Device Not Authorized"))?;
+        let instance = instance
+            .strip_prefix('<')
+            .and_then(|i| i.strip_suffix('>'))
+            .unwrap_or(instance);
         // Devices are stored under the canonical form (lower-case UUID).
-        let instance = crate::store::canonical_instance_id(instance).ok_or((403, "Device Not Authorized"))?;
+        let instance =
+            crate::store::canonical_instance_id(instance).ok_or((403, "Device Not Authorized"))?;
         let reg_id = match na.params.value("reg-id") {
             Some(r) => match grammar::decimal(r, (1u64 << 31) - 1) {
                 Some(v) if v > 0 => v as u32,
@@ -313,7 +384,9 @@ fn parse_contacts(msg: &Message<'_>) -> Result<ContactsSpec, (u16, &'static str)
             None => 0,
         };
         let expires = match na.params.get("expires") {
-            Some(Some(e)) => Some(grammar::decimal(e, u32::MAX as u64).ok_or((400, "Bad Request"))? as u32),
+            Some(Some(e)) => {
+                Some(grammar::decimal(e, u32::MAX as u64).ok_or((400, "Bad Request"))? as u32)
+            }
             Some(None) => return Err((400, "Bad Request")),
             None => None,
         };

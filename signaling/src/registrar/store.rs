@@ -18,30 +18,66 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreFailure
 /// Storage operations the registrar uses (see `store::Store` for the real backend).
 pub trait RegistrarStore: Send + Sync + 'static {
     /// Account by SIP login, username or phone number in any accepted form.
-    fn find_account<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Option<AccountCredentials>>;
-    fn find_device<'a>(&'a self, account: AccountId, instance_id: &'a str) -> StoreFuture<'a, Option<Device>>;
+    fn find_account<'a>(&'a self, identity: &'a str)
+        -> StoreFuture<'a, Option<AccountCredentials>>;
+    fn find_device<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+    ) -> StoreFuture<'a, Option<Device>>;
     /// Upsert keyed by (account_id, instance_id, reg_id).
     fn save_binding<'a>(&'a self, b: &'a Binding) -> StoreFuture<'a, ()>;
-    fn delete_binding<'a>(&'a self, account: AccountId, instance_id: &'a str, reg_id: u32) -> StoreFuture<'a, ()>;
-    fn delete_instance_bindings<'a>(&'a self, account: AccountId, instance_id: &'a str) -> StoreFuture<'a, ()>;
+    fn delete_binding<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+        reg_id: u32,
+    ) -> StoreFuture<'a, ()>;
+    fn delete_instance_bindings<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+    ) -> StoreFuture<'a, ()>;
     fn load_bindings(&self) -> StoreFuture<'_, Vec<Binding>>;
 }
 
 impl RegistrarStore for crate::store::Store {
-    fn find_account<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Option<AccountCredentials>> {
+    fn find_account<'a>(
+        &'a self,
+        identity: &'a str,
+    ) -> StoreFuture<'a, Option<AccountCredentials>> {
         Box::pin(async move { Ok(crate::store::Store::find_account(self, identity).await?) })
     }
-    fn find_device<'a>(&'a self, account: AccountId, instance_id: &'a str) -> StoreFuture<'a, Option<Device>> {
-        Box::pin(async move { Ok(crate::store::Store::find_device(self, account, instance_id).await?) })
+    fn find_device<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+    ) -> StoreFuture<'a, Option<Device>> {
+        Box::pin(
+            async move { Ok(crate::store::Store::find_device(self, account, instance_id).await?) },
+        )
     }
     fn save_binding<'a>(&'a self, b: &'a Binding) -> StoreFuture<'a, ()> {
         Box::pin(async move { Ok(crate::store::Store::save_binding(self, b).await?) })
     }
-    fn delete_binding<'a>(&'a self, account: AccountId, instance_id: &'a str, reg_id: u32) -> StoreFuture<'a, ()> {
-        Box::pin(async move { Ok(crate::store::Store::delete_binding(self, account, instance_id, reg_id).await?) })
+    fn delete_binding<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+        reg_id: u32,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            Ok(crate::store::Store::delete_binding(self, account, instance_id, reg_id).await?)
+        })
     }
-    fn delete_instance_bindings<'a>(&'a self, account: AccountId, instance_id: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { Ok(crate::store::Store::delete_instance_bindings(self, account, instance_id).await?) })
+    fn delete_instance_bindings<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            Ok(crate::store::Store::delete_instance_bindings(self, account, instance_id).await?)
+        })
     }
     fn load_bindings(&self) -> StoreFuture<'_, Vec<Binding>> {
         Box::pin(async move { Ok(crate::store::Store::load_bindings(self).await?) })

@@ -54,8 +54,16 @@ impl Default for SipConfig {
 impl SipConfig {
     /// Checks values that serde cannot; the error names the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.realm.is_empty() || self.realm.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-            return Err("sip.realm: must be non-empty and contain no quote, backslash or control character".into());
+        if self.realm.is_empty()
+            || self
+                .realm
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || b < 0x20)
+        {
+            return Err(
+                "sip.realm: must be non-empty and contain no quote, backslash or control character"
+                    .into(),
+            );
         }
         if self.max_message_size < 1024 || self.max_message_size > 1024 * 1024 {
             return Err("sip.max_message_size: must be between 1024 and 1048576".into());

@@ -19,7 +19,6 @@ pub fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
 }
 
-
 pub fn trim_ws(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
 }
@@ -163,7 +162,10 @@ pub fn params(s: &str) -> Option<Params<'_>> {
                 value = Some(v);
                 rest = trim_ws(r);
             } else {
-                let len = after_eq.bytes().take_while(|&b| is_param_value_char(b)).count();
+                let len = after_eq
+                    .bytes()
+                    .take_while(|&b| is_param_value_char(b))
+                    .count();
                 if len == 0 {
                     return None;
                 }
@@ -204,7 +206,11 @@ pub fn name_addr(s: &str) -> Option<NameAddr<'_>> {
             Some(v)
         } else {
             // *(token LWS)
-            if !display_raw.split([' ', '\t']).filter(|t| !t.is_empty()).all(is_token) {
+            if !display_raw
+                .split([' ', '\t'])
+                .filter(|t| !t.is_empty())
+                .all(is_token)
+            {
                 return None;
             }
             Some(Cow::Borrowed(display_raw))
@@ -216,7 +222,11 @@ pub fn name_addr(s: &str) -> Option<NameAddr<'_>> {
             return None;
         }
         let params = params(after.get(gt + 1..)?)?;
-        Some(NameAddr { display_name, uri, params })
+        Some(NameAddr {
+            display_name,
+            uri,
+            params,
+        })
     } else {
         // addr-spec: the URI ends at the first ';' (its params are header params).
         let end = s.find(';').unwrap_or(s.len());
@@ -225,18 +235,30 @@ pub fn name_addr(s: &str) -> Option<NameAddr<'_>> {
             return None;
         }
         let params = params(s.get(end..)?)?;
-        Some(NameAddr { display_name: None, uri, params })
+        Some(NameAddr {
+            display_name: None,
+            uri,
+            params,
+        })
     }
 }
 
 /// An absolute URI has a scheme, a colon, and no whitespace, quotes or angle brackets.
 fn is_uri_text(u: &str) -> bool {
-    let Some(colon) = u.find(':') else { return false };
+    let Some(colon) = u.find(':') else {
+        return false;
+    };
     let scheme = u.get(..colon).unwrap_or("");
     !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-        && scheme.as_bytes().first().is_some_and(|b| b.is_ascii_alphabetic())
-        && u.bytes().all(|b| b > b' ' && b != b'"' && b != b'<' && b != b'>' && b != 0x7f)
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        && scheme
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+        && u.bytes()
+            .all(|b| b > b' ' && b != b'"' && b != b'<' && b != b'>' && b != 0x7f)
 }
 
 /// A parsed `sip:` or `sips:` URI.
@@ -292,7 +314,15 @@ impl<'a> SipUri<'a> {
             None => (after, None),
         };
         let params = uri_params(param_text)?;
-        Some(SipUri { secure, user, password, host, port, params, headers })
+        Some(SipUri {
+            secure,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 
     /// The user part with %-escapes decoded, when it decodes to UTF-8.
@@ -438,7 +468,10 @@ impl<'a> Via<'a> {
         let sent_by = trim_ws(rest.get(..end)?);
         // LWS is allowed around the ':' of sent-by.
         let (host, port) = if sent_by.contains([' ', '\t']) {
-            let compact: String = sent_by.chars().filter(|c| *c != ' ' && *c != '\t').collect();
+            let compact: String = sent_by
+                .chars()
+                .filter(|c| *c != ' ' && *c != '\t')
+                .collect();
             let (h, p) = host_port(&compact)?;
             let hl = h.len();
             // Re-borrow the host from the original text (it contains no whitespace).
@@ -447,7 +480,12 @@ impl<'a> Via<'a> {
             host_port(sent_by)?
         };
         let params = params(rest.get(end..)?)?;
-        Some(Via { transport, host, port, params })
+        Some(Via {
+            transport,
+            host,
+            port,
+            params,
+        })
     }
 
     pub fn branch(&self) -> Option<&str> {
@@ -470,7 +508,11 @@ pub fn cseq(s: &str) -> Option<(u32, &str)> {
     if digits.len() > 10 {
         return None;
     }
-    let n: u64 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let n: u64 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     if n >= 1 << 31 {
         return None;
     }
@@ -495,7 +537,11 @@ pub fn decimal(s: &str, max: u64) -> Option<u64> {
     if digits.len() > 19 {
         return None;
     }
-    let n: u64 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let n: u64 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     (n <= max).then_some(n)
 }
 
@@ -548,12 +594,18 @@ impl<'a> AuthParams<'a> {
     /// First value of `name` (case-insensitive); a repeated parameter makes the whole
     /// credential invalid, checked by [`AuthParams::has_duplicates`].
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
     }
 
     pub fn has_duplicates(&self) -> bool {
         self.params.iter().enumerate().any(|(i, (n, _))| {
-            self.params.iter().skip(i + 1).any(|(m, _)| m.eq_ignore_ascii_case(n))
+            self.params
+                .iter()
+                .skip(i + 1)
+                .any(|(m, _)| m.eq_ignore_ascii_case(n))
         })
     }
 }
@@ -606,10 +658,27 @@ mod tests {
 
     #[test]
     fn via_with_lws_and_rport() {
-        let v = Via::parse("SIP  / 2.0  / TCP     spindle.example.com   ;\n branch  =   z9hG4bK9ikj8".replace('\n', " ").as_str())
-            .map(|v| (v.transport.to_owned(), v.host.to_owned(), v.branch().map(str::to_owned)))
-            .unwrap();
-        assert_eq!(v, ("TCP".into(), "spindle.example.com".into(), Some("z9hG4bK9ikj8".into())));
+        let v = Via::parse(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;\n branch  =   z9hG4bK9ikj8"
+                .replace('\n', " ")
+                .as_str(),
+        )
+        .map(|v| {
+            (
+                v.transport.to_owned(),
+                v.host.to_owned(),
+                v.branch().map(str::to_owned),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            (
+                "TCP".into(),
+                "spindle.example.com".into(),
+                Some("z9hG4bK9ikj8".into())
+            )
+        );
         let v = Via::parse("SIP/2.0/UDP 192.0.2.1:5070;rport;branch=z9hG4bKx").unwrap();
         assert_eq!(v.port, Some(5070));
         assert_eq!(v.params.get("rport"), Some(None));

@@ -196,7 +196,10 @@ pub enum Framing {
 /// Finds the end of the header section: index just past the empty line.
 fn header_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0usize;
-    while let Some(rel) = buf.get(i..).and_then(|b| b.iter().position(|&c| c == b'\n')) {
+    while let Some(rel) = buf
+        .get(i..)
+        .and_then(|b| b.iter().position(|&c| c == b'\n'))
+    {
         let nl = i + rel;
         // The line after this newline is empty if it is "\r\n" or "\n".
         match (buf.get(nl + 1), buf.get(nl + 2)) {
@@ -225,11 +228,21 @@ pub fn frame_stream(buf: &[u8], max_size: usize) -> Framing {
         return Framing::Incomplete;
     }
     let Some(head_len) = header_end(buf) else {
-        return if buf.len() >= max_size { Framing::Invalid } else { Framing::Incomplete };
+        return if buf.len() >= max_size {
+            Framing::Invalid
+        } else {
+            Framing::Incomplete
+        };
     };
-    let Some(head) = buf.get(..head_len) else { return Framing::Invalid };
-    let Ok(head) = std::str::from_utf8(head) else { return Framing::Invalid };
-    let Ok(lines) = unfold(head) else { return Framing::Invalid };
+    let Some(head) = buf.get(..head_len) else {
+        return Framing::Invalid;
+    };
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Framing::Invalid;
+    };
+    let Ok(lines) = unfold(head) else {
+        return Framing::Invalid;
+    };
     let mut content_length = None;
     for (name, value) in lines.iter().skip(1) {
         if HeaderName::parse(name) == HeaderName::ContentLength {
@@ -243,8 +256,12 @@ pub fn frame_stream(buf: &[u8], max_size: usize) -> Framing {
         }
     }
     // Content-Length is mandatory on stream transports (RFC 3261 18.3).
-    let Some(cl) = content_length else { return Framing::Invalid };
-    let Some(total) = head_len.checked_add(cl) else { return Framing::Invalid };
+    let Some(cl) = content_length else {
+        return Framing::Invalid;
+    };
+    let Some(total) = head_len.checked_add(cl) else {
+        return Framing::Invalid;
+    };
     if total > max_size {
         Framing::Invalid
     } else if buf.len() < total {
@@ -270,7 +287,9 @@ fn unfold(head: &str) -> Result<Vec<(&str, Cow<'_, str>)>, ParseError> {
             if out.len() < 2 {
                 return Err(ParseError::HeaderLine);
             }
-            let Some((_, value)) = out.last_mut() else { return Err(ParseError::HeaderLine) };
+            let Some((_, value)) = out.last_mut() else {
+                return Err(ParseError::HeaderLine);
+            };
             let cont = trim_ws(line);
             if !cont.is_empty() {
                 let v = value.to_mut();
@@ -320,16 +339,25 @@ impl<'a> Message<'a> {
                     return Err(ParseError::ContentLength);
                 }
                 content_length = Some(
-                    grammar::decimal(&value, u32::MAX as u64).ok_or(ParseError::ContentLength)? as usize,
+                    grammar::decimal(&value, u32::MAX as u64).ok_or(ParseError::ContentLength)?
+                        as usize,
                 );
             }
-            headers.push(Header { name: hn, raw_name: name, value });
+            headers.push(Header {
+                name: hn,
+                raw_name: name,
+                value,
+            });
         }
         let body = match content_length {
             Some(cl) => rest.get(..cl).ok_or(ParseError::Truncated)?,
             None => rest,
         };
-        Ok(Message { start, headers, body })
+        Ok(Message {
+            start,
+            headers,
+            body,
+        })
     }
 
     pub fn is_request(&self) -> bool {
@@ -358,17 +386,27 @@ impl<'a> Message<'a> {
     }
 
     /// Every header field line with this name, in order.
-    pub fn headers_named<'s>(&'s self, name: HeaderName<'s>) -> impl Iterator<Item = &'s Header<'a>> + 's {
+    pub fn headers_named<'s>(
+        &'s self,
+        name: HeaderName<'s>,
+    ) -> impl Iterator<Item = &'s Header<'a>> + 's {
         self.headers.iter().filter(move |h| h.name.same(&name))
     }
 
     /// The value of the only (or first) header field with this name.
     pub fn header(&self, name: HeaderName<'_>) -> Option<&str> {
-        self.headers.iter().find(|h| h.name.same(&name)).map(|h| h.value.as_ref())
+        self.headers
+            .iter()
+            .find(|h| h.name.same(&name))
+            .map(|h| h.value.as_ref())
     }
 
     /// The single value of a header that must not repeat.
-    pub fn single(&self, name: HeaderName<'_>, label: &'static str) -> Result<Option<&str>, ParseError> {
+    pub fn single(
+        &self,
+        name: HeaderName<'_>,
+        label: &'static str,
+    ) -> Result<Option<&str>, ParseError> {
         let mut it = self.headers.iter().filter(|h| h.name.same(&name));
         let first = it.next();
         if it.next().is_some() {
@@ -402,7 +440,10 @@ impl<'a> Message<'a> {
     }
 
     pub fn top_via(&self) -> Result<grammar::Via<'_>, ParseError> {
-        self.vias()?.into_iter().next().ok_or(ParseError::Missing("Via"))
+        self.vias()?
+            .into_iter()
+            .next()
+            .ok_or(ParseError::Missing("Via"))
     }
 
     pub fn call_id(&self) -> Option<&str> {
@@ -429,15 +470,23 @@ impl<'a> Message<'a> {
         let StartLine::Request { method, .. } = self.start else {
             return Err(ParseError::StartLine);
         };
-        let to = self.single(HeaderName::To, "To")?.ok_or(ParseError::Missing("To"))?;
+        let to = self
+            .single(HeaderName::To, "To")?
+            .ok_or(ParseError::Missing("To"))?;
         grammar::name_addr(to).ok_or(ParseError::Malformed("To"))?;
-        let from = self.single(HeaderName::From, "From")?.ok_or(ParseError::Missing("From"))?;
+        let from = self
+            .single(HeaderName::From, "From")?
+            .ok_or(ParseError::Missing("From"))?;
         grammar::name_addr(from).ok_or(ParseError::Malformed("From"))?;
-        let call_id = self.single(HeaderName::CallId, "Call-ID")?.ok_or(ParseError::Missing("Call-ID"))?;
+        let call_id = self
+            .single(HeaderName::CallId, "Call-ID")?
+            .ok_or(ParseError::Missing("Call-ID"))?;
         if call_id.is_empty() || call_id.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(ParseError::Malformed("Call-ID"));
         }
-        let cseq = self.single(HeaderName::CSeq, "CSeq")?.ok_or(ParseError::Missing("CSeq"))?;
+        let cseq = self
+            .single(HeaderName::CSeq, "CSeq")?
+            .ok_or(ParseError::Missing("CSeq"))?;
         let (_, cseq_method) = grammar::cseq(cseq).ok_or(ParseError::Malformed("CSeq"))?;
         if cseq_method != method {
             return Err(ParseError::CSeqMethod);
@@ -468,12 +517,19 @@ impl<'a> Message<'a> {
         if self.is_request() {
             return Err(ParseError::StartLine);
         }
-        self.single(HeaderName::CallId, "Call-ID")?.ok_or(ParseError::Missing("Call-ID"))?;
-        let cseq = self.single(HeaderName::CSeq, "CSeq")?.ok_or(ParseError::Missing("CSeq"))?;
+        self.single(HeaderName::CallId, "Call-ID")?
+            .ok_or(ParseError::Missing("Call-ID"))?;
+        let cseq = self
+            .single(HeaderName::CSeq, "CSeq")?
+            .ok_or(ParseError::Missing("CSeq"))?;
         grammar::cseq(cseq).ok_or(ParseError::Malformed("CSeq"))?;
-        let to = self.single(HeaderName::To, "To")?.ok_or(ParseError::Missing("To"))?;
+        let to = self
+            .single(HeaderName::To, "To")?
+            .ok_or(ParseError::Missing("To"))?;
         grammar::name_addr(to).ok_or(ParseError::Malformed("To"))?;
-        let from = self.single(HeaderName::From, "From")?.ok_or(ParseError::Missing("From"))?;
+        let from = self
+            .single(HeaderName::From, "From")?
+            .ok_or(ParseError::Missing("From"))?;
         grammar::name_addr(from).ok_or(ParseError::Malformed("From"))?;
         if let Some(e) = self.single(HeaderName::Expires, "Expires")? {
             grammar::decimal(e, u32::MAX as u64).ok_or(ParseError::Malformed("Expires"))?;
@@ -516,11 +572,17 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
     if parts.next().is_some() || !grammar::is_token(method) {
         return Err(ParseError::StartLine);
     }
-    let Some(colon) = uri.find(':') else { return Err(ParseError::StartLine) };
+    let Some(colon) = uri.find(':') else {
+        return Err(ParseError::StartLine);
+    };
     let scheme = uri.get(..colon).unwrap_or("");
     if scheme.is_empty()
-        || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-        || uri.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>' || b == b'"' || b == 0x7f)
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        || uri
+            .bytes()
+            .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == b'"' || b == 0x7f)
     {
         return Err(ParseError::StartLine);
     }
@@ -542,7 +604,13 @@ pub struct ResponseBuilder {
 }
 
 impl ResponseBuilder {
-    pub fn new(req: &Message<'_>, code: u16, reason: &str, top_via: &str, to_tag: Option<&str>) -> ResponseBuilder {
+    pub fn new(
+        req: &Message<'_>,
+        code: u16,
+        reason: &str,
+        top_via: &str,
+        to_tag: Option<&str>,
+    ) -> ResponseBuilder {
         let mut out = String::with_capacity(512);
         let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
         let mut first = true;
@@ -590,7 +658,8 @@ impl ResponseBuilder {
     }
 
     pub fn finish(mut self) -> Vec<u8> {
-        self.out.push_str("Server: tandem-signaling\r\nContent-Length: 0\r\n\r\n");
+        self.out
+            .push_str("Server: tandem-signaling\r\nContent-Length: 0\r\n\r\n");
         self.out.into_bytes()
     }
 }
@@ -603,7 +672,10 @@ pub fn stamp_via(via_text: &str, via: &grammar::Via<'_>, source: std::net::Socke
     let host_is_source = via.host.trim_matches(['[', ']']) == ip;
     // Rebuild: copy the text, then adjust the rport and received params.
     let (head, params) = match via_text.find(';') {
-        Some(i) => (via_text.get(..i).unwrap_or(via_text), via_text.get(i + 1..).unwrap_or("")),
+        Some(i) => (
+            via_text.get(..i).unwrap_or(via_text),
+            via_text.get(i + 1..).unwrap_or(""),
+        ),
         None => (via_text, ""),
     };
     out.push_str(trim_ws(head));
@@ -655,7 +727,10 @@ l: 0\r\n\r\n";
         let c = m.list(HeaderName::Contact).unwrap();
         assert_eq!(c.len(), 1);
         let na = grammar::name_addr(c[0]).unwrap();
-        assert_eq!(na.params.value("+sip.instance"), Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"));
+        assert_eq!(
+            na.params.value("+sip.instance"),
+            Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>")
+        );
     }
 
     #[test]
@@ -680,7 +755,10 @@ l: 0\r\n\r\n";
         let via = m.top_via().unwrap();
         let text = m.list(HeaderName::Via).unwrap()[0];
         let s = stamp_via(text, &via, "203.0.113.9:40000".parse().unwrap());
-        assert_eq!(s, "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK776asdhds;received=203.0.113.9;rport=40000");
+        assert_eq!(
+            s,
+            "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK776asdhds;received=203.0.113.9;rport=40000"
+        );
     }
 
     #[test]

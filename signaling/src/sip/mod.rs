@@ -4,9 +4,9 @@
 pub mod config;
 pub mod grammar;
 pub mod message;
+pub mod server;
 pub mod transaction;
 pub mod transport;
-pub mod server;
 
 pub use config::SipConfig;
 pub use server::{SipAddrs, SipError, SipServer};

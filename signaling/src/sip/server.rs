@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::registrar::core::Registrar;
-use crate::registrar::{unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared};
+use crate::registrar::{
+    unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared,
+};
 use crate::sip::message::{frame_stream, stamp_via, Framing, HeaderName, Message, ResponseBuilder};
 use crate::sip::transaction::{ServerInvite, ServerNonInvite, TimerConfig};
 use crate::sip::transport::{Flows, Transport};
@@ -28,7 +30,11 @@ pub enum SipError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot bind {transport} listener on {addr}: {source}")]
-    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("loading stored bindings: {0}")]
@@ -55,8 +61,20 @@ pub struct SipServer {
 
 /// Methods RFC 3261 and its extensions define; others get 501 (RFC 3261 8.2.1).
 const KNOWN_METHODS: &[&str] = &[
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO",
-    "REFER", "MESSAGE", "UPDATE",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
 ];
 const ALLOW: &str = "REGISTER, OPTIONS";
 /// Option tags we support (RFC 3261 8.2.2.3).
@@ -112,7 +130,10 @@ impl SipServer {
             reg.nonce_secret.as_bytes().to_vec()
         };
         let mut core = Registrar::new(reg.clone(), cfg.realm.clone(), secret);
-        let stored = store.load_bindings().await.map_err(|e| SipError::Store(e.to_string()))?;
+        let stored = store
+            .load_bindings()
+            .await
+            .map_err(|e| SipError::Store(e.to_string()))?;
         let expired = core.restore(stored, unix_now());
         for b in expired {
             store
@@ -142,31 +163,69 @@ impl SipServer {
             tracker: tracker.clone(),
         });
 
-        let mut addrs = SipAddrs { udp: None, tcp: None, tls: None };
+        let mut addrs = SipAddrs {
+            udp: None,
+            tcp: None,
+            tls: None,
+        };
         if let Some(addr) = cfg.udp_listen {
-            let sock = UdpSocket::bind(addr).await.map_err(|source| SipError::Bind { transport: "udp", addr, source })?;
-            let local = sock.local_addr().map_err(|source| SipError::Bind { transport: "udp", addr, source })?;
+            let sock = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| SipError::Bind {
+                    transport: "udp",
+                    addr,
+                    source,
+                })?;
+            let local = sock.local_addr().map_err(|source| SipError::Bind {
+                transport: "udp",
+                addr,
+                source,
+            })?;
             addrs.udp = Some(local);
             let sock = Arc::new(sock);
             flows.set_udp(sock.clone());
             tracker.spawn(server.clone().udp_loop(sock, local));
         }
         if let Some(addr) = cfg.tcp_listen {
-            let l = TcpListener::bind(addr).await.map_err(|source| SipError::Bind { transport: "tcp", addr, source })?;
-            addrs.tcp = Some(l.local_addr().map_err(|source| SipError::Bind { transport: "tcp", addr, source })?);
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SipError::Bind {
+                    transport: "tcp",
+                    addr,
+                    source,
+                })?;
+            addrs.tcp = Some(l.local_addr().map_err(|source| SipError::Bind {
+                transport: "tcp",
+                addr,
+                source,
+            })?);
             tracker.spawn(server.clone().accept_loop(l, None));
         }
         if let Some(addr) = cfg.tls_listen {
             let acceptor = tls_acceptor(cfg)?;
-            let l = TcpListener::bind(addr).await.map_err(|source| SipError::Bind { transport: "tls", addr, source })?;
-            addrs.tls = Some(l.local_addr().map_err(|source| SipError::Bind { transport: "tls", addr, source })?);
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SipError::Bind {
+                    transport: "tls",
+                    addr,
+                    source,
+                })?;
+            addrs.tls = Some(l.local_addr().map_err(|source| SipError::Bind {
+                transport: "tls",
+                addr,
+                source,
+            })?);
             tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
         }
         tracker.spawn(server.clone().expiry_loop());
         tracker.spawn(server.clone().transaction_timer_loop());
         tracker.close();
         tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
-        Ok(SipServer { addrs, registrar, tracker })
+        Ok(SipServer {
+            addrs,
+            registrar,
+            tracker,
+        })
     }
 
     pub fn registrar(&self) -> RegistrarHandle {
@@ -188,15 +247,21 @@ fn tls_acceptor(cfg: &SipConfig) -> Result<tokio_rustls::TlsAcceptor, SipError> 
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
-        return Err(SipError::Config("sip.tls_listen: needs sip.tls_cert and sip.tls_key".into()));
+        return Err(SipError::Config(
+            "sip.tls_listen: needs sip.tls_cert and sip.tls_key".into(),
+        ));
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| SipError::Tls(format!("sip.tls_cert {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(SipError::Tls(format!("sip.tls_cert {}: no certificate", cert.display())));
+        return Err(SipError::Tls(format!(
+            "sip.tls_cert {}: no certificate",
+            cert.display()
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| SipError::Tls(format!("sip.tls_key {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| SipError::Tls(format!("sip.tls_key {}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -229,18 +294,32 @@ impl Server {
             if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
                 continue;
             }
-            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { continue };
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                continue;
+            };
             let data = data.to_vec();
             let me = self.clone();
             self.tracker.spawn(async move {
-                me.handle(&data, Origin { transport: Transport::Udp, source: src, local }).await;
+                me.handle(
+                    &data,
+                    Origin {
+                        transport: Transport::Udp,
+                        source: src,
+                        local,
+                    },
+                )
+                .await;
                 drop(permit);
             });
         }
     }
 
     async fn accept_loop(self: Arc<Self>, l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
-        let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
         loop {
             let (stream, remote) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -278,8 +357,13 @@ impl Server {
         }
     }
 
-    async fn stream_loop<S>(self: Arc<Self>, stream: S, transport: Transport, remote: SocketAddr, local: SocketAddr)
-    where
+    async fn stream_loop<S>(
+        self: Arc<Self>,
+        stream: S,
+        transport: Transport,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut rd, mut wr) = tokio::io::split(stream);
@@ -321,10 +405,21 @@ impl Server {
                     }
                     Framing::Message(n) => {
                         let msg: Vec<u8> = buf.drain(..n).collect();
-                        self.handle(&msg, Origin { transport, source: remote, local }).await;
+                        self.handle(
+                            &msg,
+                            Origin {
+                                transport,
+                                source: remote,
+                                local,
+                            },
+                        )
+                        .await;
                     }
                     Framing::Invalid => {
-                        tracing::debug!(transport = transport.as_str(), "unframeable stream, closing");
+                        tracing::debug!(
+                            transport = transport.as_str(),
+                            "unframeable stream, closing"
+                        );
                         break 'conn;
                     }
                 }
@@ -381,7 +476,9 @@ impl Server {
                     if *at > now {
                         break;
                     }
-                    let Some(Reverse((_, key))) = t.timers.pop() else { break };
+                    let Some(Reverse((_, key))) = t.timers.pop() else {
+                        break;
+                    };
                     let mut done = false;
                     let mut next = None;
                     if let Some(e) = t.entries.get_mut(&key) {
@@ -448,13 +545,26 @@ impl Server {
                 return;
             }
             let (code, reason) = e.status();
-            let bytes = ResponseBuilder::new(&msg, code, reason, &stamped, Some(&crate::registrar::new_tag())).finish();
+            let bytes = ResponseBuilder::new(
+                &msg,
+                code,
+                reason,
+                &stamped,
+                Some(&crate::registrar::new_tag()),
+            )
+            .finish();
             self.flows.send(origin.transport, dest, bytes).await;
             return;
         }
         let branch = via.branch().unwrap_or("");
         let tx_method = if method == "ACK" { "INVITE" } else { method };
-        let key = format!("{branch}|{}:{}|{}|{}", via.host, via.port.unwrap_or(0), tx_method, origin.transport.as_str());
+        let key = format!(
+            "{branch}|{}:{}|{}|{}",
+            via.host,
+            via.port.unwrap_or(0),
+            tx_method,
+            origin.transport.as_str()
+        );
 
         // Retransmission or ACK for an existing server transaction.
         let mut resend = Vec::new();
@@ -501,13 +611,23 @@ impl Server {
                 if t.entries.len() >= MAX_TRANSACTIONS {
                     return;
                 }
-                t.entries.insert(key.clone(), TxEntry { tx, transport: origin.transport, dest });
+                t.entries.insert(
+                    key.clone(),
+                    TxEntry {
+                        tx,
+                        transport: origin.transport,
+                        dest,
+                    },
+                );
             }
             Err(_) => return,
         }
 
         let response = self.respond(&msg, origin, &stamped).await;
-        let code = Message::parse(&response).ok().and_then(|m| m.status()).unwrap_or(500);
+        let code = Message::parse(&response)
+            .ok()
+            .and_then(|m| m.status())
+            .unwrap_or(500);
         let mut out = Vec::new();
         if let Ok(mut t) = self.txs.lock() {
             let now = Instant::now();
@@ -537,33 +657,51 @@ impl Server {
     async fn respond(&self, msg: &Message<'_>, origin: Origin, top_via: &str) -> Vec<u8> {
         let method = msg.method().unwrap_or("");
         let tag = crate::registrar::new_tag();
-        let reply = |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&tag));
+        let reply =
+            |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&tag));
         if !KNOWN_METHODS.contains(&method) {
-            return reply(501, "Not Implemented").header("Allow", ALLOW).finish();
+            return reply(501, "Not Implemented")
+                .header("Allow", ALLOW)
+                .finish();
         }
         let uri = msg.request_uri().unwrap_or("");
         let scheme = uri.split(':').next().unwrap_or("");
-        if !["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        if !["sip", "sips", "tel"]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(scheme))
+        {
             return reply(416, "Unsupported URI Scheme").finish();
         }
         let required = msg.list(HeaderName::Require).unwrap_or_default();
-        let unsupported: Vec<&str> =
-            required.into_iter().filter(|r| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(r))).collect();
+        let unsupported: Vec<&str> = required
+            .into_iter()
+            .filter(|r| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(r)))
+            .collect();
         if !unsupported.is_empty() && method != "CANCEL" {
-            return reply(420, "Bad Extension").header("Unsupported", &unsupported.join(", ")).finish();
+            return reply(420, "Bad Extension")
+                .header("Unsupported", &unsupported.join(", "))
+                .finish();
         }
         match method {
             "REGISTER" => self.registrar.handle_register(msg, origin, top_via).await,
-            "OPTIONS" => reply(200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp").finish(),
+            "OPTIONS" => reply(200, "OK")
+                .header("Allow", ALLOW)
+                .header("Accept", "application/sdp")
+                .finish(),
             "CANCEL" => reply(481, "Call/Transaction Does Not Exist").finish(),
-            _ => reply(405, "Method Not Allowed").header("Allow", ALLOW).finish(),
+            _ => reply(405, "Method Not Allowed")
+                .header("Allow", ALLOW)
+                .finish(),
         }
     }
 }
 
 /// Runs `f` on a transaction and collects its output: bytes to send, whether it
 /// terminated, and its next timeout.
-fn drive(tx: &mut ServerTx, f: impl FnOnce(&mut ServerTx)) -> (Vec<Vec<u8>>, bool, Option<Instant>) {
+fn drive(
+    tx: &mut ServerTx,
+    f: impl FnOnce(&mut ServerTx),
+) -> (Vec<Vec<u8>>, bool, Option<Instant>) {
     f(tx);
     let mut out = Vec::new();
     let mut terminated = false;

@@ -22,7 +22,11 @@ pub struct TimerConfig {
 
 impl Default for TimerConfig {
     fn default() -> Self {
-        TimerConfig { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
+        TimerConfig {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
     }
 }
 
@@ -89,7 +93,12 @@ impl Timers {
     }
     /// Removes and returns the timers due at `now`, earliest first.
     fn due(&mut self, now: Instant) -> Vec<Timer> {
-        let mut due: Vec<(Timer, Instant)> = self.armed.iter().filter(|(_, at)| *at <= now).copied().collect();
+        let mut due: Vec<(Timer, Instant)> = self
+            .armed
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .copied()
+            .collect();
         due.sort_by_key(|(_, at)| *at);
         self.armed.retain(|(_, at)| *at > now);
         due.into_iter().map(|(t, _)| t).collect()
@@ -107,7 +116,10 @@ struct Io {
 
 impl Io {
     fn new() -> Io {
-        Io { transmit: VecDeque::new(), events: VecDeque::new() }
+        Io {
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
     }
 }
 
@@ -277,7 +289,10 @@ impl ClientInvite {
                 if self.reliable {
                     self.terminate();
                 } else {
-                    self.timers.set(Timer::D, now + Duration::from_secs(32).max(self.cfg.t1x64()));
+                    self.timers.set(
+                        Timer::D,
+                        now + Duration::from_secs(32).max(self.cfg.t1x64()),
+                    );
                 }
             }
             (State::Completed, 300..=699) => {
@@ -321,7 +336,14 @@ pub struct ServerNonInvite {
 
 impl ServerNonInvite {
     pub fn new(reliable: bool, cfg: TimerConfig) -> Self {
-        ServerNonInvite { cfg, reliable, state: State::Trying, last_response: None, timers: Timers::default(), io: Io::new() }
+        ServerNonInvite {
+            cfg,
+            reliable,
+            state: State::Trying,
+            last_response: None,
+            timers: Timers::default(),
+            io: Io::new(),
+        }
     }
 
     io_methods!();

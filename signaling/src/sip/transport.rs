@@ -70,7 +70,13 @@ impl Flows {
 
     /// Registers a new flow; returns its id (for [`Flows::remove`]). A previous flow
     /// from the same address is closed.
-    pub fn add(&self, t: Transport, remote: SocketAddr, tx: mpsc::Sender<Vec<u8>>, close: CancellationToken) -> u64 {
+    pub fn add(
+        &self,
+        t: Transport,
+        remote: SocketAddr,
+        tx: mpsc::Sender<Vec<u8>>,
+        close: CancellationToken,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut g) = self.flows.lock() {
             if let Some(old) = g.insert((t, remote), Flow { id, tx, close }) {
@@ -98,7 +104,10 @@ impl Flows {
     }
 
     pub fn is_open(&self, t: Transport, remote: SocketAddr) -> bool {
-        self.flows.lock().map(|g| g.contains_key(&(t, remote))).unwrap_or(false)
+        self.flows
+            .lock()
+            .map(|g| g.contains_key(&(t, remote)))
+            .unwrap_or(false)
     }
 
     pub fn len(&self) -> usize {
@@ -121,7 +130,11 @@ impl Flows {
                 }
             }
             _ => {
-                let tx = self.flows.lock().ok().and_then(|g| g.get(&(t, remote)).map(|f| f.tx.clone()));
+                let tx = self
+                    .flows
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.get(&(t, remote)).map(|f| f.tx.clone()));
                 match tx {
                     Some(tx) => tx.try_send(bytes).is_ok(),
                     None => false,
