@@ -6,5 +6,11 @@
 //! - [`config`]: configuration file, flags and environment.
 #![deny(unsafe_code)]
 
+pub mod config;
+pub mod driver;
+pub mod pii;
 pub mod stun;
 pub mod turn;
+
+pub use config::Config;
+pub use driver::{run, Relay};

@@ -1,1 +1,135 @@
-fn main() {}
+//! `tandem-relay`: parse flags and config, then run the relay.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ipnet::IpNet;
+use tandem_relay::Config;
+use tokio_util::sync::CancellationToken;
+
+/// STUN/TURN server. Flags (and TANDEM_* variables) override the config file.
+#[derive(Debug, Parser)]
+#[command(name = "tandem-relay", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "TANDEM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listening address (repeatable).
+    #[arg(long, env = "TANDEM_LISTENING_IP", value_delimiter = ',')]
+    listening_ip: Vec<IpAddr>,
+    /// Listening UDP port (default 3478).
+    #[arg(long, env = "TANDEM_LISTENING_PORT")]
+    listening_port: Option<u16>,
+    /// Address relayed sockets bind to (repeatable).
+    #[arg(long, env = "TANDEM_RELAY_IP", value_delimiter = ',')]
+    relay_ip: Vec<IpAddr>,
+    /// Public address advertised for relayed sockets.
+    #[arg(long, env = "TANDEM_EXTERNAL_IP")]
+    external_ip: Option<IpAddr>,
+    #[arg(long, env = "TANDEM_MIN_PORT")]
+    min_port: Option<u16>,
+    #[arg(long, env = "TANDEM_MAX_PORT")]
+    max_port: Option<u16>,
+    #[arg(long, env = "TANDEM_REALM")]
+    realm: Option<String>,
+    /// Long-term user NAME:PASSWORD (repeatable).
+    #[arg(long, short = 'u', env = "TANDEM_USER", value_delimiter = ',')]
+    user: Vec<String>,
+    /// Shared secret for REST credentials (repeatable, for rotation).
+    #[arg(long, env = "TANDEM_STATIC_AUTH_SECRET", value_delimiter = ',')]
+    static_auth_secret: Vec<String>,
+    /// Allow relaying to loopback peers (tests only).
+    #[arg(long, env = "TANDEM_ALLOW_LOOPBACK_PEERS")]
+    allow_loopback_peers: bool,
+    /// Peer range to allow (CIDR, repeatable).
+    #[arg(long, env = "TANDEM_ALLOWED_PEER_IP", value_delimiter = ',')]
+    allowed_peer_ip: Vec<IpNet>,
+    /// Peer range to deny (CIDR, repeatable).
+    #[arg(long, env = "TANDEM_DENIED_PEER_IP", value_delimiter = ',')]
+    denied_peer_ip: Vec<IpNet>,
+    #[arg(long, env = "TANDEM_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log client and peer addresses in clear.
+    #[arg(long, env = "TANDEM_LOG_ADDRESSES")]
+    log_addresses: bool,
+    /// Accept RFC 5766 channel numbers 0x5000-0x7FFF.
+    #[arg(long, env = "TANDEM_LEGACY_CHANNEL_RANGE")]
+    legacy_channel_range: bool,
+    /// Private address for /metrics and /health.
+    #[arg(long, env = "TANDEM_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl Args {
+    fn apply(self, c: &mut Config) {
+        fn set<T>(dst: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        }
+        fn set_list<T>(dst: &mut Vec<T>, v: Vec<T>) {
+            if !v.is_empty() {
+                *dst = v;
+            }
+        }
+        set_list(&mut c.listening_ip, self.listening_ip);
+        set(&mut c.listening_port, self.listening_port);
+        set_list(&mut c.relay_ip, self.relay_ip);
+        if self.external_ip.is_some() {
+            c.external_ip = self.external_ip;
+        }
+        set(&mut c.min_port, self.min_port);
+        set(&mut c.max_port, self.max_port);
+        set(&mut c.realm, self.realm);
+        set_list(&mut c.user, self.user);
+        set_list(&mut c.static_auth_secret, self.static_auth_secret);
+        c.allow_loopback_peers |= self.allow_loopback_peers;
+        set_list(&mut c.allowed_peer_ip, self.allowed_peer_ip);
+        set_list(&mut c.denied_peer_ip, self.denied_peer_ip);
+        set(&mut c.log_level, self.log_level);
+        c.log_addresses |= self.log_addresses;
+        c.legacy_channel_range |= self.legacy_channel_range;
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    args.apply(&mut config);
+    config.validate()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .init();
+    let relay = tandem_relay::Relay::bind(&config)
+        .await
+        .context("starting the relay")?;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    s.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        s.cancel();
+    });
+    relay.run(shutdown).await;
+    Ok(())
+}

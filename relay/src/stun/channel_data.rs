@@ -10,6 +10,12 @@ pub fn is_valid_number(n: u16) -> bool {
     (0x4000..=0x4FFF).contains(&n)
 }
 
+/// The wider range of RFC 5766 (0x4000-0x7FFF), still used by some clients (coturn's
+/// own test client picks numbers up to 0x7FFF). RFC 8656 reserves 0x5000-0xFFFF.
+pub fn is_legacy_number(n: u16) -> bool {
+    (0x4000..=0x7FFF).contains(&n)
+}
+
 /// A ChannelData message borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelData<'a> {
@@ -18,13 +24,15 @@ pub struct ChannelData<'a> {
 }
 
 impl<'a> ChannelData<'a> {
-    /// Decode a ChannelData datagram. Over UDP the padding to a multiple of 4 is
+    /// Decode a ChannelData datagram. Numbers 0x4000-0x7FFF are accepted here (the
+    /// server only relays on numbers it bound, so the RFC 8656 range is enforced at
+    /// ChannelBind). Over UDP the padding to a multiple of 4 is
     /// optional, so any bytes after `length` are accepted and ignored as long as they
     /// are fewer than 4 (a longer tail is not padding and the datagram is dropped).
     pub fn decode(packet: &'a [u8]) -> Result<Self, DecodeError> {
         let h = packet.get(..HEADER_LEN).ok_or(DecodeError::TooShort)?;
         let number = u16::from_be_bytes([h[0], h[1]]);
-        if !is_valid_number(number) {
+        if !is_legacy_number(number) {
             return Err(DecodeError::BadChannelNumber);
         }
         let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
@@ -64,7 +72,10 @@ mod tests {
         // Truncated.
         assert!(ChannelData::decode(&[0x40, 0x00, 0x00, 0x05, 1]).is_err());
         // Reserved range.
-        assert!(ChannelData::decode(&[0x50, 0x00, 0x00, 0x00]).is_err());
+        assert!(ChannelData::decode(&[0x80, 0x00, 0x00, 0x00]).is_err());
+        assert!(ChannelData::decode(&[0x3F, 0xFF, 0x00, 0x00]).is_err());
+        assert!(is_valid_number(0x4FFF) && !is_valid_number(0x5000));
+        assert!(is_legacy_number(0x7FFF));
         assert!(ChannelData::decode(&[0x40, 0x00, 0x00]).is_err());
     }
 }

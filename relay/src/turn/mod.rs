@@ -119,6 +119,9 @@ pub struct Config {
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     pub nonce_lifetime: Duration,
+    /// Accept ChannelBind numbers in RFC 5766's 0x4000-0x7FFF instead of RFC 8656's
+    /// 0x4000-0x4FFF.
+    pub legacy_channel_numbers: bool,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
             nonce_lifetime: Duration::from_secs(600),
+            legacy_channel_numbers: false,
         }
     }
 }
@@ -602,6 +606,11 @@ impl Server {
         unknown: &[u16],
     ) -> ClientOutput {
         let budget = req.msg.as_bytes().len();
+        tracing::debug!(
+            code,
+            method = req.msg.method(),
+            "error response before authentication"
+        );
         for reason in [err_reason(code), ""] {
             let n = self.write_error(req, out, code, reason, unknown, None, None);
             if let Some(n) = n {
@@ -777,6 +786,7 @@ impl Server {
         unknown: &[u16],
     ) -> ClientOutput {
         self.stats.error_responses += 1;
+        tracing::debug!(code, method = req.msg.method(), "error response");
         match self.write_error(req, out, code, err_reason(code), unknown, Some(auth), None) {
             Some(len) => ClientOutput::Reply { len },
             None => ClientOutput::None,
@@ -1084,7 +1094,12 @@ impl Server {
         let (Some(number), Some(peer)) = (req.channel_number, req.peers().next()) else {
             return self.auth_error(req, out, auth, 400, &[]);
         };
-        if !channel_data::is_valid_number(number) || req.peer_count != 1 {
+        let valid = if self.cfg.legacy_channel_numbers {
+            channel_data::is_legacy_number(number)
+        } else {
+            channel_data::is_valid_number(number)
+        };
+        if !valid || req.peer_count != 1 {
             return self.auth_error(req, out, auth, 400, &[]);
         }
         let peer = match self.check_peer(id, peer) {

@@ -1,0 +1,275 @@
+//! Relay configuration: a TOML file (`deny_unknown_fields`, keys named like coturn's
+//! options), overridden by `TANDEM_*` environment variables and command-line flags.
+//! Every bad value fails at start with the key's name.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::turn::{self, PeerPolicy, Quotas};
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The configuration file. Field names are the keys in kebab-case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Addresses to listen on for STUN/TURN over UDP.
+    pub listening_ip: Vec<IpAddr>,
+    pub listening_port: u16,
+    /// Addresses relayed sockets bind to (default: the listening addresses).
+    pub relay_ip: Vec<IpAddr>,
+    /// Public address advertised in XOR-RELAYED-ADDRESS (1:1 NAT).
+    pub external_ip: Option<IpAddr>,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub realm: String,
+    /// Static long-term users, `name:password`.
+    pub user: Vec<String>,
+    /// coturn `use-auth-secret` shared secrets; several for rotation.
+    pub static_auth_secret: Vec<String>,
+    pub allow_loopback_peers: bool,
+    pub allowed_peer_ip: Vec<IpNet>,
+    pub denied_peer_ip: Vec<IpNet>,
+    pub log_level: String,
+    /// Log client and peer addresses in clear (off: they are redacted).
+    pub log_addresses: bool,
+    /// Private listener for /metrics and /health (off unless set).
+    pub metrics_listen: Option<SocketAddr>,
+    /// SOFTWARE attribute (off unless set).
+    pub software: Option<String>,
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+    pub nonce_lifetime: u64,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub max_permissions: u32,
+    pub max_channels: u32,
+    /// Relayed bytes per second per allocation (0 = unlimited).
+    pub max_bps: u64,
+    /// 401 answers per second per source IP (0 = unlimited).
+    pub unauthorized_rate: u32,
+    /// Accept channel numbers 0x5000-0x7FFF (RFC 5766 clients).
+    pub legacy_channel_range: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let q = Quotas::default();
+        Config {
+            listening_ip: Vec::new(),
+            listening_port: 3478,
+            relay_ip: Vec::new(),
+            external_ip: None,
+            min_port: 49152,
+            max_port: 65535,
+            realm: "tandem".into(),
+            user: Vec::new(),
+            static_auth_secret: Vec::new(),
+            allow_loopback_peers: false,
+            allowed_peer_ip: Vec::new(),
+            denied_peer_ip: Vec::new(),
+            log_level: "info".into(),
+            log_addresses: false,
+            metrics_listen: None,
+            software: None,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            nonce_lifetime: 600,
+            user_quota: q.allocations_per_user,
+            total_quota: q.total_allocations,
+            max_permissions: q.permissions_per_allocation,
+            max_channels: q.channels_per_allocation,
+            max_bps: q.bytes_per_sec,
+            unauthorized_rate: q.unauthorized_per_sec,
+            legacy_channel_range: false,
+        }
+    }
+}
+
+impl Config {
+    /// Parse a TOML document.
+    pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &p)
+    }
+
+    /// Check values that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listening_ip.is_empty() {
+            return Err(invalid("listening-ip", "at least one address is required"));
+        }
+        if self.min_port == 0 || self.min_port > self.max_port {
+            return Err(invalid(
+                "min-port",
+                "must be non-zero and not above max-port",
+            ));
+        }
+        if self.realm.is_empty() || self.realm.len() > 127 {
+            return Err(invalid("realm", "must be 1 to 127 bytes"));
+        }
+        for u in &self.user {
+            match u.split_once(':') {
+                Some((n, p)) if !n.is_empty() && !p.is_empty() => {}
+                _ => return Err(invalid("user", "entries must be NAME:PASSWORD")),
+            }
+        }
+        if self.user.is_empty() && self.static_auth_secret.is_empty() {
+            return Err(invalid(
+                "user",
+                "set at least one user or static-auth-secret",
+            ));
+        }
+        if self.static_auth_secret.iter().any(String::is_empty) {
+            return Err(invalid("static-auth-secret", "must not be empty"));
+        }
+        for ip in self.relay_ips() {
+            if ip.is_unspecified() && self.external_ip.is_none() {
+                return Err(invalid(
+                    "relay-ip",
+                    "a wildcard relay address needs external-ip (or set relay-ip)",
+                ));
+            }
+        }
+        if self.default_lifetime == 0 || self.default_lifetime > self.max_lifetime {
+            return Err(invalid(
+                "default-lifetime",
+                "must be non-zero and not above max-lifetime",
+            ));
+        }
+        if self.nonce_lifetime == 0 {
+            return Err(invalid("nonce-lifetime", "must be non-zero"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(invalid("log-level", "not a valid level or filter"));
+        }
+        Ok(())
+    }
+
+    /// Where relayed sockets bind.
+    pub fn relay_ips(&self) -> Vec<IpAddr> {
+        if self.relay_ip.is_empty() {
+            self.listening_ip.clone()
+        } else {
+            self.relay_ip.clone()
+        }
+    }
+
+    /// The configuration of the sans-IO core. `listening` are the bound listening
+    /// addresses (never valid peers).
+    pub fn core(&self, listening: &[SocketAddr]) -> turn::Config {
+        let users = self
+            .user
+            .iter()
+            .filter_map(|u| u.split_once(':'))
+            .map(|(n, p)| (n.to_owned(), p.to_owned()))
+            .collect();
+        let mut own: Vec<SocketAddr> = listening.to_vec();
+        if let Some(ext) = self.external_ip {
+            own.extend(listening.iter().map(|l| SocketAddr::new(ext, l.port())));
+        }
+        turn::Config {
+            realm: self.realm.clone(),
+            users,
+            auth_secrets: self.static_auth_secret.clone(),
+            software: self.software.clone(),
+            external_ip: self.external_ip,
+            policy: PeerPolicy {
+                allow_loopback: self.allow_loopback_peers,
+                allowed: self.allowed_peer_ip.clone(),
+                denied: self.denied_peer_ip.clone(),
+                own,
+            },
+            quotas: Quotas {
+                allocations_per_user: self.user_quota,
+                total_allocations: self.total_quota,
+                permissions_per_allocation: self.max_permissions,
+                channels_per_allocation: self.max_channels,
+                bytes_per_sec: self.max_bps,
+                unauthorized_per_sec: self.unauthorized_rate,
+                unauthorized_burst: self.unauthorized_rate.saturating_mul(2),
+            },
+            default_lifetime: self.default_lifetime,
+            max_lifetime: self.max_lifetime,
+            nonce_lifetime: Duration::from_secs(self.nonce_lifetime),
+            legacy_channel_numbers: self.legacy_channel_range,
+            ..turn::Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/relay.toml");
+        let c = Config::load(Path::new(path)).expect("config/relay.toml parses");
+        c.validate().expect("config/relay.toml is valid");
+        assert_eq!(c.listening_port, 3478);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_name_the_key() {
+        let e = Config::from_toml("listening-prot = 1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listening-prot"), "{e}");
+        let e = Config::from_toml("listening-port = \"abc\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listening-port"), "{e}");
+        let e = Config::from_toml("denied-peer-ip = [\"10.0.0.0/33\"]\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("denied-peer-ip"), "{e}");
+        let c = Config::from_toml(
+            "listening-ip = [\"127.0.0.1\"]\nuser = [\"nopassword\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`user`"));
+        let c = Config::from_toml(
+            "listening-ip = [\"127.0.0.1\"]\nuser = [\"a:b\"]\nmin-port = 6000\nmax-port = 5000\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`min-port`"));
+    }
+}
