@@ -64,7 +64,7 @@ pub enum StoreError {
 
 /// Per-class device limits. `mobile` counts mobile and tablet devices together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeviceLimits {
     /// Mobile and tablet devices together.
     pub mobile: u32,

@@ -1,0 +1,180 @@
+//! Every signaling TOML under config/ parses and validates; bad values fail naming
+//! the key; flags and TANDEM_* variables override the file.
+
+use std::path::Path;
+
+use clap::Parser;
+use tandem_signaling::config::{Cli, ConfigError, SignalingConfig};
+
+/// Tests that parse flags (which read TANDEM_* variables) or set variables take this.
+static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn config_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
+}
+
+/// Signaling's files: `signaling*.toml` (relay.toml belongs to the relay).
+fn signaling_files() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(config_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("signaling")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn example_files_parse_and_validate() {
+    let files = signaling_files();
+    assert!(!files.is_empty(), "config/signaling.toml must exist");
+    for f in files {
+        let cfg = SignalingConfig::from_file(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        cfg.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+}
+
+#[test]
+fn example_starts_embedded_with_the_documented_defaults() {
+    let cfg = SignalingConfig::from_file(&config_dir().join("signaling.toml")).unwrap();
+    assert_eq!(cfg.database.url, None);
+    assert_eq!(cfg.database_url(), "sqlite://./data/signaling.db");
+    assert_eq!(cfg.sip.udp_listen, Some("127.0.0.1:5060".parse().unwrap()));
+    assert_eq!(cfg.sip.tcp_listen, Some("127.0.0.1:5060".parse().unwrap()));
+    assert_eq!(cfg.sip.tls_listen, None);
+    assert_eq!(cfg.api.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(cfg.api.admin_token, None);
+    assert_eq!(
+        (
+            cfg.device_limits.mobile,
+            cfg.device_limits.desktop,
+            cfg.device_limits.web
+        ),
+        (3, 1, 1)
+    );
+    assert!(!cfg.log.show_personal_data);
+    // The example spells out the defaults: it equals the built-in configuration.
+    assert_eq!(cfg, SignalingConfig::default());
+}
+
+fn parse_err(text: &str) -> String {
+    match SignalingConfig::from_toml(text, Path::new("test.toml"))
+        .and_then(|c| c.validate().map(|_| c))
+    {
+        Ok(_) => panic!("{text:?} should be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_values_fail_naming_the_key() {
+    for (text, key) in [
+        ("unknown_key = 1", "unknown_key"),
+        ("[api]\nlisten = \"not an address\"", "listen"),
+        ("[api]\nlistn = \"127.0.0.1:1\"", "listn"),
+        ("[api]\nadmin_token = \"short\"", "api.admin_token"),
+        ("default_country_code = \"0048\"", "default_country_code"),
+        ("[database]\nurl = \"mysql://x\"", "database.url"),
+        (
+            "[database]\nmax_connections = 0",
+            "database.max_connections",
+        ),
+        ("[sip]\nrealm = \"\"", "sip.realm"),
+        ("[sip]\nudp_listen = 5060", "udp_listen"),
+        ("[sip]\ntls_listen = \"127.0.0.1:5061\"", "sip.tls_listen"),
+        ("[registrar]\nmin_expires = 0", "registrar.min_expires"),
+        ("[device_limits]\nmobile = -1", "mobile"),
+        ("[device_limits]\nmobile = 5000", "device_limits.mobile"),
+        ("[device_limits]\ntablet = 2", "tablet"),
+        ("[log]\nlevel = \"[[[\"", "log.level"),
+        ("data_dir = \"\"", "data_dir"),
+    ] {
+        let e = parse_err(text);
+        assert!(e.contains(key), "{text:?}: error {e:?} does not name {key}");
+    }
+}
+
+#[test]
+fn flags_override_the_file() {
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("tandem_cfg_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s.toml");
+    std::fs::write(
+        &file,
+        "data_dir = \"/var/lib/x\"\n[api]\nlisten = \"127.0.0.1:1111\"\n",
+    )
+    .unwrap();
+    let cli = Cli::try_parse_from([
+        "tandem-signaling",
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        "/tmp/d",
+        "--database-url",
+        "postgres://postgres@127.0.0.1/x",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--sip-listen",
+        "127.0.0.1:5070",
+        "--sip-tcp-listen",
+        "127.0.0.1:5071",
+        "--log-level",
+        "debug",
+        "--log-personal-data",
+    ])
+    .unwrap();
+    let cfg = SignalingConfig::load(&cli).unwrap();
+    assert_eq!(cfg.data_dir, Path::new("/tmp/d"));
+    assert_eq!(cfg.database_url(), "postgres://postgres@127.0.0.1/x");
+    assert_eq!(cfg.api.listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(cfg.sip.udp_listen, Some("127.0.0.1:5070".parse().unwrap()));
+    assert_eq!(cfg.sip.tcp_listen, Some("127.0.0.1:5071".parse().unwrap()));
+    assert_eq!(cfg.log.level, "debug");
+    assert!(cfg.log.show_personal_data);
+
+    // A bad flag value fails at parse time naming the flag.
+    let e = Cli::try_parse_from(["tandem-signaling", "--api-listen", "nowhere"]).unwrap_err();
+    assert!(e.to_string().contains("--api-listen"), "{e}");
+    // A missing file names the file.
+    let cli = Cli::try_parse_from(["tandem-signaling", "--config", "/nonexistent/x.toml"]).unwrap();
+    assert!(matches!(
+        SignalingConfig::load(&cli),
+        Err(ConfigError::Read { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn environment_variables_are_read() {
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("TANDEM_API_LISTEN", "127.0.0.1:9999");
+    std::env::set_var("TANDEM_ADMIN_TOKEN", "from-the-environment-123");
+    let cli = Cli::try_parse_from(["tandem-signaling"]).unwrap();
+    let cfg = SignalingConfig::load(&cli);
+    let cli_flag =
+        Cli::try_parse_from(["tandem-signaling", "--api-listen", "127.0.0.1:1"]).unwrap();
+    std::env::set_var("TANDEM_API_LISTEN", "bogus");
+    let bad = Cli::try_parse_from(["tandem-signaling"]).map(|_| ());
+    std::env::remove_var("TANDEM_API_LISTEN");
+    std::env::remove_var("TANDEM_ADMIN_TOKEN");
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.api.listen, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(
+        cfg.api.admin_token.as_deref(),
+        Some("from-the-environment-123")
+    );
+    assert_eq!(
+        cli_flag.api_listen,
+        Some("127.0.0.1:1".parse().unwrap()),
+        "flag beats environment"
+    );
+    assert!(bad.is_err(), "a bad environment value is refused");
+}
