@@ -87,6 +87,11 @@ pub struct ApiConfig {
     /// Bearer token of the administrator routes. Unset: one is generated at first
     /// start and kept in `<data_dir>/admin-token` (mode 0600).
     pub admin_token: Option<String>,
+    /// Failed authentications (admin or Basic) from one address within
+    /// `auth_fail_window_secs` that make the API refuse it for `auth_ban_secs`.
+    pub auth_fail_limit: u32,
+    pub auth_fail_window_secs: u64,
+    pub auth_ban_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -94,6 +99,20 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
+            auth_fail_limit: 10,
+            auth_fail_window_secs: 60,
+            auth_ban_secs: 300,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn limiter(&self) -> crate::http::limiter::LimiterConfig {
+        crate::http::limiter::LimiterConfig {
+            limit: self.auth_fail_limit,
+            window: std::time::Duration::from_secs(self.auth_fail_window_secs),
+            ban: std::time::Duration::from_secs(self.auth_ban_secs),
+            ..Default::default()
         }
     }
 }
@@ -263,6 +282,15 @@ impl SignalingConfig {
                     "api.admin_token: must be at least 16 characters without whitespace".into(),
                 );
             }
+        }
+        if self.api.auth_fail_limit == 0 {
+            return bad("api.auth_fail_limit: must be at least 1".into());
+        }
+        if self.api.auth_fail_window_secs == 0 || self.api.auth_fail_window_secs > 86_400 {
+            return bad("api.auth_fail_window_secs: must be 1-86400".into());
+        }
+        if self.api.auth_ban_secs > 86_400 {
+            return bad("api.auth_ban_secs: must be at most 86400".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!(

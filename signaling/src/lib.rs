@@ -180,6 +180,7 @@ pub async fn start(
             admin_token: admin_token.clone(),
             default_limits: cfg.device_limits,
             default_country_code: cfg.default_country_code.clone(),
+            auth_limiter: cfg.api.limiter(),
         },
         http::Metrics::new(),
     );

@@ -5,9 +5,13 @@
 //! by recomputing HA1 (SHA-256) with the configured realm, so the API needs no copy
 //! of the password beyond what the registrar already stores.
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
@@ -24,6 +28,44 @@ pub struct Admin;
 #[derive(Debug, Clone, Copy)]
 pub struct AccountAuth(pub AccountId);
 
+fn source(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Refuses a banned source before its credentials are looked at.
+fn check_ban(state: &AppState, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    let Some(ip) = ip else { return Ok(()) };
+    match state.limiter().banned(ip, Instant::now()) {
+        Some(left) => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_auth_failures",
+                "too many failed authentications from this address; try again later",
+            );
+            e.retry_after = Some(left.as_secs().max(1));
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+fn failed(state: &AppState, ip: Option<IpAddr>, kind: &str) {
+    state.metrics().auth_failure(kind);
+    if let Some(ip) = ip {
+        if state.limiter().failure(ip, Instant::now()) {
+            let shown = if crate::log_pii() {
+                ip.to_string()
+            } else {
+                "<redacted>".to_owned()
+            };
+            tracing::warn!(source = %shown, kind, "HTTP API: source banned after repeated authentication failures");
+        }
+    }
+}
+
 fn authorization(parts: &Parts) -> Option<&str> {
     parts.headers.get(AUTHORIZATION)?.to_str().ok()
 }
@@ -38,15 +80,20 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = source(parts);
+        check_ban(state, ip)?;
         let Some(token) = authorization(parts).and_then(|v| scheme(v, "Bearer")) else {
-            state.metrics().auth_failure("admin");
+            failed(state, ip, "admin");
             return Err(ApiError::unauthorized("admin bearer token required"));
         };
         let expected = state.admin_token().as_bytes();
         if bool::from(token.as_bytes().ct_eq(expected)) {
+            if let Some(ip) = ip {
+                state.limiter().success(ip);
+            }
             Ok(Admin)
         } else {
-            state.metrics().auth_failure("admin");
+            failed(state, ip, "admin");
             Err(ApiError::unauthorized("invalid admin token"))
         }
     }
@@ -62,8 +109,10 @@ impl FromRequestParts<AppState> for AccountAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = source(parts);
+        check_ban(state, ip)?;
         let Some(encoded) = authorization(parts).and_then(|v| scheme(v, "Basic")) else {
-            state.metrics().auth_failure("basic");
+            failed(state, ip, "basic");
             return Err(basic_error("HTTP Basic credentials required"));
         };
         let decoded = base64::engine::general_purpose::STANDARD
@@ -71,7 +120,7 @@ impl FromRequestParts<AppState> for AccountAuth {
             .ok()
             .and_then(|b| String::from_utf8(b).ok());
         let Some((identity, password)) = decoded.as_deref().and_then(|s| s.split_once(':')) else {
-            state.metrics().auth_failure("basic");
+            failed(state, ip, "basic");
             return Err(basic_error("malformed HTTP Basic credentials"));
         };
         let creds = state.store().find_account(identity).await?;
@@ -87,9 +136,14 @@ impl FromRequestParts<AppState> for AccountAuth {
         let (_, computed) = ha1(login, state.realm(), password);
         let ok = bool::from(computed.as_bytes().ct_eq(expected.as_bytes()));
         match creds {
-            Some(c) if ok => Ok(AccountAuth(c.id)),
+            Some(c) if ok => {
+                if let Some(ip) = ip {
+                    state.limiter().success(ip);
+                }
+                Ok(AccountAuth(c.id))
+            }
             _ => {
-                state.metrics().auth_failure("basic");
+                failed(state, ip, "basic");
                 Err(basic_error("wrong identity or password"))
             }
         }

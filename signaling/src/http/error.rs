@@ -36,6 +36,8 @@ pub struct ApiError {
     pub message: String,
     /// Adds `WWW-Authenticate: Basic` to 401 answers on account routes.
     pub basic_challenge: bool,
+    /// Adds `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -45,6 +47,7 @@ impl ApiError {
             code,
             message: message.into(),
             basic_challenge: false,
+            retry_after: None,
         }
     }
 
@@ -97,6 +100,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"tandem\", charset=\"UTF-8\""),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -40,13 +40,15 @@
 //! * Errors: `{"error": {"code": "...", "message": "..."}}`; codes include
 //!   `invalid_json`, `invalid_request`, `invalid_phone_number`, `invalid_instance_id`,
 //!   `unauthorized`, `account_not_found`, `device_not_found`, `not_found`,
-//!   `method_not_allowed`, `login_taken`, `username_taken`, `username_already_set`,
+//!   `method_not_allowed`, `too_many_auth_failures` (429, after repeated failed
+//!   authentications from one address), `login_taken`, `username_taken`, `username_already_set`,
 //!   `phone_number_taken`, `device_limit_reached`, `device_class_mismatch`, `internal`.
 
 pub mod accounts;
 pub mod auth;
 pub mod devices;
 pub mod error;
+pub mod limiter;
 pub mod metrics;
 pub mod openapi;
 pub mod types;
@@ -137,6 +139,8 @@ pub struct ApiSettings {
     pub default_limits: DeviceLimits,
     /// Country code for accounts created without one.
     pub default_country_code: String,
+    /// Failed-authentication limit per source address.
+    pub auth_limiter: limiter::LimiterConfig,
 }
 
 struct StateInner {
@@ -144,6 +148,7 @@ struct StateInner {
     registrations: Arc<dyn Registrations>,
     settings: ApiSettings,
     metrics: Metrics,
+    limiter: limiter::AuthLimiter,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -165,12 +170,14 @@ impl AppState {
         settings: ApiSettings,
         metrics: Metrics,
     ) -> AppState {
+        let limiter = limiter::AuthLimiter::new(settings.auth_limiter);
         AppState {
             inner: Arc::new(StateInner {
                 store,
                 registrations,
                 settings,
                 metrics,
+                limiter,
             }),
         }
     }
@@ -194,6 +201,9 @@ impl AppState {
     }
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+    pub fn limiter(&self) -> &limiter::AuthLimiter {
+        &self.inner.limiter
     }
 }
 

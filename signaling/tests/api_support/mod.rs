@@ -103,6 +103,19 @@ impl TestApi {
     }
 
     pub async fn with_limits(backend: Backend, limits: DeviceLimits) -> TestApi {
+        // High enough for the bad-credential tests; api_auth_ban tests the ban.
+        let limiter = http::limiter::LimiterConfig {
+            limit: 1000,
+            ..Default::default()
+        };
+        Self::with_settings(backend, limits, limiter).await
+    }
+
+    pub async fn with_settings(
+        backend: Backend,
+        limits: DeviceLimits,
+        limiter: http::limiter::LimiterConfig,
+    ) -> TestApi {
         let db = TestDb::new(backend).await;
         let store = db.store().await;
         let registrar = Arc::new(FakeRegistrar::default());
@@ -114,6 +127,7 @@ impl TestApi {
                 admin_token: ADMIN_TOKEN.to_owned(),
                 default_limits: limits,
                 default_country_code: "48".to_owned(),
+                auth_limiter: limiter,
             },
             Metrics::new(),
         );
