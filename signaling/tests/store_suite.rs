@@ -164,8 +164,45 @@ async fn phone_numbers_and_lookup(backend: Backend) {
         store.add_phone_number(9999, "48600000001").await,
         Err(StoreError::AccountNotFound)
     ));
+    // An account signed up with its number as login: the number is its own to carry,
+    // nobody else's, and no new login may equal a number in use.
+    let c = account(&store, "48600999888").await;
+    store.add_phone_number(c, "48600999888").await.unwrap();
+    assert!(matches!(
+        store.add_phone_number(a, "48600999777").await,
+        Ok(())
+    ));
+    let d = account(&store, "48600999666").await;
+    assert!(matches!(
+        store.add_phone_number(a, "48600999666").await,
+        Err(StoreError::PhoneNumberTaken)
+    ));
+    store.add_phone_number(d, "48600999666").await.unwrap();
+    assert!(matches!(
+        store
+            .create_account(&NewAccount {
+                login: "48600999777",
+                password: "x",
+                realm: REALM,
+                country_code: "48",
+                display_name: None
+            })
+            .await,
+        Err(StoreError::LoginTaken)
+    ));
+    assert_eq!(
+        store
+            .find_account("0600999888")
+            .await
+            .unwrap()
+            .map(|c| c.id),
+        Some(c)
+    );
     let got = store.get_account(a).await.unwrap().unwrap();
-    assert_eq!(got.phone_numbers, ["442085676789", "48600345698"]);
+    assert_eq!(
+        got.phone_numbers,
+        ["442085676789", "48600345698", "48600999777"]
+    );
 
     // Every accepted form finds the account (store default country code is 48).
     for form in [

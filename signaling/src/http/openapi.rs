@@ -3,6 +3,7 @@
 //! `TANDEM_UPDATE_OPENAPI=1 cargo test -p tandem-signaling --test api_openapi`).
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{accounts, devices, error, types};
@@ -22,6 +23,34 @@ impl Modify for Security {
             "basic",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
         );
+        // Every authenticated operation can answer 429 once its source is banned.
+        let banned = ResponseBuilder::new()
+            .description("too_many_auth_failures: this address failed to authenticate too often")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.responses
+                        .responses
+                        .insert("429".to_owned(), banned.clone().into());
+                }
+            }
+        }
     }
 }
 

@@ -398,11 +398,15 @@ impl Store {
         let (md5, sha) = ha1(a.login, a.realm, a.password);
         let now = unix_now();
         let mut tx = self.pool().begin().await?;
-        // A login must not equal another account's username: both name an account.
-        let clash = sqlx::query("SELECT 1 FROM accounts WHERE username = $1")
-            .bind(a.login)
-            .fetch_optional(&mut *tx)
-            .await?;
+        // A login must not equal another account's username or phone number: each of
+        // them names an account when logging in.
+        let clash = sqlx::query(
+            "SELECT 1 FROM accounts WHERE username = $1 \
+             UNION ALL SELECT 1 FROM phone_numbers WHERE number = $1",
+        )
+        .bind(a.login)
+        .fetch_optional(&mut *tx)
+        .await?;
         if clash.is_some() {
             return Err(StoreError::LoginTaken);
         }
@@ -584,6 +588,16 @@ impl Store {
             .await?;
         if locked.rows_affected() == 0 {
             return Err(StoreError::AccountNotFound);
+        }
+        // Logins made of digits (accounts signed up with their number) name an
+        // account too; the same account may carry its own login as a number.
+        let clash = sqlx::query("SELECT 1 FROM accounts WHERE login = $1 AND id <> $2")
+            .bind(e164)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if clash.is_some() {
+            return Err(StoreError::PhoneNumberTaken);
         }
         sqlx::query(
             "INSERT INTO phone_numbers (number, account_id, created_at) VALUES ($1, $2, $3)",
