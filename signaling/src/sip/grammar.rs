@@ -194,6 +194,23 @@ pub struct NameAddr<'a> {
 /// Parses one name-addr / addr-spec element (already split at top-level commas).
 pub fn name_addr(s: &str) -> Option<NameAddr<'_>> {
     let s = trim_ws(s);
+    if s.starts_with('"') {
+        // A quoted display name may itself contain '<'.
+        let (display, rest) = quoted_string(s)?;
+        let rest = trim_ws(rest);
+        let after = rest.strip_prefix('<')?;
+        let gt = after.find('>')?;
+        let uri = after.get(..gt)?;
+        if !is_uri_text(uri) {
+            return None;
+        }
+        let params = params(after.get(gt + 1..)?)?;
+        return Some(NameAddr {
+            display_name: Some(display),
+            uri,
+            params,
+        });
+    }
     if let Some(lt) = s.find('<') {
         let display_raw = trim_ws(s.get(..lt)?);
         let display_name = if display_raw.is_empty() {

@@ -300,7 +300,9 @@ fn unfold(head: &str) -> Result<Vec<(&str, Cow<'_, str>)>, ParseError> {
             }
             continue;
         }
-        if line.bytes().any(|b| b == b'\r' || b == 0) {
+        // NUL may appear inside quoted strings as a quoted-pair (RFC 4475 3.1.1.2); a
+        // bare CR inside a line never may.
+        if line.bytes().any(|b| b == b'\r') {
             return Err(ParseError::HeaderLine);
         }
         let colon = line.find(':').ok_or(ParseError::HeaderLine)?;
