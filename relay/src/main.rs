@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
     config.validate()?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let relay = tandem_relay::Relay::bind(&config)
         .await

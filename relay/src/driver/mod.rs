@@ -148,6 +148,9 @@ impl Relay {
         }
         tasks.spawn(timer_loop(inner.clone()));
         if let Some(l) = self.metrics {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(metrics = %a, "serving /metrics and /health");
+            }
             tasks.spawn(metrics::serve(inner.clone(), l));
         }
         for l in &self.listening {
