@@ -233,6 +233,33 @@ mod tests {
         );
     }
 
+    /// Random and truncated input never panics; whatever is accepted is E.164 and a
+    /// fixed point (`+` followed by the result normalises to the result).
+    #[test]
+    fn random_input_never_panics_and_results_are_e164() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let alphabet: Vec<char> = "0123456789+-.() #*aé\u{0}\u{663}".chars().collect();
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..24);
+            let s: String = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            let cc = ["1", "44", "48", "358"][rng.random_range(0..4)];
+            for end in [s.len(), s.len() / 2] {
+                let Some(input) = s.get(..end) else { continue };
+                if let Ok(n) = normalize(input, cc) {
+                    assert!(
+                        (MIN_DIGITS..=E164_MAX_DIGITS).contains(&n.len()),
+                        "{input:?} -> {n}"
+                    );
+                    assert!(n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'));
+                    assert_eq!(normalize(&format!("+{n}"), cc).as_deref(), Ok(n.as_str()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn redaction_masks_digits() {
         if !crate::log_pii() {
