@@ -137,12 +137,11 @@ impl<'a> Request<'a> {
                     }
                     _ => r.malformed = true,
                 },
-                attr::DATA => {
-                    if r.data.is_none() {
-                        let start = a.offset + 4;
-                        r.data = Some(start..start + v.len());
-                    }
+                attr::DATA if r.data.is_none() => {
+                    let start = a.offset + 4;
+                    r.data = Some(start..start + v.len());
                 }
+                attr::DATA => {}
                 attr::XOR_PEER_ADDRESS => match address::decode_xor(v, tid) {
                     Some(p) if r.peer_count < MAX_PEERS => {
                         r.peers[r.peer_count] = Some(p);
@@ -170,11 +169,9 @@ impl<'a> Request<'a> {
                 | attr::CONNECTION_ID
                 | attr::PADDING
                 | attr::ICMP => {}
-                t if is_comprehension_required(t) => {
-                    if r.unknown_count < MAX_UNKNOWN {
-                        r.unknown[r.unknown_count] = t;
-                        r.unknown_count += 1;
-                    }
+                t if is_comprehension_required(t) && r.unknown_count < MAX_UNKNOWN => {
+                    r.unknown[r.unknown_count] = t;
+                    r.unknown_count += 1;
                 }
                 _ => {}
             }
