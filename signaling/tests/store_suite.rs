@@ -618,3 +618,27 @@ async fn unsupported_urls_are_refused() {
         );
     }
 }
+
+async fn concurrent_writers_do_not_fail(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let login = format!("user{i}");
+            let id = account(&store, &login).await;
+            store
+                .add_phone_number(id, &format!("4860000{i:04}"))
+                .await
+                .unwrap();
+            store.set_username(id, &format!("name{i}")).await.unwrap();
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(store.list_accounts(0, 100).await.unwrap().len(), 20);
+}
+
+on_both_backends!(concurrent_writers_do_not_fail);

@@ -392,12 +392,24 @@ impl Store {
         &self.inner.pool
     }
 
+    /// A write transaction. SQLite gets `BEGIN IMMEDIATE`: a deferred transaction
+    /// that reads and then writes can fail at once with SQLITE_BUSY when another
+    /// writer committed in between (its busy timeout does not apply); taking the
+    /// write lock up front makes writers queue on the busy timeout instead.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let statement = match self.inner.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        Ok(self.inner.pool.begin_with(statement).await?)
+    }
+
     // ----- accounts -------------------------------------------------------------
 
     pub async fn create_account(&self, a: &NewAccount<'_>) -> Result<Account, StoreError> {
         let (md5, sha) = ha1(a.login, a.realm, a.password);
         let now = unix_now();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         // A login must not equal another account's username or phone number: each of
         // them names an account when logging in.
         let clash = sqlx::query(
@@ -505,7 +517,7 @@ impl Store {
         display_name: Option<Option<&str>>,
         country_code: Option<&str>,
     ) -> Result<Account, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query("UPDATE accounts SET updated_at = $1 WHERE id = $2 RETURNING login")
             .bind(unix_now())
             .bind(id)
@@ -545,7 +557,7 @@ impl Store {
     /// Deletes the account with its numbers, devices and bindings. Returns the
     /// devices it had, so the caller can drop their live registrations.
     pub async fn delete_account(&self, id: AccountId) -> Result<Vec<Device>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let locked = sqlx::query("UPDATE accounts SET updated_at = $1 WHERE id = $2")
             .bind(unix_now())
             .bind(id)
@@ -580,7 +592,7 @@ impl Store {
 
     /// Adds a phone number already normalised with [`number::normalize`].
     pub async fn add_phone_number(&self, id: AccountId, e164: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let locked = sqlx::query("UPDATE accounts SET updated_at = $1 WHERE id = $2")
             .bind(unix_now())
             .bind(id)
@@ -630,7 +642,7 @@ impl Store {
 
     /// Sets the username (service ID). It can be set once.
     pub async fn set_username(&self, id: AccountId, username: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let row =
             sqlx::query("UPDATE accounts SET updated_at = $1 WHERE id = $2 RETURNING username")
                 .bind(unix_now())
@@ -789,7 +801,7 @@ impl Store {
         defaults: &DeviceLimits,
     ) -> Result<Authorised, StoreError> {
         let now = unix_now();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         // Lock the account row first (see the module comment).
         let row = sqlx::query(
             "UPDATE accounts SET updated_at = $1 WHERE id = $2 \
@@ -916,7 +928,7 @@ impl Store {
         account: AccountId,
         instance_id: &str,
     ) -> Result<Option<Device>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "DELETE FROM devices WHERE account_id = $1 AND instance_id = $2 RETURNING {DEVICE_COLUMNS}"
         ))
