@@ -622,7 +622,62 @@ async fn limits(backend: Backend) {
     api.stop().await;
 }
 
+async fn account_holder_changes_password(backend: Backend) {
+    let api = TestApi::new(backend).await;
+    let a = api.account("alice", "12345678", &["+48600345698"]).await;
+    let before = api.store.find_account("alice").await.unwrap().unwrap();
+    let r = api
+        .call(
+            "PUT",
+            "/me/password",
+            Auth::Basic("0600345698", "12345678"),
+            Some(json!({"password": "n3w-password"})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    let after = api.store.find_account("alice").await.unwrap().unwrap();
+    assert_eq!(after.id, a);
+    assert_ne!(before.ha1_md5, after.ha1_md5);
+    assert_ne!(before.ha1_sha256, after.ha1_sha256);
+    assert_eq!(
+        (after.ha1_md5.clone(), after.ha1_sha256.clone()),
+        tandem_signaling::store::ha1("alice", api_support::REALM, "n3w-password")
+    );
+    api.call("GET", "/me", Auth::Basic("alice", "12345678"), None)
+        .await
+        .expect_error(401, "unauthorized");
+    api.call("GET", "/me", Auth::Basic("alice", "n3w-password"), None)
+        .await
+        .expect(200);
+    api.call(
+        "PUT",
+        "/me/password",
+        Auth::Basic("alice", "n3w-password"),
+        Some(json!({"password": "short"})),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+    api.call_raw(
+        "PUT",
+        "/me/password",
+        Auth::Basic("alice", "n3w-password"),
+        "{\"password\"",
+    )
+    .await
+    .expect_error(400, "invalid_json");
+    api.call(
+        "PUT",
+        "/me/password",
+        Auth::Basic("alice", "12345678"),
+        Some(json!({"password": "whatever-123"})),
+    )
+    .await
+    .expect_error(401, "unauthorized");
+    api.stop().await;
+}
+
 on_both_backends!(
+    account_holder_changes_password,
     create_get_list_update_delete,
     create_account_bad_input,
     unknown_account_everywhere,

@@ -303,3 +303,21 @@ pub async fn me_set_username(
 ) -> Result<Json<AccountView>, ApiError> {
     set_username_of(&state, id, &body.username).await
 }
+
+#[utoipa::path(put, path = "/me/password", tag = "me", security(("basic" = [])),
+    request_body = PasswordBody,
+    responses((status = 204, description = "Changed; both HA1 values were recomputed"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn me_set_password(
+    AccountAuth(id): AccountAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    check_password(&body.password)?;
+    state
+        .store()
+        .update_account(id, Some((&body.password, state.realm())), None, None)
+        .await?;
+    tracing::info!(account = id, "password changed by the account holder");
+    Ok(StatusCode::NO_CONTENT)
+}

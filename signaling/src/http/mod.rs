@@ -22,6 +22,7 @@
 //! | GET    | /registrations/{id}                               | admin | live bindings from the registrar                  |
 //! | GET    | /me                                               | basic | own account                                       |
 //! | PUT    | /me/username                                      | basic | set own username, once                            |
+//! | PUT    | /me/password                                      | basic | change own password                               |
 //! | GET    | /me/devices                                       | basic | list own devices                                  |
 //! | POST   | /me/devices                                       | basic | authorise a device                                |
 //! | DELETE | /me/devices/{instance}                            | basic | revoke own device                                 |
@@ -96,6 +97,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/registrations/{id}"),
     ("GET", "/me"),
     ("PUT", "/me/username"),
+    ("PUT", "/me/password"),
     ("GET", "/me/devices"),
     ("POST", "/me/devices"),
     ("DELETE", "/me/devices/{instance}"),
@@ -245,6 +247,7 @@ pub fn router(state: AppState) -> Router {
         .route("/registrations/{id}", get(devices::registrations))
         .route("/me", get(accounts::me))
         .route("/me/username", put(accounts::me_set_username))
+        .route("/me/password", put(accounts::me_set_password))
         .route(
             "/me/devices",
             get(devices::me_list).post(devices::me_authorise),

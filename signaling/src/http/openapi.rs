@@ -84,6 +84,7 @@ impl Modify for Security {
         devices::registrations,
         accounts::me,
         accounts::me_set_username,
+        accounts::me_set_password,
         devices::me_list,
         devices::me_authorise,
         devices::me_revoke,

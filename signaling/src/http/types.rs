@@ -132,6 +132,13 @@ pub struct PhoneNumberView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    /// The new password, 8-1024 characters (the current one is in the Basic credentials).
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UsernameBody {
     /// 3-64 of `A-Z a-z 0-9 . _ -`, starting with a letter.
     pub username: String,
