@@ -92,6 +92,10 @@ pub struct ApiConfig {
     pub auth_fail_limit: u32,
     pub auth_fail_window_secs: u64,
     pub auth_ban_secs: u64,
+    /// Connections the API serves at once.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's header.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -102,11 +106,21 @@ impl Default for ApiConfig {
             auth_fail_limit: 10,
             auth_fail_window_secs: 60,
             auth_ban_secs: 300,
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
         }
     }
 }
 
 impl ApiConfig {
+    pub fn serve_limits(&self) -> crate::http::ServeLimits {
+        crate::http::ServeLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            ..Default::default()
+        }
+    }
+
     pub fn limiter(&self) -> crate::http::limiter::LimiterConfig {
         crate::http::limiter::LimiterConfig {
             limit: self.auth_fail_limit,
@@ -288,6 +302,12 @@ impl SignalingConfig {
         }
         if self.api.auth_fail_window_secs == 0 || self.api.auth_fail_window_secs > 86_400 {
             return bad("api.auth_fail_window_secs: must be 1-86400".into());
+        }
+        if self.api.max_connections == 0 || self.api.max_connections > 1_000_000 {
+            return bad("api.max_connections: must be 1-1000000".into());
+        }
+        if self.api.header_read_timeout_secs == 0 || self.api.header_read_timeout_secs > 3600 {
+            return bad("api.header_read_timeout_secs: must be 1-3600".into());
         }
         if self.api.auth_ban_secs > 86_400 {
             return bad("api.auth_ban_secs: must be at most 86400".into());

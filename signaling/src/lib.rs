@@ -184,7 +184,12 @@ pub async fn start(
         },
         http::Metrics::new(),
     );
-    let api_task = tokio::spawn(http::serve(listener, state, shutdown.clone()));
+    let api_task = tokio::spawn(http::serve_with(
+        listener,
+        state,
+        shutdown.clone(),
+        cfg.api.serve_limits(),
+    ));
     tracing::info!(%api, "HTTP API listening");
     Ok(Running {
         sip: sip_server.local_addrs(),

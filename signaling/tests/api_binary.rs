@@ -47,7 +47,14 @@ fn starts_with_the_example_config_and_stops_on_sigterm() {
     }
     let api = api.unwrap_or_else(|| {
         let _ = child.kill();
-        panic!("no 'HTTP API listening' line; log:\n{}", seen.join("\n"))
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!(
+            "no 'HTTP API listening' line; log:\n{}\nstderr:\n{err}",
+            seen.join("\n")
+        )
     });
     let log = seen.join("\n");
     assert!(log.contains("SIP listening"), "{log}");

@@ -334,17 +334,96 @@ pub async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Limits of the API's listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A client must send a request's whole header within this time (slow-header
+    /// clients would otherwise hold connections open for ever).
+    pub header_read_timeout: std::time::Duration,
+    /// After shutdown, how long in-flight requests may take to finish.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            shutdown_grace: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, with default limits.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, ServeLimits::default()).await
+}
+
+/// Serves the API with explicit limits. HTTP/1.1 only (a private control API).
+///
+/// The accept loop is ours rather than `axum::serve` because that one has no header
+/// read timeout and no connection cap.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let app = router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "HTTP API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout, bad framing): nothing to report.
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!("HTTP API: connections still open after the shutdown grace period");
+        }
+    }
+    Ok(())
 }
