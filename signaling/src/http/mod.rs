@@ -55,7 +55,6 @@ pub mod openapi;
 pub mod types;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
