@@ -15,21 +15,47 @@ const T0: i64 = 1_700_000_000;
 
 fn creds() -> AccountCredentials {
     let (m, s) = ha1("alice", REALM, "pw");
-    AccountCredentials { id: 7, login: "alice".into(), ha1_md5: m, ha1_sha256: s }
+    AccountCredentials {
+        id: 7,
+        login: "alice".into(),
+        ha1_md5: m,
+        ha1_sha256: s,
+    }
 }
 
 fn registrar(cfg: RegistrarConfig) -> Registrar {
-    Registrar::new(cfg, REALM.into(), b"0123456789abcdef0123456789abcdef".to_vec())
+    Registrar::new(
+        cfg,
+        REALM.into(),
+        b"0123456789abcdef0123456789abcdef".to_vec(),
+    )
 }
 
 fn nonce_of(r: &Registrar, now: i64, alg: &str) -> String {
     let ch = r.challenges(now, rand::random(), false);
-    let c = ch.iter().find(|c| c.contains(&format!("algorithm={alg}"))).unwrap();
-    AuthParams::parse(c).unwrap().get("nonce").unwrap().to_owned()
+    let c = ch
+        .iter()
+        .find(|c| c.contains(&format!("algorithm={alg}")))
+        .unwrap();
+    AuthParams::parse(c)
+        .unwrap()
+        .get("nonce")
+        .unwrap()
+        .to_owned()
 }
 
 fn auth(alg: Algorithm, login: &str, pw: &str, nonce: &str, nc: u32) -> String {
-    client_response(alg, login, REALM, pw, "REGISTER", "sip:tandem.local", nonce, nc, "cn")
+    client_response(
+        alg,
+        login,
+        REALM,
+        pw,
+        "REGISTER",
+        "sip:tandem.local",
+        nonce,
+        nc,
+        "cn",
+    )
 }
 
 fn decide(r: &mut Registrar, header: &str, now: i64) -> AuthDecision {
@@ -47,7 +73,9 @@ fn challenges_offer_sha256_before_md5_with_qop_auth() {
     let ch = r.challenges(T0, [0; 8], false);
     assert_eq!(ch.len(), 2);
     assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
-    assert!(ch.iter().all(|c| c.contains("qop=\"auth\"") && c.contains("realm=\"tandem.local\"")));
+    assert!(ch
+        .iter()
+        .all(|c| c.contains("qop=\"auth\"") && c.contains("realm=\"tandem.local\"")));
     assert!(r.challenges(T0, [0; 8], true)[0].contains("stale=TRUE"));
 }
 
@@ -56,18 +84,31 @@ fn md5_and_sha256_accepted_wrong_password_retried() {
     let mut r = registrar(RegistrarConfig::default());
     for alg in [Algorithm::Md5, Algorithm::Sha256] {
         let n = nonce_of(&r, T0, alg.name());
-        assert_eq!(decide(&mut r, &auth(alg, "alice", "pw", &n, 1), T0), AuthDecision::Accept);
+        assert_eq!(
+            decide(&mut r, &auth(alg, "alice", "pw", &n, 1), T0),
+            AuthDecision::Accept
+        );
         let n = nonce_of(&r, T0, alg.name());
-        assert_eq!(decide(&mut r, &auth(alg, "alice", "bad", &n, 1), T0), AuthDecision::Retry { banned: false });
+        assert_eq!(
+            decide(&mut r, &auth(alg, "alice", "bad", &n, 1), T0),
+            AuthDecision::Retry { banned: false }
+        );
     }
 }
 
 #[test]
 fn nonce_expiry_gives_stale_and_forgery_is_refused() {
-    let mut r = registrar(RegistrarConfig { nonce_ttl: 30, ..RegistrarConfig::default() });
+    let mut r = registrar(RegistrarConfig {
+        nonce_ttl: 30,
+        ..RegistrarConfig::default()
+    });
     let n = nonce_of(&r, T0, "SHA-256");
     assert_eq!(
-        decide(&mut r, &auth(Algorithm::Sha256, "alice", "pw", &n, 1), T0 + 31),
+        decide(
+            &mut r,
+            &auth(Algorithm::Sha256, "alice", "pw", &n, 1),
+            T0 + 31
+        ),
         AuthDecision::Challenge { stale: true }
     );
     // Flip one character of the nonce: the HMAC no longer matches.
@@ -75,25 +116,42 @@ fn nonce_expiry_gives_stale_and_forgery_is_refused() {
     forged[3] = if forged[3] == 'A' { 'B' } else { 'A' };
     let forged: String = forged.into_iter().collect();
     assert_eq!(
-        decide(&mut r, &auth(Algorithm::Sha256, "alice", "pw", &forged, 1), T0),
+        decide(
+            &mut r,
+            &auth(Algorithm::Sha256, "alice", "pw", &forged, 1),
+            T0
+        ),
         AuthDecision::Forbidden { banned: false }
     );
     // A nonce from a registrar with another secret is refused.
-    let other = Registrar::new(RegistrarConfig::default(), REALM.into(), b"another secret".to_vec());
+    let other = Registrar::new(
+        RegistrarConfig::default(),
+        REALM.into(),
+        b"another secret".to_vec(),
+    );
     let n2 = nonce_of(&other, T0, "MD5");
-    assert!(matches!(decide(&mut r, &auth(Algorithm::Md5, "alice", "pw", &n2, 1), T0), AuthDecision::Forbidden { .. }));
+    assert!(matches!(
+        decide(&mut r, &auth(Algorithm::Md5, "alice", "pw", &n2, 1), T0),
+        AuthDecision::Forbidden { .. }
+    ));
 }
 
 #[test]
 fn nonce_count_replay_refused_and_nc_is_hex() {
     let mut r = registrar(RegistrarConfig::default());
     let n = nonce_of(&r, T0, "SHA-256");
-    assert_eq!(decide(&mut r, &auth(Algorithm::Sha256, "alice", "pw", &n, 9), T0), AuthDecision::Accept);
+    assert_eq!(
+        decide(&mut r, &auth(Algorithm::Sha256, "alice", "pw", &n, 9), T0),
+        AuthDecision::Accept
+    );
     // nc=0000000a is ten, above nine: accepted (hex, not decimal).
     let h = auth(Algorithm::Sha256, "alice", "pw", &n, 10);
     assert!(h.contains("nc=0000000a"));
     assert_eq!(decide(&mut r, &h, T0), AuthDecision::Accept);
-    assert!(matches!(decide(&mut r, &h, T0), AuthDecision::Forbidden { .. }), "same nc replayed");
+    assert!(
+        matches!(decide(&mut r, &h, T0), AuthDecision::Forbidden { .. }),
+        "same nc replayed"
+    );
     assert!(matches!(
         decide(&mut r, &auth(Algorithm::Sha256, "alice", "pw", &n, 3), T0),
         AuthDecision::Forbidden { .. }
@@ -111,18 +169,28 @@ fn nonce_tracking_is_bounded_without_reopening_replays() {
     assert!(counts.accept(&b, T0 + 1, 1).is_ok());
     assert!(counts.accept(&c, T0 + 2, 1).is_ok()); // evicts a
     assert_eq!(counts.len(), 2);
-    assert_eq!(counts.accept(&a, T0, 1), Err(true), "forgotten nonce is stale, never replayable");
+    assert_eq!(
+        counts.accept(&a, T0, 1),
+        Err(true),
+        "forgotten nonce is stale, never replayable"
+    );
 }
 
 #[test]
 fn username_must_be_the_login_of_the_to_account() {
     let mut r = registrar(RegistrarConfig::default());
     let n = nonce_of(&r, T0, "MD5");
-    assert!(matches!(decide(&mut r, &auth(Algorithm::Md5, "mallory", "pw", &n, 1), T0), AuthDecision::Forbidden { .. }));
+    assert!(matches!(
+        decide(&mut r, &auth(Algorithm::Md5, "mallory", "pw", &n, 1), T0),
+        AuthDecision::Forbidden { .. }
+    ));
     // To resolved to no account: forbidden and counted.
     let h = auth(Algorithm::Md5, "alice", "pw", &n, 1);
     let a = AuthParams::parse(&h).unwrap();
-    assert!(matches!(r.authenticate(&[a], "REGISTER", None, ip(), T0), AuthDecision::Forbidden { .. }));
+    assert!(matches!(
+        r.authenticate(&[a], "REGISTER", None, ip(), T0),
+        AuthDecision::Forbidden { .. }
+    ));
     // No credentials for our realm: plain challenge, not counted.
     let foreign = AuthParams::parse("Digest realm=\"elsewhere\", username=\"alice\"").unwrap();
     assert_eq!(
@@ -146,15 +214,25 @@ fn failures_ban_the_source_for_a_while() {
     });
     for i in 0..2 {
         let n = nonce_of(&r, T0, "MD5");
-        assert_eq!(decide(&mut r, &auth(Algorithm::Md5, "alice", "x", &n, 1), T0 + i), AuthDecision::Retry { banned: false });
+        assert_eq!(
+            decide(&mut r, &auth(Algorithm::Md5, "alice", "x", &n, 1), T0 + i),
+            AuthDecision::Retry { banned: false }
+        );
     }
     let n = nonce_of(&r, T0, "MD5");
-    assert_eq!(decide(&mut r, &auth(Algorithm::Md5, "alice", "x", &n, 1), T0 + 2), AuthDecision::Forbidden { banned: true });
+    assert_eq!(
+        decide(&mut r, &auth(Algorithm::Md5, "alice", "x", &n, 1), T0 + 2),
+        AuthDecision::Forbidden { banned: true }
+    );
     assert!(r.is_banned(ip(), T0 + 50));
     assert!(!r.is_banned("192.0.2.11".parse().unwrap(), T0 + 50));
     assert!(!r.is_banned(ip(), T0 + 103));
     // Failures spread wider than the window never ban.
-    let mut r = registrar(RegistrarConfig { auth_fail_limit: 3, auth_fail_window: 10, ..RegistrarConfig::default() });
+    let mut r = registrar(RegistrarConfig {
+        auth_fail_limit: 3,
+        auth_fail_window: 10,
+        ..RegistrarConfig::default()
+    });
     for i in 0..6 {
         assert!(!r.record_failure(ip(), T0 + i * 11));
     }
@@ -172,7 +250,14 @@ fn contact(instance: &str, reg_id: u32, expires: Option<u32>) -> ContactRequest 
     }
 }
 
-fn req(call_id: &str, cseq: u32, contacts: ContactsSpec, expires: Option<u32>, source: &str, transport: &str) -> RegisterRequest {
+fn req(
+    call_id: &str,
+    cseq: u32,
+    contacts: ContactsSpec,
+    expires: Option<u32>,
+    source: &str,
+    transport: &str,
+) -> RegisterRequest {
     RegisterRequest {
         account: 7,
         call_id: call_id.into(),
@@ -192,64 +277,212 @@ const B: &str = "urn:uuid:00000000-0000-4000-8000-00000000000b";
 #[test]
 fn bindings_replace_per_instance_and_close_the_old_flow() {
     let mut r = registrar(RegistrarConfig::default());
-    let o = r.register(&req("c1", 1, ContactsSpec::List(vec![contact(A, 1, None)]), Some(600), "192.0.2.1:1000", "tcp"), T0);
+    let o = r.register(
+        &req(
+            "c1",
+            1,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            Some(600),
+            "192.0.2.1:1000",
+            "tcp",
+        ),
+        T0,
+    );
     assert_eq!(o.code, 200);
     assert_eq!(o.contacts.len(), 1);
     assert_eq!(o.contacts[0].1, 600);
     assert!(matches!(&o.ops[..], [StoreOp::Save(_)]));
-    let o = r.register(&req("c2", 1, ContactsSpec::List(vec![contact(B, 1, None)]), Some(600), "192.0.2.2:1000", "udp"), T0);
+    let o = r.register(
+        &req(
+            "c2",
+            1,
+            ContactsSpec::List(vec![contact(B, 1, None)]),
+            Some(600),
+            "192.0.2.2:1000",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!(o.contacts.len(), 2);
     // Same instance, new connection (a second desktop sign-in): replaces, closes old.
-    let o = r.register(&req("c3", 1, ContactsSpec::List(vec![contact(A, 1, None)]), Some(600), "192.0.2.3:2000", "tcp"), T0 + 5);
+    let o = r.register(
+        &req(
+            "c3",
+            1,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            Some(600),
+            "192.0.2.3:2000",
+            "tcp",
+        ),
+        T0 + 5,
+    );
     assert_eq!(o.code, 200);
-    assert_eq!(o.close, vec![Flow { transport: "tcp".into(), remote: "192.0.2.1:1000".into() }]);
+    assert_eq!(
+        o.close,
+        vec![Flow {
+            transport: "tcp".into(),
+            remote: "192.0.2.1:1000".into()
+        }]
+    );
     let b = r.bindings(7, T0 + 5);
     assert_eq!(b.len(), 2);
-    assert_eq!(b.iter().find(|b| b.instance_id == A).unwrap().source, "192.0.2.3:2000");
+    assert_eq!(
+        b.iter().find(|b| b.instance_id == A).unwrap().source,
+        "192.0.2.3:2000"
+    );
     // A reg-id-less binding of the instance replaces its reg-id bindings.
-    let o = r.register(&req("c4", 1, ContactsSpec::List(vec![contact(A, 0, None)]), Some(600), "192.0.2.3:2000", "tcp"), T0 + 6);
+    let o = r.register(
+        &req(
+            "c4",
+            1,
+            ContactsSpec::List(vec![contact(A, 0, None)]),
+            Some(600),
+            "192.0.2.3:2000",
+            "tcp",
+        ),
+        T0 + 6,
+    );
     assert_eq!(o.code, 200);
     assert!(o.close.is_empty(), "same flow is not closed");
-    assert_eq!(r.bindings(7, T0 + 6).iter().filter(|b| b.instance_id == A).count(), 1);
-    assert!(o.ops.contains(&StoreOp::Delete { account: 7, instance_id: A.into(), reg_id: 1 }));
+    assert_eq!(
+        r.bindings(7, T0 + 6)
+            .iter()
+            .filter(|b| b.instance_id == A)
+            .count(),
+        1
+    );
+    assert!(o.ops.contains(&StoreOp::Delete {
+        account: 7,
+        instance_id: A.into(),
+        reg_id: 1
+    }));
 }
 
 #[test]
 fn expires_bounds_423_and_cap() {
-    let mut r = registrar(RegistrarConfig { min_expires: 60, max_expires: 3600, ..RegistrarConfig::default() });
-    let o = r.register(&req("c", 1, ContactsSpec::List(vec![contact(A, 1, Some(30))]), Some(600), "h:1", "udp"), T0);
+    let mut r = registrar(RegistrarConfig {
+        min_expires: 60,
+        max_expires: 3600,
+        ..RegistrarConfig::default()
+    });
+    let o = r.register(
+        &req(
+            "c",
+            1,
+            ContactsSpec::List(vec![contact(A, 1, Some(30))]),
+            Some(600),
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!((o.code, o.min_expires), (423, Some(60)));
-    assert!(o.ops.is_empty() && r.bindings(7, T0).is_empty(), "a refused REGISTER changes nothing");
+    assert!(
+        o.ops.is_empty() && r.bindings(7, T0).is_empty(),
+        "a refused REGISTER changes nothing"
+    );
     // The contact parameter wins over the header; above max is cut to max.
-    let o = r.register(&req("c", 2, ContactsSpec::List(vec![contact(A, 1, Some(99_999))]), Some(30), "h:1", "udp"), T0);
+    let o = r.register(
+        &req(
+            "c",
+            2,
+            ContactsSpec::List(vec![contact(A, 1, Some(99_999))]),
+            Some(30),
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!(o.code, 200);
     assert_eq!(o.contacts[0].1, 3600);
     // No expiry asked: default.
-    let o = r.register(&req("c", 3, ContactsSpec::List(vec![contact(A, 1, None)]), None, "h:1", "udp"), T0);
+    let o = r.register(
+        &req(
+            "c",
+            3,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            None,
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!(o.contacts[0].1, 3600);
     // expires=0 removes that binding.
-    let o = r.register(&req("c", 4, ContactsSpec::List(vec![contact(A, 1, Some(0))]), None, "h:1", "udp"), T0);
+    let o = r.register(
+        &req(
+            "c",
+            4,
+            ContactsSpec::List(vec![contact(A, 1, Some(0))]),
+            None,
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!(o.code, 200);
     assert!(o.contacts.is_empty());
-    assert!(o.ops.contains(&StoreOp::Delete { account: 7, instance_id: A.into(), reg_id: 1 }));
+    assert!(o.ops.contains(&StoreOp::Delete {
+        account: 7,
+        instance_id: A.into(),
+        reg_id: 1
+    }));
 }
 
 #[test]
 fn star_fetch_and_cseq_ordering() {
     let mut r = registrar(RegistrarConfig::default());
-    r.register(&req("c", 5, ContactsSpec::List(vec![contact(A, 1, None)]), Some(600), "h:1", "udp"), T0);
-    r.register(&req("d", 1, ContactsSpec::List(vec![contact(B, 1, None)]), Some(600), "h:2", "udp"), T0);
+    r.register(
+        &req(
+            "c",
+            5,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            Some(600),
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
+    r.register(
+        &req(
+            "d",
+            1,
+            ContactsSpec::List(vec![contact(B, 1, None)]),
+            Some(600),
+            "h:2",
+            "udp",
+        ),
+        T0,
+    );
     // Same Call-ID, lower or equal CSeq: out of order, refused (RFC 3261 10.3 step 7).
-    let o = r.register(&req("c", 5, ContactsSpec::List(vec![contact(A, 1, None)]), Some(600), "h:1", "udp"), T0);
+    let o = r.register(
+        &req(
+            "c",
+            5,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            Some(600),
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!(o.code, 500);
     // Fetch lists both.
     let o = r.register(&req("x", 1, ContactsSpec::Fetch, None, "h:3", "udp"), T0);
     assert_eq!((o.code, o.contacts.len()), (200, 2));
     assert!(o.ops.is_empty());
     // `*` needs Expires: 0.
-    assert_eq!(r.register(&req("x", 2, ContactsSpec::Star, Some(10), "h:3", "udp"), T0).code, 400);
+    assert_eq!(
+        r.register(&req("x", 2, ContactsSpec::Star, Some(10), "h:3", "udp"), T0)
+            .code,
+        400
+    );
     // `*` with a stale CSeq for a binding's Call-ID is refused too.
-    assert_eq!(r.register(&req("c", 4, ContactsSpec::Star, Some(0), "h:1", "udp"), T0).code, 500);
+    assert_eq!(
+        r.register(&req("c", 4, ContactsSpec::Star, Some(0), "h:1", "udp"), T0)
+            .code,
+        500
+    );
     let o = r.register(&req("x", 3, ContactsSpec::Star, Some(0), "h:3", "udp"), T0);
     assert_eq!(o.code, 200);
     assert_eq!(o.ops.len(), 2);
@@ -258,14 +491,52 @@ fn star_fetch_and_cseq_ordering() {
 
 #[test]
 fn limits_on_bindings_and_reg_ids() {
-    let mut r = registrar(RegistrarConfig { max_bindings_per_account: 2, max_reg_ids_per_instance: 2, ..RegistrarConfig::default() });
-    let o = r.register(&req("c", 1, ContactsSpec::List(vec![contact(A, 1, None), contact(A, 2, None)]), Some(600), "h:1", "tcp"), T0);
-    assert_eq!(o.code, 200);
-    let o = r.register(&req("c", 2, ContactsSpec::List(vec![contact(B, 1, None)]), Some(600), "h:2", "tcp"), T0);
-    assert_eq!((o.code, o.reason), (403, "Too Many Registrations"));
-    let mut r = registrar(RegistrarConfig { max_reg_ids_per_instance: 2, ..RegistrarConfig::default() });
+    let mut r = registrar(RegistrarConfig {
+        max_bindings_per_account: 2,
+        max_reg_ids_per_instance: 2,
+        ..RegistrarConfig::default()
+    });
     let o = r.register(
-        &req("c", 1, ContactsSpec::List(vec![contact(A, 1, None), contact(A, 2, None), contact(A, 3, None)]), Some(600), "h:1", "tcp"),
+        &req(
+            "c",
+            1,
+            ContactsSpec::List(vec![contact(A, 1, None), contact(A, 2, None)]),
+            Some(600),
+            "h:1",
+            "tcp",
+        ),
+        T0,
+    );
+    assert_eq!(o.code, 200);
+    let o = r.register(
+        &req(
+            "c",
+            2,
+            ContactsSpec::List(vec![contact(B, 1, None)]),
+            Some(600),
+            "h:2",
+            "tcp",
+        ),
+        T0,
+    );
+    assert_eq!((o.code, o.reason), (403, "Too Many Registrations"));
+    let mut r = registrar(RegistrarConfig {
+        max_reg_ids_per_instance: 2,
+        ..RegistrarConfig::default()
+    });
+    let o = r.register(
+        &req(
+            "c",
+            1,
+            ContactsSpec::List(vec![
+                contact(A, 1, None),
+                contact(A, 2, None),
+                contact(A, 3, None),
+            ]),
+            Some(600),
+            "h:1",
+            "tcp",
+        ),
         T0,
     );
     assert_eq!(o.code, 403);
@@ -274,11 +545,41 @@ fn limits_on_bindings_and_reg_ids() {
 #[test]
 fn expiry_is_timer_driven_and_refresh_moves_it() {
     let mut r = registrar(RegistrarConfig::default());
-    r.register(&req("c", 1, ContactsSpec::List(vec![contact(A, 1, None)]), Some(100), "h:1", "udp"), T0);
-    r.register(&req("d", 1, ContactsSpec::List(vec![contact(B, 1, None)]), Some(200), "h:2", "udp"), T0);
+    r.register(
+        &req(
+            "c",
+            1,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            Some(100),
+            "h:1",
+            "udp",
+        ),
+        T0,
+    );
+    r.register(
+        &req(
+            "d",
+            1,
+            ContactsSpec::List(vec![contact(B, 1, None)]),
+            Some(200),
+            "h:2",
+            "udp",
+        ),
+        T0,
+    );
     assert_eq!(r.poll_timeout(), Some(T0 + 100));
     // Refresh A to 300 s at T0+50: its old timer entry is stale.
-    r.register(&req("c", 2, ContactsSpec::List(vec![contact(A, 1, None)]), Some(300), "h:1", "udp"), T0 + 50);
+    r.register(
+        &req(
+            "c",
+            2,
+            ContactsSpec::List(vec![contact(A, 1, None)]),
+            Some(300),
+            "h:1",
+            "udp",
+        ),
+        T0 + 50,
+    );
     assert!(r.handle_timeout(T0 + 100).is_empty());
     let gone = r.handle_timeout(T0 + 200);
     assert_eq!(gone.len(), 1);
@@ -292,7 +593,17 @@ fn expiry_is_timer_driven_and_refresh_moves_it() {
 #[test]
 fn restore_drops_expired_and_revoke_removes_instance() {
     let mut r = registrar(RegistrarConfig::default());
-    r.register(&req("c", 1, ContactsSpec::List(vec![contact(A, 1, None), contact(A, 2, None)]), Some(100), "h:1", "tcp"), T0);
+    r.register(
+        &req(
+            "c",
+            1,
+            ContactsSpec::List(vec![contact(A, 1, None), contact(A, 2, None)]),
+            Some(100),
+            "h:1",
+            "tcp",
+        ),
+        T0,
+    );
     let all = r.bindings(7, T0);
     let mut r2 = registrar(RegistrarConfig::default());
     let mut old = all[0].clone();

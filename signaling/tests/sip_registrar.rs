@@ -15,35 +15,66 @@ use tokio::net::TcpStream;
 
 fn reason(resp: &[u8]) -> String {
     let text = String::from_utf8_lossy(resp);
-    text.lines().next().unwrap_or("").splitn(3, ' ').nth(2).unwrap_or("").to_owned()
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .splitn(3, ' ')
+        .nth(2)
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[tokio::test]
 async fn udp_registration_flows() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, account) =
-        store_with_account(&sqlite_url(&dir), &[(1, DeviceClass::Mobile), (2, DeviceClass::Mobile), (3, DeviceClass::Tablet)])
-            .await;
-    let reg_cfg = RegistrarConfig { auth_fail_limit: 5, ..RegistrarConfig::default() };
+    let (store, account) = store_with_account(
+        &sqlite_url(&dir),
+        &[
+            (1, DeviceClass::Mobile),
+            (2, DeviceClass::Mobile),
+            (3, DeviceClass::Tablet),
+        ],
+    )
+    .await;
+    let reg_cfg = RegistrarConfig {
+        auth_fail_limit: 5,
+        ..RegistrarConfig::default()
+    };
     let (server, shutdown) = start(store, sip_config(), reg_cfg).await;
     let udp_addr = server.local_addrs().udp.unwrap();
     let handle = server.registrar();
 
     // SHA-256 and MD5 both accepted; 200 lists every contact with its expires.
     let c1 = Udp::new(udp_addr).await;
-    let r = c1.register(Reg::new("udp", c1.local(), Some(1)), Algorithm::Sha256, PASSWORD).await;
+    let r = c1
+        .register(
+            Reg::new("udp", c1.local(), Some(1)),
+            Algorithm::Sha256,
+            PASSWORD,
+        )
+        .await;
     assert_eq!(status(&r), 200, "{}", String::from_utf8_lossy(&r));
     let c2 = Udp::new(udp_addr).await;
-    let r = c2.register(Reg::new("udp", c2.local(), Some(2)), Algorithm::Md5, PASSWORD).await;
+    let r = c2
+        .register(
+            Reg::new("udp", c2.local(), Some(2)),
+            Algorithm::Md5,
+            PASSWORD,
+        )
+        .await;
     assert_eq!(status(&r), 200);
     let m = Message::parse(&r).unwrap();
     let contacts = m.list(HeaderName::Contact).unwrap();
     assert_eq!(contacts.len(), 2, "{contacts:?}");
-    assert!(contacts.iter().all(|c| c.contains("expires=600") || c.contains("expires=599")));
+    assert!(contacts
+        .iter()
+        .all(|c| c.contains("expires=600") || c.contains("expires=599")));
     assert_eq!(handle.bindings(account).len(), 2);
 
     // The 401 offers SHA-256 first, then MD5, both with qop=auth.
-    let r = c1.request(&Reg::new("udp", c1.local(), Some(1)).build()).await;
+    let r = c1
+        .request(&Reg::new("udp", c1.local(), Some(1)).build())
+        .await;
     let text = String::from_utf8_lossy(&r);
     let sha = text.find("algorithm=SHA-256").unwrap();
     let md5 = text.find("algorithm=MD5").unwrap();
@@ -51,25 +82,46 @@ async fn udp_registration_flows() {
 
     // An instance that is not an authorised device gets 403 Device Not Authorized.
     let c9 = Udp::new(udp_addr).await;
-    let r = c9.register(Reg::new("udp", c9.local(), Some(9)), Algorithm::Sha256, PASSWORD).await;
-    assert_eq!((status(&r), reason(&r).as_str()), (403, "Device Not Authorized"));
+    let r = c9
+        .register(
+            Reg::new("udp", c9.local(), Some(9)),
+            Algorithm::Sha256,
+            PASSWORD,
+        )
+        .await;
+    assert_eq!(
+        (status(&r), reason(&r).as_str()),
+        (403, "Device Not Authorized")
+    );
 
     // A contact without +sip.instance is refused the same way.
     let mut reg = Reg::new("udp", c9.local(), None);
     reg.contact = Some(format!("<sip:{LOGIN}@{}>", c9.local()));
     let r = c9.register(reg, Algorithm::Sha256, PASSWORD).await;
-    assert_eq!((status(&r), reason(&r).as_str()), (403, "Device Not Authorized"));
+    assert_eq!(
+        (status(&r), reason(&r).as_str()),
+        (403, "Device Not Authorized")
+    );
 
     // Too short an interval: 423 with Min-Expires.
     let mut reg = Reg::new("udp", c1.local(), Some(1));
     reg.expires = Some(10);
     let r = c1.register(reg, Algorithm::Sha256, PASSWORD).await;
     assert_eq!(status(&r), 423);
-    assert_eq!(Message::parse(&r).unwrap().header(HeaderName::MinExpires), Some("60"));
+    assert_eq!(
+        Message::parse(&r).unwrap().header(HeaderName::MinExpires),
+        Some("60")
+    );
 
     // The same instance from a new address replaces the older binding.
     let c1b = Udp::new(udp_addr).await;
-    let r = c1b.register(Reg::new("udp", c1b.local(), Some(1)), Algorithm::Sha256, PASSWORD).await;
+    let r = c1b
+        .register(
+            Reg::new("udp", c1b.local(), Some(1)),
+            Algorithm::Sha256,
+            PASSWORD,
+        )
+        .await;
     assert_eq!(status(&r), 200);
     let b = handle.bindings(account);
     assert_eq!(b.len(), 2);
@@ -81,20 +133,37 @@ async fn udp_registration_flows() {
     reg.expires = None;
     let r = c2.register(reg, Algorithm::Sha256, PASSWORD).await;
     assert_eq!(status(&r), 200);
-    assert_eq!(Message::parse(&r).unwrap().list(HeaderName::Contact).unwrap().len(), 2);
+    assert_eq!(
+        Message::parse(&r)
+            .unwrap()
+            .list(HeaderName::Contact)
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Nonce-count replay is refused.
-    let first = c2.request(&Reg::new("udp", c2.local(), Some(2)).build()).await;
+    let first = c2
+        .request(&Reg::new("udp", c2.local(), Some(2)).build())
+        .await;
     let (nonce, _) = challenge_nonce(&first, "SHA-256");
     let mut reg = Reg::new("udp", c2.local(), Some(2));
     reg.cseq = 5;
     reg.authorization = Some(authorization(Algorithm::Sha256, PASSWORD, &nonce, 1));
     assert_eq!(status(&c2.request(&reg.build()).await), 200);
     reg.cseq = 6;
-    assert_eq!(status(&c2.request(&reg.build()).await), 403, "replayed nc must be refused");
+    assert_eq!(
+        status(&c2.request(&reg.build()).await),
+        403,
+        "replayed nc must be refused"
+    );
     reg.cseq = 7;
     reg.authorization = Some(authorization(Algorithm::Sha256, PASSWORD, &nonce, 2));
-    assert_eq!(status(&c2.request(&reg.build()).await), 200, "next nc accepted");
+    assert_eq!(
+        status(&c2.request(&reg.build()).await),
+        200,
+        "next nc accepted"
+    );
 
     // Auth user must be the login of the account the To URI names.
     let mut reg = Reg::new("udp", c2.local(), Some(2));
@@ -119,7 +188,11 @@ async fn udp_registration_flows() {
         let r = c2.request(&msg).await;
         assert_eq!(status(&r), code, "{method}");
         if code == 405 {
-            assert!(Message::parse(&r).unwrap().header(HeaderName::Allow).unwrap().contains("REGISTER"));
+            assert!(Message::parse(&r)
+                .unwrap()
+                .header(HeaderName::Allow)
+                .unwrap()
+                .contains("REGISTER"));
         }
     }
 
@@ -133,12 +206,24 @@ async fn udp_registration_flows() {
     // replay and the To mismatch above already counted twice).
     let bad = Udp::new(udp_addr).await;
     for attempt in 3..=5 {
-        let r = bad.register(Reg::new("udp", bad.local(), Some(3)), Algorithm::Sha256, "wrong").await;
+        let r = bad
+            .register(
+                Reg::new("udp", bad.local(), Some(3)),
+                Algorithm::Sha256,
+                "wrong",
+            )
+            .await;
         let expected = if attempt < 5 { 401 } else { 403 };
         assert_eq!(status(&r), expected, "failure {attempt}");
     }
     // Banned: even the right password gets 403 now.
-    let r = bad.register(Reg::new("udp", bad.local(), Some(3)), Algorithm::Sha256, PASSWORD).await;
+    let r = bad
+        .register(
+            Reg::new("udp", bad.local(), Some(3)),
+            Algorithm::Sha256,
+            PASSWORD,
+        )
+        .await;
     assert_eq!(status(&r), 403);
 
     shutdown.cancel();
@@ -149,10 +234,15 @@ async fn udp_registration_flows() {
 async fn stale_nonce_gets_stale_challenge() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = store_with_account(&sqlite_url(&dir), &[(1, DeviceClass::Mobile)]).await;
-    let reg_cfg = RegistrarConfig { nonce_ttl: 1, ..RegistrarConfig::default() };
+    let reg_cfg = RegistrarConfig {
+        nonce_ttl: 1,
+        ..RegistrarConfig::default()
+    };
     let (server, shutdown) = start(store, sip_config(), reg_cfg).await;
     let c = Udp::new(server.local_addrs().udp.unwrap()).await;
-    let first = c.request(&Reg::new("udp", c.local(), Some(1)).build()).await;
+    let first = c
+        .request(&Reg::new("udp", c.local(), Some(1)).build())
+        .await;
     let (nonce, stale) = challenge_nonce(&first, "SHA-256");
     assert!(!stale);
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -168,7 +258,8 @@ async fn stale_nonce_gets_stale_challenge() {
 #[tokio::test]
 async fn tcp_flow_keepalive_reuse_and_replacement() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, account) = store_with_account(&sqlite_url(&dir), &[(4, DeviceClass::Desktop)]).await;
+    let (store, account) =
+        store_with_account(&sqlite_url(&dir), &[(4, DeviceClass::Desktop)]).await;
     let (server, shutdown) = start(store, sip_config(), RegistrarConfig::default()).await;
     let tcp = server.local_addrs().tcp.unwrap();
     let handle = server.registrar();
@@ -193,14 +284,28 @@ async fn tcp_flow_keepalive_reuse_and_replacement() {
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].source, l2.to_string());
     let mut chunk = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s1, &mut chunk)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "older flow closed");
+    let closed = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut s1, &mut chunk),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "older flow closed"
+    );
 
     // Revocation drops the binding at once and closes the flow.
     handle.revoke_instance(account, &uuid(4)).await;
     assert!(handle.bindings(account).is_empty());
-    let closed = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s2, &mut chunk)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "revoked flow closed");
+    let closed = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut s2, &mut chunk),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "revoked flow closed"
+    );
 
     shutdown.cancel();
     server.wait().await.unwrap();
@@ -225,16 +330,21 @@ async fn tls_registration() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(tls_addr).await.unwrap();
     let local = tcp.local_addr().unwrap();
     let mut s = connector
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
         .await
         .expect("TLS handshake");
     let r = stream_register(&mut s, Reg::new("tls", local, Some(5)), Algorithm::Sha256).await;

@@ -16,17 +16,36 @@ use tokio::net::TcpStream;
 
 async fn restart_restores_bindings(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let (store, account) =
-        store_with_account(&db.url, &[(1, DeviceClass::Mobile), (2, DeviceClass::Tablet), (3, DeviceClass::Desktop)])
-            .await;
+    let (store, account) = store_with_account(
+        &db.url,
+        &[
+            (1, DeviceClass::Mobile),
+            (2, DeviceClass::Tablet),
+            (3, DeviceClass::Desktop),
+        ],
+    )
+    .await;
 
     let (server, shutdown) = start(store.clone(), sip_config(), RegistrarConfig::default()).await;
     let addrs = server.local_addrs();
     let udp = Udp::new(addrs.udp.unwrap()).await;
-    assert_eq!(status(&udp.register(Reg::new("udp", udp.local(), Some(1)), Algorithm::Sha256, PASSWORD).await), 200);
+    assert_eq!(
+        status(
+            &udp.register(
+                Reg::new("udp", udp.local(), Some(1)),
+                Algorithm::Sha256,
+                PASSWORD
+            )
+            .await
+        ),
+        200
+    );
     let mut tcp = TcpStream::connect(addrs.tcp.unwrap()).await.unwrap();
     let l = tcp.local_addr().unwrap();
-    assert_eq!(status(&stream_register(&mut tcp, Reg::new("tcp", l, Some(2)), Algorithm::Md5).await), 200);
+    assert_eq!(
+        status(&stream_register(&mut tcp, Reg::new("tcp", l, Some(2)), Algorithm::Md5).await),
+        200
+    );
     let before = server.registrar().bindings(account);
     assert_eq!(before.len(), 2);
     shutdown.cancel();
@@ -51,15 +70,30 @@ async fn restart_restores_bindings(backend: Backend) {
     store.close().await;
 
     let store2 = Store::connect(&db.url).await.unwrap();
-    let (server2, shutdown2) = start(store2.clone(), sip_config(), RegistrarConfig::default()).await;
+    let (server2, shutdown2) =
+        start(store2.clone(), sip_config(), RegistrarConfig::default()).await;
     let after = server2.registrar().bindings(account);
     assert_eq!(after, before, "bindings restored exactly");
     let stored = RegistrarStore::load_bindings(&store2).await.unwrap();
-    assert!(stored.iter().all(|b| b.instance_id != uuid(3)), "expired binding deleted from the store");
+    assert!(
+        stored.iter().all(|b| b.instance_id != uuid(3)),
+        "expired binding deleted from the store"
+    );
 
     // The restored registrar keeps working: refresh from the first device.
     let udp2 = Udp::new(server2.local_addrs().udp.unwrap()).await;
-    assert_eq!(status(&udp2.register(Reg::new("udp", udp2.local(), Some(1)), Algorithm::Sha256, PASSWORD).await), 200);
+    assert_eq!(
+        status(
+            &udp2
+                .register(
+                    Reg::new("udp", udp2.local(), Some(1)),
+                    Algorithm::Sha256,
+                    PASSWORD
+                )
+                .await
+        ),
+        200
+    );
     assert_eq!(server2.registrar().bindings(account).len(), 2);
     shutdown2.cancel();
     server2.wait().await.unwrap();

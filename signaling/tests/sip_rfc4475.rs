@@ -22,24 +22,65 @@ fn fixtures() -> HashMap<String, Vec<u8>> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "sip") {
-            out.insert(p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap());
+            out.insert(
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            );
         }
     }
     out
 }
 
 const VALID_REQUESTS: &[&str] = &[
-    "intmeth", "esc01", "escnull", "esc02", "lwsdisp", "dblreq", "semiuri", "transports", "mpart01", "escruri",
-    "baddate", "regbadct", "unkscm", "novelsc", "unksm2", "bext01", "invut", "regaut01", "zeromf", "cparam01",
-    "cparam02", "regescrt", "sdp01",
+    "intmeth",
+    "esc01",
+    "escnull",
+    "esc02",
+    "lwsdisp",
+    "dblreq",
+    "semiuri",
+    "transports",
+    "mpart01",
+    "escruri",
+    "baddate",
+    "regbadct",
+    "unkscm",
+    "novelsc",
+    "unksm2",
+    "bext01",
+    "invut",
+    "regaut01",
+    "zeromf",
+    "cparam01",
+    "cparam02",
+    "regescrt",
+    "sdp01",
 ];
 /// Syntactically valid, but the top Via carries no RFC 3261 branch: we answer 400
 /// rather than run RFC 2543 transaction matching.
 const VALID_WITHOUT_BRANCH: &[&str] = &["wsinv", "longreq"];
 const VALID_RESPONSES: &[&str] = &["unreason", "noreason", "bcast"];
 const INVALID: &[&str] = &[
-    "badinv01", "clerr", "ncl", "scalar02", "scalarlg", "quotbal", "ltgtruri", "lwsruri", "lwsstart", "trws",
-    "badaspec", "baddn", "badvers", "mismatch01", "mismatch02", "bigcode", "badbranch", "insuf", "multi01", "mcl01",
+    "badinv01",
+    "clerr",
+    "ncl",
+    "scalar02",
+    "scalarlg",
+    "quotbal",
+    "ltgtruri",
+    "lwsruri",
+    "lwsstart",
+    "trws",
+    "badaspec",
+    "baddn",
+    "badvers",
+    "mismatch01",
+    "mismatch02",
+    "bigcode",
+    "badbranch",
+    "insuf",
+    "multi01",
+    "mcl01",
     "inv2543",
 ];
 
@@ -50,7 +91,10 @@ fn every_fixture_is_classified() {
     for name in all.keys() {
         let n = name.as_str();
         assert!(
-            VALID_REQUESTS.contains(&n) || VALID_WITHOUT_BRANCH.contains(&n) || VALID_RESPONSES.contains(&n) || INVALID.contains(&n),
+            VALID_REQUESTS.contains(&n)
+                || VALID_WITHOUT_BRANCH.contains(&n)
+                || VALID_RESPONSES.contains(&n)
+                || INVALID.contains(&n),
             "{n} unclassified"
         );
     }
@@ -61,7 +105,8 @@ fn valid_messages_parse() {
     let all = fixtures();
     for name in VALID_REQUESTS {
         let m = Message::parse(&all[*name]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        m.validate_request().unwrap_or_else(|e| panic!("{name}: {e}"));
+        m.validate_request()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for name in VALID_WITHOUT_BRANCH {
         let m = Message::parse(&all[*name]).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -69,7 +114,8 @@ fn valid_messages_parse() {
     }
     for name in VALID_RESPONSES {
         let m = Message::parse(&all[*name]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        m.validate_response().unwrap_or_else(|e| panic!("{name}: {e}"));
+        m.validate_response()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -84,7 +130,11 @@ fn invalid_messages_are_rejected() {
         };
         assert!(rejected, "{name} accepted");
     }
-    let err = |n: &str| Message::parse(&all[n]).and_then(|m| m.validate_request().map(|_| m.headers.len())).err();
+    let err = |n: &str| {
+        Message::parse(&all[n])
+            .and_then(|m| m.validate_request().map(|_| m.headers.len()))
+            .err()
+    };
     assert_eq!(err("badvers"), Some(ParseError::Version));
     assert_eq!(err("mismatch01"), Some(ParseError::CSeqMethod));
     assert_eq!(err("mismatch02"), Some(ParseError::CSeqMethod));
@@ -108,7 +158,10 @@ fn torture_details() {
     let all = fixtures();
     let m = Message::parse(&all["wsinv"]).unwrap();
     let vias = m.vias().unwrap();
-    let v: Vec<(&str, &str, Option<&str>)> = vias.iter().map(|v| (v.transport, v.host, v.branch())).collect();
+    let v: Vec<(&str, &str, Option<&str>)> = vias
+        .iter()
+        .map(|v| (v.transport, v.host, v.branch()))
+        .collect();
     assert_eq!(
         v,
         vec![
@@ -124,8 +177,14 @@ fn torture_details() {
     assert_eq!(m.cseq(), Some((9, "INVITE")));
     assert_eq!(m.header(HeaderName::MaxForwards), Some("0068"));
     assert_eq!(m.header(HeaderName::Subject), Some(""));
-    assert_eq!(m.header(HeaderName::Other("newfangledheader")), Some("newfangled value continued newfangled value"));
-    assert_eq!(m.header(HeaderName::Other("UnknownHeaderWithUnusualValue")), Some(";;,,;;,;"));
+    assert_eq!(
+        m.header(HeaderName::Other("newfangledheader")),
+        Some("newfangled value continued newfangled value")
+    );
+    assert_eq!(
+        m.header(HeaderName::Other("UnknownHeaderWithUnusualValue")),
+        Some(";;,,;;,;")
+    );
     let c = m.list(HeaderName::Contact).unwrap();
     let c = name_addr(c[0]).unwrap();
     assert_eq!(c.display_name.as_deref(), Some("Quoted string \"\""));
@@ -135,28 +194,71 @@ fn torture_details() {
     assert_eq!(m.body.len(), 150);
 
     let m = Message::parse(&all["intmeth"]).unwrap();
-    assert_eq!(m.method(), Some("!interesting-Method0123456789_*+`.%indeed'~"));
-    assert_eq!(m.to().unwrap().display_name.as_deref(), Some("BEL:\x07 NUL:\0 DEL:\x7f"));
-    assert_eq!(m.from().unwrap().params.value("fromParam''~+*_!.-%"), Some("работающий"));
-    assert_eq!(m.header(HeaderName::Other("extensionHeader-!.%*+_`'~")), Some("\u{feff}大停電"));
-    assert_eq!(m.call_id(), Some("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"));
+    assert_eq!(
+        m.method(),
+        Some("!interesting-Method0123456789_*+`.%indeed'~")
+    );
+    assert_eq!(
+        m.to().unwrap().display_name.as_deref(),
+        Some("BEL:\x07 NUL:\0 DEL:\x7f")
+    );
+    assert_eq!(
+        m.from().unwrap().params.value("fromParam''~+*_!.-%"),
+        Some("работающий")
+    );
+    assert_eq!(
+        m.header(HeaderName::Other("extensionHeader-!.%*+_`'~")),
+        Some("\u{feff}大停電")
+    );
+    assert_eq!(
+        m.call_id(),
+        Some("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{")
+    );
 
     let m = Message::parse(&all["esc01"]).unwrap();
     let ruri = SipUri::parse(m.request_uri().unwrap()).unwrap();
     assert_eq!(ruri.user_decoded().unwrap(), "sips:user@example.com");
-    assert_eq!(SipUri::parse(m.to().unwrap().uri).unwrap().user_decoded().unwrap(), "user");
+    assert_eq!(
+        SipUri::parse(m.to().unwrap().uri)
+            .unwrap()
+            .user_decoded()
+            .unwrap(),
+        "user"
+    );
     let m = Message::parse(&all["escnull"]).unwrap();
-    assert_eq!(SipUri::parse(m.to().unwrap().uri).unwrap().user_decoded().unwrap(), "null-\0-null");
+    assert_eq!(
+        SipUri::parse(m.to().unwrap().uri)
+            .unwrap()
+            .user_decoded()
+            .unwrap(),
+        "null-\0-null"
+    );
     assert_eq!(m.list(HeaderName::Contact).unwrap().len(), 2);
     let m = Message::parse(&all["esc02"]).unwrap();
-    assert_eq!(m.list(HeaderName::Contact).unwrap().len(), 2, "C%6Fntact is not Contact");
+    assert_eq!(
+        m.list(HeaderName::Contact).unwrap().len(),
+        2,
+        "C%6Fntact is not Contact"
+    );
     let m = Message::parse(&all["dblreq"]).unwrap();
-    assert!(m.body.is_empty(), "trailing octets after Content-Length are ignored");
+    assert!(
+        m.body.is_empty(),
+        "trailing octets after Content-Length are ignored"
+    );
     let m = Message::parse(&all["semiuri"]).unwrap();
     let u = SipUri::parse(m.request_uri().unwrap()).unwrap();
-    assert_eq!((u.user, u.host), (Some("user;par=u%40example.net"), "example.com"));
+    assert_eq!(
+        (u.user, u.host),
+        (Some("user;par=u%40example.net"), "example.com")
+    );
     let m = Message::parse(&all["noreason"]).unwrap();
-    assert_eq!(m.start, tandem_signaling::sip::message::StartLine::Response { code: 100, reason: "" });
+    assert_eq!(
+        m.start,
+        tandem_signaling::sip::message::StartLine::Response {
+            code: 100,
+            reason: ""
+        }
+    );
     let m = Message::parse(&all["mpart01"]).unwrap();
     assert!(m.body.ends_with(b"--7a9cbec02ceef655--\r\n"));
 }

@@ -8,12 +8,16 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn drain<T>(mut f: impl FnMut() -> Option<T>) -> Vec<T> {
-    std::iter::from_fn(|| f()).collect()
+fn drain<T>(f: impl FnMut() -> Option<T>) -> Vec<T> {
+    std::iter::from_fn(f).collect()
 }
 
 /// Advances the clock timer by timer, returning (time since start, transmissions).
-fn run_client_non_invite(t: &mut ClientNonInvite, start: Instant, until: Duration) -> Vec<(Duration, usize)> {
+fn run_client_non_invite(
+    t: &mut ClientNonInvite,
+    start: Instant,
+    until: Duration,
+) -> Vec<(Duration, usize)> {
     let mut log = Vec::new();
     while let Some(at) = t.poll_timeout() {
         if at - start > until {
@@ -53,11 +57,17 @@ fn non_invite_client_proceeding_retransmits_at_t2_and_absorbs_final_retransmissi
     // Timer E armed at 500 ms fires; next interval is T2 in Proceeding.
     t.handle_timeout(t0 + ms(500));
     assert_eq!(drain(|| t.poll_transmit()).len(), 1);
-    assert_eq!(t.poll_timeout(), Some(t0 + ms(500) + Duration::from_secs(4)).min(Some(t0 + ms(32_000))));
+    assert_eq!(
+        t.poll_timeout(),
+        Some(t0 + ms(500) + Duration::from_secs(4)).min(Some(t0 + ms(32_000)))
+    );
     t.handle_response(t0 + ms(600), 200);
     assert_eq!(t.state(), State::Completed);
     t.handle_response(t0 + ms(700), 200); // retransmitted final: absorbed
-    assert_eq!(drain(|| t.poll_event()), vec![Event::Provisional(100), Event::Final(200)]);
+    assert_eq!(
+        drain(|| t.poll_event()),
+        vec![Event::Provisional(100), Event::Final(200)]
+    );
     // Timer K = T4 later it terminates; no retransmission after the final.
     t.handle_timeout(t0 + ms(600) + Duration::from_secs(5));
     assert!(drain(|| t.poll_transmit()).is_empty());
@@ -69,7 +79,11 @@ fn non_invite_client_reliable_has_no_timer_e_and_no_k() {
     let t0 = Instant::now();
     let mut t = ClientNonInvite::new(t0, b"R".to_vec(), true, TimerConfig::default());
     drain(|| t.poll_transmit());
-    assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(32)), "only F");
+    assert_eq!(
+        t.poll_timeout(),
+        Some(t0 + Duration::from_secs(32)),
+        "only F"
+    );
     t.handle_response(t0 + ms(10), 404);
     assert_eq!(t.state(), State::Terminated);
 }
@@ -88,7 +102,10 @@ fn invite_client_timer_a_b_and_ack_for_errors() {
         }
     }
     assert_eq!(times, vec![500, 1500, 3500, 7500, 15500, 31500]);
-    assert_eq!(drain(|| t.poll_event()), vec![Event::Timeout, Event::Terminated]);
+    assert_eq!(
+        drain(|| t.poll_event()),
+        vec![Event::Timeout, Event::Terminated]
+    );
 
     // 486: ACK sent, retransmitted with each final retransmission, D = 32 s.
     let mut t = ClientInvite::new(t0, b"INVITE".to_vec(), false, TimerConfig::default());
@@ -100,9 +117,19 @@ fn invite_client_timer_a_b_and_ack_for_errors() {
     assert_eq!(drain(|| t.poll_transmit()), vec![b"ACK".to_vec()]);
     t.handle_response(t0 + ms(300), 486, None);
     assert_eq!(drain(|| t.poll_transmit()), vec![b"ACK".to_vec()]);
-    assert_eq!(t.poll_timeout(), Some(t0 + ms(200) + Duration::from_secs(32)));
+    assert_eq!(
+        t.poll_timeout(),
+        Some(t0 + ms(200) + Duration::from_secs(32))
+    );
     t.handle_timeout(t0 + ms(200) + Duration::from_secs(32));
-    assert_eq!(drain(|| t.poll_event()), vec![Event::Provisional(180), Event::Final(486), Event::Terminated]);
+    assert_eq!(
+        drain(|| t.poll_event()),
+        vec![
+            Event::Provisional(180),
+            Event::Final(486),
+            Event::Terminated
+        ]
+    );
 
     // 2xx terminates at once (the TU handles its ACK).
     let mut t = ClientInvite::new(t0, b"INVITE".to_vec(), false, TimerConfig::default());
@@ -118,13 +145,22 @@ fn non_invite_server_absorbs_and_replays_then_timer_j() {
     assert!(drain(|| t.poll_transmit()).is_empty());
     t.send_response(t0, 100, b"100".to_vec());
     t.handle_request_retransmission();
-    assert_eq!(drain(|| t.poll_transmit()), vec![b"100".to_vec(), b"100".to_vec()]);
+    assert_eq!(
+        drain(|| t.poll_transmit()),
+        vec![b"100".to_vec(), b"100".to_vec()]
+    );
     t.send_response(t0 + ms(10), 200, b"200".to_vec());
     t.handle_request_retransmission();
-    assert_eq!(drain(|| t.poll_transmit()), vec![b"200".to_vec(), b"200".to_vec()]);
+    assert_eq!(
+        drain(|| t.poll_transmit()),
+        vec![b"200".to_vec(), b"200".to_vec()]
+    );
     t.send_response(t0 + ms(20), 500, b"500".to_vec()); // ignored once Completed
     assert!(drain(|| t.poll_transmit()).is_empty());
-    assert_eq!(t.poll_timeout(), Some(t0 + ms(10) + Duration::from_secs(32)));
+    assert_eq!(
+        t.poll_timeout(),
+        Some(t0 + ms(10) + Duration::from_secs(32))
+    );
     t.handle_timeout(t0 + Duration::from_secs(20));
     assert_eq!(t.state(), State::Completed);
     t.handle_timeout(t0 + ms(10) + Duration::from_secs(32));
@@ -132,7 +168,11 @@ fn non_invite_server_absorbs_and_replays_then_timer_j() {
 
     let mut r = ServerNonInvite::new(true, TimerConfig::default());
     r.send_response(t0, 200, b"200".to_vec());
-    assert_eq!(r.state(), State::Terminated, "J is zero on reliable transports");
+    assert_eq!(
+        r.state(),
+        State::Terminated,
+        "J is zero on reliable transports"
+    );
 }
 
 #[test]
@@ -154,7 +194,10 @@ fn invite_server_timer_g_h_and_i() {
     }
     assert_eq!(&times[..5], &[500, 1500, 3500, 7500, 11500]);
     assert_eq!(*times.last().unwrap(), 31500);
-    assert_eq!(drain(|| t.poll_event()), vec![Event::Timeout, Event::Terminated]);
+    assert_eq!(
+        drain(|| t.poll_event()),
+        vec![Event::Timeout, Event::Terminated]
+    );
 
     // With the ACK: Confirmed, G and H cancelled, I = T4 later terminated.
     let mut t = ServerInvite::new(false, TimerConfig::default());
@@ -164,7 +207,10 @@ fn invite_server_timer_g_h_and_i() {
     assert_eq!(t.state(), State::Confirmed);
     t.handle_request_retransmission(); // absorbed in Confirmed
     assert!(drain(|| t.poll_transmit()).is_empty());
-    assert_eq!(t.poll_timeout(), Some(t0 + ms(700) + Duration::from_secs(5)));
+    assert_eq!(
+        t.poll_timeout(),
+        Some(t0 + ms(700) + Duration::from_secs(5))
+    );
     t.handle_timeout(t0 + ms(700) + Duration::from_secs(5));
     assert_eq!(t.state(), State::Terminated);
 

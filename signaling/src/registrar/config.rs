@@ -29,6 +29,10 @@ pub struct RegistrarConfig {
     pub max_bindings_per_account: usize,
     /// Most reg-ids (RFC 5626 flows) per instance.
     pub max_reg_ids_per_instance: usize,
+    /// Digest algorithms offered, one challenge each, in this order (RFC 8760 2.4: the
+    /// preferred first). `SHA-256` and/or `MD5`. Some legacy clients (sipp 3.6, for one)
+    /// read only the first challenge and only do MD5; put `MD5` first for them.
+    pub digest_algorithms: Vec<String>,
     /// Secret for nonce integrity (HMAC-SHA256), hex or any string. Empty: a random one
     /// per process start (nonces then do not survive a restart, clients re-challenge).
     pub nonce_secret: String,
@@ -48,6 +52,7 @@ impl Default for RegistrarConfig {
             max_tracked_sources: 65_536,
             max_bindings_per_account: 16,
             max_reg_ids_per_instance: 2,
+            digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
             nonce_secret: String::new(),
         }
     }
@@ -82,6 +87,27 @@ impl RegistrarConfig {
         if self.max_reg_ids_per_instance == 0 {
             return Err("registrar.max_reg_ids_per_instance: must be at least 1".into());
         }
+        if self.digest_algorithms.is_empty() {
+            return Err("registrar.digest_algorithms: must name at least one algorithm".into());
+        }
+        for (i, a) in self.digest_algorithms.iter().enumerate() {
+            if a != "SHA-256" && a != "MD5" {
+                return Err(format!(
+                    "registrar.digest_algorithms: unknown algorithm {a:?} (SHA-256 or MD5)"
+                ));
+            }
+            if self.digest_algorithms.iter().skip(i + 1).any(|b| b == a) {
+                return Err(format!("registrar.digest_algorithms: {a} listed twice"));
+            }
+        }
         Ok(())
+    }
+
+    /// The configured algorithms (validated: unknown names are skipped).
+    pub fn algorithms(&self) -> Vec<crate::registrar::digest::Algorithm> {
+        self.digest_algorithms
+            .iter()
+            .filter_map(|a| crate::registrar::digest::Algorithm::parse(a))
+            .collect()
     }
 }

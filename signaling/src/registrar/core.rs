@@ -133,6 +133,7 @@ type Key = (AccountId, String, u32);
 #[derive(Debug)]
 pub struct Registrar {
     cfg: RegistrarConfig,
+    algorithms: Vec<digest::Algorithm>,
     key: NonceKey,
     counts: NonceCounts,
     failures: HashMap<IpAddr, FailState>,
@@ -144,8 +145,10 @@ impl Registrar {
     pub fn new(cfg: RegistrarConfig, realm: String, secret: Vec<u8>) -> Registrar {
         let key = NonceKey::new(secret, realm, cfg.nonce_ttl);
         let counts = NonceCounts::new(cfg.max_tracked_nonces);
+        let algorithms = cfg.algorithms();
         Registrar {
             cfg,
+            algorithms,
             key,
             counts,
             failures: HashMap::new(),
@@ -160,7 +163,7 @@ impl Registrar {
 
     /// `WWW-Authenticate` values for a 401.
     pub fn challenges(&self, now: i64, random: [u8; 8], stale: bool) -> Vec<String> {
-        digest::challenges(&self.key, now, random, stale)
+        digest::challenges(&self.key, &self.algorithms, now, random, stale)
     }
 
     /// Whether `ip` is banned now.
@@ -223,7 +226,15 @@ impl Registrar {
             let banned = self.record_failure(source, now);
             return AuthDecision::Forbidden { banned };
         };
-        match digest::verify(auth, method, creds, &self.key, &mut self.counts, now) {
+        match digest::verify(
+            auth,
+            &self.algorithms,
+            method,
+            creds,
+            &self.key,
+            &mut self.counts,
+            now,
+        ) {
             Ok(()) => AuthDecision::Accept,
             Err(AuthFailure::NoCredentials) => AuthDecision::Challenge { stale: false },
             Err(AuthFailure::Stale) => AuthDecision::Challenge { stale: true },

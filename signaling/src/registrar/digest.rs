@@ -37,7 +37,7 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Algorithm> {
+    pub fn parse(s: &str) -> Option<Algorithm> {
         if s.eq_ignore_ascii_case("SHA-256") {
             Some(Algorithm::Sha256)
         } else if s.eq_ignore_ascii_case("MD5") {
@@ -221,10 +221,17 @@ pub enum AuthFailure {
     Rejected(&'static str),
 }
 
-/// Builds the `WWW-Authenticate` values for a 401: SHA-256 first, then MD5.
-pub fn challenges(key: &NonceKey, now: i64, random: [u8; 8], stale: bool) -> Vec<String> {
+/// Builds the `WWW-Authenticate` values for a 401, one per algorithm in the given
+/// (preference) order, all with the same nonce.
+pub fn challenges(
+    key: &NonceKey,
+    algorithms: &[Algorithm],
+    now: i64,
+    random: [u8; 8],
+    stale: bool,
+) -> Vec<String> {
     let nonce = key.issue(now, random);
-    [Algorithm::Sha256, Algorithm::Md5]
+    algorithms
         .iter()
         .map(|alg| {
             format!(
@@ -238,10 +245,12 @@ pub fn challenges(key: &NonceKey, now: i64, random: [u8; 8], stale: bool) -> Vec
         .collect()
 }
 
-/// Verifies Digest credentials (qop=auth required) for `method` against `creds`.
-/// On success the nonce-count is recorded.
+/// Verifies Digest credentials (qop=auth required, algorithm one of `offered`) for
+/// `method` against `creds`. On success the nonce-count is recorded.
+#[allow(clippy::too_many_arguments)]
 pub fn verify(
     auth: &AuthParams<'_>,
+    offered: &[Algorithm],
     method: &str,
     creds: &AccountCredentials,
     key: &NonceKey,
@@ -269,6 +278,9 @@ pub fn verify(
         Some(a) => Algorithm::parse(a).ok_or(AuthFailure::Rejected("unsupported algorithm"))?,
         None => Algorithm::Md5,
     };
+    if !offered.contains(&algorithm) {
+        return Err(AuthFailure::Rejected("algorithm not offered"));
+    }
     if !auth
         .get("qop")
         .is_some_and(|q| q.eq_ignore_ascii_case("auth"))

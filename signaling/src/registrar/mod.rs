@@ -32,12 +32,16 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Shows only the network part of an address in logs (personal data).
+/// Shows only the network part of an address in logs (personal data), unless the
+/// operator turned personal data in logs on.
 pub(crate) fn redact(addr: std::net::IpAddr) -> String {
+    if crate::log_pii() {
+        return addr.to_string();
+    }
     match addr {
         std::net::IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.x.x", o[0], o[1])
+            let [a, b, _, _] = v4.octets();
+            format!("{a}.{b}.x.x")
         }
         std::net::IpAddr::V6(v6) => {
             let s = v6.segments();

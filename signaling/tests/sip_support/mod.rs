@@ -33,7 +33,10 @@ pub fn sip_config() -> SipConfig {
 }
 
 /// A store with account `alice` and devices 1..=authorised (mobile).
-pub async fn store_with_account(url: &str, authorised: &[(u32, DeviceClass)]) -> (Store, AccountId) {
+pub async fn store_with_account(
+    url: &str,
+    authorised: &[(u32, DeviceClass)],
+) -> (Store, AccountId) {
     let store = Store::connect(url).await.expect("store");
     let acc = store
         .create_account(&NewAccount {
@@ -50,7 +53,13 @@ pub async fn store_with_account(url: &str, authorised: &[(u32, DeviceClass)]) ->
         store
             .authorise_device(
                 acc.id,
-                &NewDevice { instance_id: &id, class: *class, name: "test", push_provider: None, push_token: None },
+                &NewDevice {
+                    instance_id: &id,
+                    class: *class,
+                    name: "test",
+                    push_provider: None,
+                    push_token: None,
+                },
                 &DeviceLimits::default(),
             )
             .await
@@ -59,9 +68,15 @@ pub async fn store_with_account(url: &str, authorised: &[(u32, DeviceClass)]) ->
     (store, acc.id)
 }
 
-pub async fn start(store: Store, sip: SipConfig, reg: RegistrarConfig) -> (SipServer, CancellationToken) {
+pub async fn start(
+    store: Store,
+    sip: SipConfig,
+    reg: RegistrarConfig,
+) -> (SipServer, CancellationToken) {
     let shutdown = CancellationToken::new();
-    let server = SipServer::start(&sip, &reg, store, shutdown.clone()).await.expect("start");
+    let server = SipServer::start(&sip, &reg, store, shutdown.clone())
+        .await
+        .expect("start");
     (server, shutdown)
 }
 
@@ -86,7 +101,10 @@ impl Reg {
             cseq: 1,
             to_user: LOGIN.into(),
             contact: instance.map(|n| {
-                format!("<sip:{LOGIN}@{local};transport={transport}>;+sip.instance=\"<{}>\";reg-id=1", uuid(n))
+                format!(
+                    "<sip:{LOGIN}@{local};transport={transport}>;+sip.instance=\"<{}>\";reg-id=1",
+                    uuid(n)
+                )
             }),
             expires: Some(600),
             authorization: None,
@@ -121,7 +139,10 @@ impl Reg {
 
 /// Status code and full text of a response.
 pub fn status(resp: &[u8]) -> u16 {
-    Message::parse(resp).expect("response parses").status().expect("is a response")
+    Message::parse(resp)
+        .expect("response parses")
+        .status()
+        .expect("is a response")
 }
 
 /// The challenge for `alg` in a 401.
@@ -130,7 +151,9 @@ pub fn challenge_nonce(resp: &[u8], alg: &str) -> (String, bool) {
     for h in m.headers_named(HeaderName::WwwAuthenticate) {
         let a = AuthParams::parse(&h.value).unwrap();
         if a.get("algorithm") == Some(alg) {
-            let stale = a.get("stale").is_some_and(|s| s.eq_ignore_ascii_case("true"));
+            let stale = a
+                .get("stale")
+                .is_some_and(|s| s.eq_ignore_ascii_case("true"));
             return (a.get("nonce").unwrap().to_owned(), stale);
         }
     }
@@ -138,7 +161,17 @@ pub fn challenge_nonce(resp: &[u8], alg: &str) -> (String, bool) {
 }
 
 pub fn authorization(alg: Algorithm, password: &str, nonce: &str, nc: u32) -> String {
-    client_response(alg, LOGIN, REALM, password, "REGISTER", &format!("sip:{REALM}"), nonce, nc, "0a4f113b")
+    client_response(
+        alg,
+        LOGIN,
+        REALM,
+        password,
+        "REGISTER",
+        &format!("sip:{REALM}"),
+        nonce,
+        nc,
+        "0a4f113b",
+    )
 }
 
 /// A UDP SIP client.
@@ -149,13 +182,19 @@ pub struct Udp {
 
 impl Udp {
     pub async fn new(server: SocketAddr) -> Udp {
-        Udp { sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(), server }
+        Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+        }
     }
     pub fn local(&self) -> SocketAddr {
         self.sock.local_addr().unwrap()
     }
     pub async fn request(&self, msg: &str) -> Vec<u8> {
-        self.sock.send_to(msg.as_bytes(), self.server).await.unwrap();
+        self.sock
+            .send_to(msg.as_bytes(), self.server)
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 65536];
         let (n, _) = tokio::time::timeout(Duration::from_secs(3), self.sock.recv_from(&mut buf))
             .await
@@ -192,14 +231,21 @@ pub async fn read_message<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) ->
             Framing::Incomplete => {}
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await.expect("read in time").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk))
+            .await
+            .expect("read in time")
+            .unwrap();
         assert!(n > 0, "connection closed");
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
 /// REGISTER with digest over a stream.
-pub async fn stream_register<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, mut reg: Reg, alg: Algorithm) -> Vec<u8> {
+pub async fn stream_register<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    mut reg: Reg,
+    alg: Algorithm,
+) -> Vec<u8> {
     let mut buf = Vec::new();
     s.write_all(reg.build().as_bytes()).await.unwrap();
     let r = read_message(s, &mut buf).await;
