@@ -69,6 +69,19 @@ async fn create_get_list_update_delete(backend: Backend) {
         )
         .await;
     assert_eq!(r.expect(200)["accounts"][0]["id"], json!(bob));
+    // Find by any public ID or the login.
+    for q in ["alice", "alice.w", "%2B48%20600%20345%20698", "0600111222"] {
+        let r = api
+            .call("GET", &format!("/accounts?identity={q}"), Auth::Admin, None)
+            .await;
+        let found = r.expect(200)["accounts"].as_array().unwrap().clone();
+        assert_eq!(found.len(), 1, "{q}");
+        assert_eq!(found[0]["id"], json!(id), "{q}");
+    }
+    let r = api
+        .call("GET", "/accounts?identity=nobody", Auth::Admin, None)
+        .await;
+    assert_eq!(r.expect(200)["accounts"], json!([]));
     api.call("GET", "/accounts?limit=0", Auth::Admin, None)
         .await
         .expect_error(400, "invalid_request");

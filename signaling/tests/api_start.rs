@@ -368,3 +368,48 @@ async fn revoking_a_device_drops_its_live_registration() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn starts_on_postgresql_with_database_url() {
+    let db = store_support::TestDb::new(store_support::Backend::Postgres).await;
+    let dir = temp_dir("pg");
+    let mut cfg = config(dir.clone());
+    cfg.database.url = Some(db.url.clone());
+    cfg.api.admin_token = Some("configured-token-0123456789".to_owned());
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        running.store.backend(),
+        tandem_signaling::store::Backend::Postgres
+    );
+    assert!(
+        !dir.join("signaling.db").exists(),
+        "no SQLite file when PostgreSQL is configured"
+    );
+    let client = reqwest::Client::new();
+    let (s, body) = call(
+        &client,
+        running.api,
+        &running.admin_token,
+        "POST",
+        "/accounts",
+        Some(
+            json!({"login": "alice", "password": "correct horse", "phone_numbers": ["0600345698"]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    // Bare numbers given as a login use the configured default country code (48 here).
+    let creds = running
+        .store
+        .find_account("600 345 698")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.login, "alice");
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -91,6 +91,19 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<AccountList>, ApiError> {
+    if let Some(identity) = &params.identity {
+        let found = state.store().find_account(identity).await?;
+        let mut accounts = Vec::new();
+        if let Some(creds) = found {
+            if let Some(a) = state.store().get_account(creds.id).await? {
+                accounts.push(AccountView::new(a, state.default_limits()));
+            }
+        }
+        return Ok(Json(AccountList {
+            accounts,
+            next_after: None,
+        }));
+    }
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1-1000"));

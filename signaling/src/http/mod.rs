@@ -6,7 +6,7 @@
 //! | GET    | /metrics                                          | none  | Prometheus text exposition                        |
 //! | GET    | /openapi.json                                     | none  | this API as OpenAPI 3.1                           |
 //! | POST   | /accounts                                         | admin | create account (login, password, numbers, ...)    |
-//! | GET    | /accounts?after=&limit=                           | admin | list accounts, by id                              |
+//! | GET    | /accounts?after=&limit= or ?identity=             | admin | list accounts by id, or find one by public ID     |
 //! | GET    | /accounts/{id}                                    | admin | one account                                       |
 //! | PATCH  | /accounts/{id}                                    | admin | change password, display name, country code       |
 //! | DELETE | /accounts/{id}                                    | admin | delete account, drop its registrations            |

@@ -115,6 +115,9 @@ pub struct ListParams {
     pub after: Option<i64>,
     /// Page size, 1-1000 (default 100).
     pub limit: Option<u32>,
+    /// Only the account this SIP login, username or phone number (any accepted
+    /// form) names; `after` and `limit` are then ignored.
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
