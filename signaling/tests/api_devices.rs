@@ -579,6 +579,26 @@ async fn health_and_metrics(backend: Backend) {
         text.contains("tandem_signaling_http_auth_failures_total{kind=\"basic\"} 1"),
         "{text}"
     );
+    // Unknown methods share one label value.
+    for m in ["FOO", "BAR"] {
+        api.call(m, "/health", Auth::None, None)
+            .await
+            .expect_error(405, "method_not_allowed");
+    }
+    let text = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("method=\"other\",route=\"/health\",status=\"405\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains("FOO"));
     // No per-user label values.
     assert!(!text.contains("alice") && !text.contains("48600345698") && !text.contains("urn:uuid"));
     assert!(!text.contains(&format!("/accounts/{a}/")));

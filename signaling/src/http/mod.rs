@@ -267,7 +267,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    // Clients can send any method token: keep the label set bounded.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
