@@ -5,9 +5,10 @@
 //!
 //! 1. spaces, dashes, dots and parentheses are dropped;
 //! 2. a leading `+` or `00` (international prefix) is stripped;
-//! 3. a leading `011` (the North American international prefix) is stripped for
-//!    users whose country code is `1`. Elsewhere `011` is a trunk `0` followed by an
-//!    area code (Leeds is `0113` in the UK), so rule 4 applies to it instead;
+//! 3. a leading `011` (the North American international prefix) is stripped, for
+//!    every user, as the deployment's rules say. The known cost: in a country whose
+//!    national numbers can begin `011` after the trunk `0` (Leeds is `0113` in the
+//!    UK), such a number must be entered as `+44 113...`; rule 4 never sees it;
 //! 4. a single leading `0` (trunk prefix) is replaced by the user's country code;
 //! 5. a number with none of these prefixes is local: the country code goes in front.
 //!
@@ -90,7 +91,7 @@ pub fn normalize(input: &str, country_code: &str) -> Result<String, NumberError>
         digits
     } else if let Some(rest) = digits.strip_prefix("00") {
         rest.to_owned()
-    } else if let (Some(rest), "1") = (digits.strip_prefix("011"), country_code) {
+    } else if let Some(rest) = digits.strip_prefix("011") {
         rest.to_owned()
     } else if let Some(rest) = digits.strip_prefix('0') {
         format!("{country_code}{rest}")
@@ -178,9 +179,16 @@ mod tests {
     }
 
     #[test]
-    fn uk_area_code_011x_is_not_an_international_prefix() {
-        // Leeds: 0113 496 0000 is a national number in the UK.
-        assert_eq!(normalize("0113 496 0000", "44").unwrap(), "441134960000");
+    fn international_prefix_011_is_stripped_for_every_country_code() {
+        // The deployment's rule applies whatever the user's own country code is.
+        assert_eq!(
+            normalize("011 48 600 345 698", "48").unwrap(),
+            "48600345698"
+        );
+        // The price of that rule: a UK national number in the Leeds area (0113) is
+        // read as international, so it must be entered with its country code.
+        assert_eq!(normalize("0113 496 0000", "44").unwrap(), "34960000");
+        assert_eq!(normalize("+44 113 496 0000", "44").unwrap(), "441134960000");
     }
 
     #[test]
