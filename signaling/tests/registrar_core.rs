@@ -111,29 +111,67 @@ fn nonce_expiry_gives_stale_and_forgery_is_refused() {
         ),
         AuthDecision::Challenge { stale: true }
     );
-    // Flip one character of the nonce: the HMAC no longer matches.
+    // Flip one character of the nonce: the HMAC no longer matches. Such a nonce is
+    // answered with a fresh challenge and not counted (it may come from before a
+    // restart); the response is never checked against it.
     let mut forged: Vec<char> = n.chars().collect();
     forged[3] = if forged[3] == 'A' { 'B' } else { 'A' };
     let forged: String = forged.into_iter().collect();
+    let mut strict = registrar(RegistrarConfig {
+        auth_fail_limit: 1,
+        ..RegistrarConfig::default()
+    });
     assert_eq!(
         decide(
-            &mut r,
+            &mut strict,
             &auth(Algorithm::Sha256, "alice", "pw", &forged, 1),
             T0
         ),
-        AuthDecision::Forbidden { banned: false }
+        AuthDecision::Challenge { stale: false }
     );
-    // A nonce from a registrar with another secret is refused.
+    // A nonce from a registrar with another secret (e.g. before a restart): the same.
     let other = Registrar::new(
         RegistrarConfig::default(),
         REALM.into(),
         b"another secret".to_vec(),
     );
     let n2 = nonce_of(&other, T0, "MD5");
+    assert_eq!(
+        decide(
+            &mut strict,
+            &auth(Algorithm::Md5, "alice", "pw", &n2, 1),
+            T0
+        ),
+        AuthDecision::Challenge { stale: false }
+    );
+    assert!(
+        !strict.is_banned(ip(), T0),
+        "unknown nonces are not failures"
+    );
+}
+
+#[test]
+fn only_offered_algorithms_are_accepted() {
+    let mut r = registrar(RegistrarConfig {
+        digest_algorithms: vec!["SHA-256".into()],
+        ..RegistrarConfig::default()
+    });
+    let ch = r.challenges(T0, [0; 8], false);
+    assert_eq!(ch.len(), 1);
+    assert!(ch[0].contains("algorithm=SHA-256"));
+    let n = nonce_of(&r, T0, "SHA-256");
     assert!(matches!(
-        decide(&mut r, &auth(Algorithm::Md5, "alice", "pw", &n2, 1), T0),
+        decide(&mut r, &auth(Algorithm::Md5, "alice", "pw", &n, 1), T0),
         AuthDecision::Forbidden { .. }
     ));
+    let cfg = RegistrarConfig {
+        digest_algorithms: vec!["MD5".into(), "SHA-512".into()],
+        ..RegistrarConfig::default()
+    };
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .contains("registrar.digest_algorithms"));
 }
 
 #[test]

@@ -238,6 +238,7 @@ impl Registrar {
             Ok(()) => AuthDecision::Accept,
             Err(AuthFailure::NoCredentials) => AuthDecision::Challenge { stale: false },
             Err(AuthFailure::Stale) => AuthDecision::Challenge { stale: true },
+            Err(AuthFailure::UnknownNonce) => AuthDecision::Challenge { stale: false },
             Err(AuthFailure::WrongPassword) => {
                 let banned = self.record_failure(source, now);
                 if banned {

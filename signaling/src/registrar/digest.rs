@@ -214,6 +214,10 @@ pub enum AuthFailure {
     NoCredentials,
     /// Nonce expired or forgotten: challenge with `stale=true`, not counted.
     Stale,
+    /// A nonce we cannot verify (issued before a restart with another secret, or
+    /// made up): a fresh challenge, not counted. The response is never checked against
+    /// such a nonce, so this gives no password-guessing oracle.
+    UnknownNonce,
     /// Well-formed credentials whose response does not match the password: counted,
     /// answered with a fresh challenge (the user may retype the password).
     WrongPassword,
@@ -303,7 +307,7 @@ pub fn verify(
     let issued = match key.check(nonce, now) {
         NonceCheck::Valid { issued } => issued,
         NonceCheck::Stale => return Err(AuthFailure::Stale),
-        NonceCheck::Invalid => return Err(AuthFailure::Rejected("nonce not issued by us")),
+        NonceCheck::Invalid => return Err(AuthFailure::UnknownNonce),
     };
     let ha1 = match algorithm {
         Algorithm::Sha256 => &creds.ha1_sha256,

@@ -308,6 +308,8 @@ impl RegistrarHandle {
             r = r.header("Min-Expires", &min.to_string());
         }
         if outcome.code == 200 {
+            // RFC 3261 10.3 step 8: the 200 carries a Date.
+            r = r.header("Date", &crate::sip::message::http_date(now));
             let outbound = outcome.contacts.iter().any(|(b, _)| b.reg_id > 0)
                 && msg
                     .list(HeaderName::Supported)

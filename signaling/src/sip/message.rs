@@ -666,6 +666,41 @@ impl ResponseBuilder {
     }
 }
 
+/// An RFC 1123 date (`Sun, 06 Nov 1994 08:49:37 GMT`) for the Date header field
+/// (RFC 3261 20.17), from Unix seconds.
+pub fn http_date(unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = DAYS
+        .get(days.rem_euclid(7) as usize)
+        .copied()
+        .unwrap_or("Thu");
+    let mon = MONTHS
+        .get((month - 1).clamp(0, 11) as usize)
+        .copied()
+        .unwrap_or("Jan");
+    format!(
+        "{weekday}, {day:02} {mon} {year} {:02}:{:02}:{:02} GMT",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// The top Via of a received request with `received` and `rport` filled in per
 /// RFC 3261 18.2.1 and RFC 3581 4.
 pub fn stamp_via(via_text: &str, via: &grammar::Via<'_>, source: std::net::SocketAddr) -> String {
@@ -761,6 +796,13 @@ l: 0\r\n\r\n";
             s,
             "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK776asdhds;received=203.0.113.9;rport=40000"
         );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
     }
 
     #[test]
