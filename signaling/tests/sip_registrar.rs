@@ -273,6 +273,11 @@ async fn tcp_flow_keepalive_reuse_and_replacement() {
     let mut buf = Vec::new();
     assert_eq!(read_message(&mut s1, &mut buf).await, b"\r\n");
     assert_eq!(handle.bindings(account)[0].transport, "tcp");
+    // Connection reuse: a request to the device goes down the flow it registered on.
+    let options = b"OPTIONS sip:alice@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bKreuse\r\nTo: <sip:alice@tandem.local>\r\nFrom: <sip:reg@tandem.local>;tag=1\r\nCall-ID: reuse\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let binding = handle.bindings(account)[0].clone();
+    assert!(handle.send_to(&binding, options.to_vec()).await);
+    assert_eq!(read_message(&mut s1, &mut buf).await, options.to_vec());
 
     // A second desktop sign-in with the desktop instance replaces the first binding and
     // closes the first flow.

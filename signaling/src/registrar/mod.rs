@@ -108,6 +108,20 @@ impl RegistrarHandle {
         self.inner.expiry_changed.notify_one();
     }
 
+    /// Sends a request to a registered device the way RFC 5626 wants it: over the
+    /// TCP/TLS connection the binding was registered on (never a new connection, which
+    /// a device behind NAT could not accept), or to the UDP source address. Returns
+    /// false when that flow is gone.
+    pub async fn send_to(&self, binding: &Binding, bytes: Vec<u8>) -> bool {
+        let (Some(t), Ok(addr)) = (
+            Transport::parse(&binding.transport),
+            binding.source.parse::<SocketAddr>(),
+        ) else {
+            return false;
+        };
+        self.inner.flows.send(t, addr, bytes).await
+    }
+
     fn close_flow(&self, transport: &str, remote: &str) {
         if let (Some(t), Ok(addr)) = (Transport::parse(transport), remote.parse::<SocketAddr>()) {
             if t.reliable() {
