@@ -51,6 +51,7 @@ pub(crate) fn redact(addr: std::net::IpAddr) -> String {
 }
 
 pub(crate) struct Shared {
+    pub(crate) realm: String,
     pub(crate) core: Mutex<Registrar>,
     pub(crate) store: Arc<dyn RegistrarStore>,
     pub(crate) flows: Arc<Flows>,
@@ -192,10 +193,11 @@ impl RegistrarHandle {
             .headers_named(HeaderName::Authorization)
             .filter_map(|h| AuthParams::parse(&h.value))
             .collect();
-        let has_ours = {
-            let realm_ok = |a: &&AuthParams<'_>| a.scheme.eq_ignore_ascii_case("Digest");
-            auths.iter().any(|a| realm_ok(&a))
-        };
+        // Only credentials for our realm are worth a database lookup.
+        let has_ours = auths.iter().any(|a| {
+            a.scheme.eq_ignore_ascii_case("Digest")
+                && a.get("realm") == Some(self.inner.realm.as_str())
+        });
         if !has_ours {
             return self.challenge(msg, top_via, now, false);
         }

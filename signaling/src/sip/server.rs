@@ -144,6 +144,7 @@ impl SipServer {
         let flows = Arc::new(Flows::default());
         let registrar = RegistrarHandle {
             inner: Arc::new(Shared {
+                realm: cfg.realm.clone(),
                 core: Mutex::new(core),
                 store,
                 flows: flows.clone(),
