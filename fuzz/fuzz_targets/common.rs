@@ -38,6 +38,7 @@ pub struct World {
     pub now: Now,
     pub tuple: FiveTuple,
     pub out: Vec<u8>,
+    #[allow(dead_code)] // used by channel_data only
     pub peer_buf: Vec<u8>,
 }
 
