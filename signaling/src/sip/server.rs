@@ -77,8 +77,9 @@ const KNOWN_METHODS: &[&str] = &[
     "UPDATE",
 ];
 const ALLOW: &str = "REGISTER, OPTIONS";
-/// Option tags we support (RFC 3261 8.2.2.3).
-const SUPPORTED: &[&str] = &["outbound", "path"];
+/// Option tags we support (RFC 3261 8.2.2.3). Not `path`: Path headers (RFC 3327) are
+/// not stored yet, so a REGISTER that requires them gets 420.
+const SUPPORTED: &[&str] = &["outbound"];
 /// Most requests handled at once (UDP); more are dropped and retransmitted by clients.
 const MAX_IN_FLIGHT: usize = 1024;
 const MAX_TRANSACTIONS: usize = 200_000;
