@@ -1,0 +1,157 @@
+//! Transport behaviour: response routing per RFC 3261 18.2.2 / RFC 3581, connection and
+//! message size limits, idle timeout, CRLF keep-alive on TCP.
+
+mod sip_support;
+
+use std::time::Duration;
+
+use sip_support::*;
+use tandem_signaling::registrar::RegistrarConfig;
+use tandem_signaling::sip::SipConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn options(via: &str, branch: &str) -> String {
+    format!(
+        "OPTIONS sip:{REALM} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nTo: <sip:{REALM}>\r\nFrom: <sip:probe@{REALM}>;tag=9\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
+    let mut b = [0u8; 256];
+    loop {
+        match tokio::time::timeout(d, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn udp_responses_follow_via_rport_and_sent_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let (server, shutdown) = start(store, sip_config(), RegistrarConfig::default()).await;
+    let udp = server.local_addrs().udp.unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b_port = b.local_addr().unwrap().port();
+    let mut buf = [0u8; 4096];
+
+    // No rport: the response goes to the source IP and the sent-by port (socket B).
+    let m = options(&format!("UDP 127.0.0.1:{b_port}"), "sentby");
+    a.send_to(m.as_bytes(), udp).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), b.recv_from(&mut buf))
+        .await
+        .expect("response at the sent-by port")
+        .unwrap();
+    assert_eq!(status(&buf[..n]), 200);
+
+    // rport: the response goes back to the source port (socket A), with rport filled.
+    let m = options(&format!("UDP 127.0.0.1:{b_port};rport"), "rport");
+    a.send_to(m.as_bytes(), udp).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .expect("response at the source port")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let a_port = a.local_addr().unwrap().port();
+    assert!(
+        text.contains(&format!(";received=127.0.0.1;rport={a_port}")),
+        "{text}"
+    );
+
+    // Oversized datagrams are dropped; the server keeps answering.
+    let mut big = options("UDP 127.0.0.1;rport", "big").into_bytes();
+    big.truncate(big.len() - 2);
+    big.extend(std::iter::repeat_n(b'x', 20_000));
+    a.send_to(&big, udp).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "no answer to an oversized datagram"
+    );
+    a.send_to(options("UDP 127.0.0.1;rport", "after").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status(&buf[..n]), 200);
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_limits_framing_and_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let sip = SipConfig {
+        max_connections: 2,
+        max_message_size: 2048,
+        idle_timeout_secs: 1,
+        ..sip_config()
+    };
+    let (server, shutdown) = start(store, sip, RegistrarConfig::default()).await;
+    let tcp = server.local_addrs().tcp.unwrap();
+
+    // Two connections are served; a third is closed at once.
+    let mut c1 = TcpStream::connect(tcp).await.unwrap();
+    let mut c2 = TcpStream::connect(tcp).await.unwrap();
+    let mut buf = Vec::new();
+    c1.write_all(options("TCP 127.0.0.1", "c1").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status(&read_message(&mut c1, &mut buf).await), 200);
+    let mut c3 = TcpStream::connect(tcp).await.unwrap();
+    assert!(
+        closed_within(&mut c3, Duration::from_secs(2)).await,
+        "over the connection limit"
+    );
+
+    // A message split across writes is framed by Content-Length, pipelined ones too.
+    let m = options("TCP 127.0.0.1", "split");
+    let (head, tail) = m.split_at(40);
+    c2.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let two = format!("{tail}{}", options("TCP 127.0.0.1", "second"));
+    c2.write_all(two.as_bytes()).await.unwrap();
+    let mut buf2 = Vec::new();
+    assert_eq!(status(&read_message(&mut c2, &mut buf2).await), 200);
+    assert_eq!(status(&read_message(&mut c2, &mut buf2).await), 200);
+
+    // Over the size limit: the stream cannot be framed safely and is closed.
+    let mut big = options("TCP 127.0.0.1", "big");
+    big.insert_str(big.len() - 4, &format!("\r\nX-Pad: {}", "y".repeat(3000)));
+    c2.write_all(big.as_bytes()).await.unwrap();
+    assert!(
+        closed_within(&mut c2, Duration::from_secs(2)).await,
+        "oversized message closes the flow"
+    );
+
+    // Idle flows are closed after idle_timeout_secs; a CRLF ping keeps them open.
+    let mut c4 = TcpStream::connect(tcp).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        c4.write_all(b"\r\n\r\n").await.unwrap();
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(1), c4.read_exact(&mut pong))
+            .await
+            .expect("pong")
+            .unwrap();
+        assert_eq!(&pong, b"\r\n");
+    }
+    assert!(
+        closed_within(&mut c1, Duration::from_secs(3)).await,
+        "idle flow closed"
+    );
+    assert!(
+        closed_within(&mut c4, Duration::from_secs(3)).await,
+        "closed once the pings stop"
+    );
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}
