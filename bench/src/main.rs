@@ -1,1 +1,238 @@
-fn main() {}
+//! `tandem-bench`: load generators for any RFC 8656 TURN server, a minimal forwarder
+//! that marks the floor, and the side-by-side comparison runner.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+
+mod alloc_rate;
+mod chart;
+mod client;
+mod compare;
+mod forwarder;
+mod load;
+mod mmsg;
+mod procstat;
+
+use client::{Credentials, Target};
+
+#[derive(Debug, Parser)]
+#[command(name = "tandem-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Paced open-loop ChannelData load through a TURN server.
+    TurnLoad(TurnLoadArgs),
+    /// Authenticated allocations per second.
+    AllocRate(AllocRateArgs),
+    /// The minimal forwarder (no TURN logic) that marks the floor.
+    Forwarder(ForwarderArgs),
+    /// Start every contender, load them alike and write the report.
+    Compare(compare::CompareArgs),
+}
+
+/// Server and credentials.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// TURN server address (127.0.0.1 only).
+    #[arg(long)]
+    server: SocketAddr,
+    /// Long-term credentials NAME:PASSWORD.
+    #[arg(long, conflicts_with_all = ["secret", "forwarder"])]
+    user: Option<String>,
+    /// Shared secret for REST credentials (coturn's use-auth-secret scheme).
+    #[arg(long, conflicts_with = "forwarder")]
+    secret: Option<String>,
+    /// The server is `tandem-bench forwarder` (its setup exchange instead of TURN).
+    #[arg(long)]
+    forwarder: bool,
+}
+
+impl ServerArgs {
+    fn target(&self) -> anyhow::Result<(SocketAddr, Target)> {
+        if !self.server.ip().is_loopback() {
+            bail!("the harness only runs against loopback addresses");
+        }
+        let t = if self.forwarder {
+            Target::Forwarder
+        } else if let Some(u) = &self.user {
+            let Some((user, password)) = u.split_once(':') else {
+                bail!("--user takes NAME:PASSWORD");
+            };
+            Target::Turn(Credentials::LongTerm {
+                user: user.into(),
+                password: password.into(),
+            })
+        } else if let Some(s) = &self.secret {
+            Target::Turn(Credentials::Secret { secret: s.clone() })
+        } else {
+            bail!("give --user, --secret or --forwarder");
+        };
+        Ok((self.server, t))
+    }
+}
+
+#[derive(Debug, Args)]
+struct TurnLoadArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long, value_enum, default_value = "peer")]
+    mode: load::Mode,
+    /// Number of allocations (even in client-to-client mode).
+    #[arg(long, default_value_t = 10)]
+    allocations: usize,
+    /// Offered pings per second over all allocations.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// ChannelData payload bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Seconds of sending (the run then waits up to 1 s for stragglers).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Server process id, for CPU per packet and RSS per allocation.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AllocRateArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Stop after this many allocations.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Allocations in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Stop after this many errors.
+    #[arg(long, default_value_t = 10)]
+    max_errors: usize,
+    /// Server process id, for RSS per allocation while they are all live.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ForwarderArgs {
+    /// Listening address (loopback; port 0 picks one and prints it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Exit after this many seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    max_time: f64,
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+        bail!("durations are 0..=3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::TurnLoad(a) => {
+            let (server, target) = a.server.target()?;
+            let cfg = load::LoadConfig {
+                server,
+                target,
+                mode: a.mode,
+                allocations: a.allocations,
+                rate: a.rate,
+                size: a.size,
+                duration: secs(a.duration)?,
+                server_pid: a.server_pid,
+                progress: !a.json,
+            };
+            let r = load::run(&cfg)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_load(&r);
+            }
+        }
+        Cmd::AllocRate(a) => {
+            let (server, target) = a.server.target()?;
+            let cfg = alloc_rate::AllocRateConfig {
+                server,
+                target,
+                count: a.count,
+                limit: secs(a.duration)?,
+                concurrency: a.concurrency,
+                max_errors: a.max_errors,
+                server_pid: a.server_pid,
+                progress: !a.json,
+            };
+            let r = alloc_rate::run(&cfg)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} allocations in {:.2} s: {:.0}/s, {} errors",
+                    r.allocations, r.elapsed_s, r.allocations_per_s, r.errors
+                );
+                if let Some(b) = r.server_rss_bytes_per_allocation {
+                    println!("server RSS grew {b:.0} bytes per allocation");
+                }
+                for e in &r.first_errors {
+                    println!("  error: {e}");
+                }
+            }
+        }
+        Cmd::Forwarder(a) => {
+            if !a.listen.ip().is_loopback() {
+                bail!("the forwarder only listens on loopback");
+            }
+            forwarder::run(a.listen, secs(a.max_time)?, |addr| {
+                println!("forwarder listen={addr}");
+            })?;
+        }
+        Cmd::Compare(a) => compare::run(a)?,
+    }
+    Ok(())
+}
+
+fn print_load(r: &load::LoadReport) {
+    println!(
+        "{} mode, {} allocations, {} B payload, {:.1} s",
+        r.mode, r.allocations, r.size, r.duration_s
+    );
+    println!(
+        "offered {:.0} pps, delivered {:.0} round trips/s ({:.0} forwarded packets/s)",
+        r.offered_pps, r.delivered_pps, r.forwarded_pps
+    );
+    println!(
+        "sent {} received {} lost {} ({:.3}%) duplicates {} send errors {}",
+        r.sent, r.received, r.lost, r.loss_pct, r.duplicates, r.send_errors
+    );
+    println!(
+        "rtt p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
+        r.rtt_p50_us, r.rtt_p99_us, r.rtt_p999_us, r.rtt_max_us
+    );
+    if let Some(c) = r.server_cpu_ns_per_packet {
+        println!(
+            "server CPU {:.0} ns per forwarded packet ({:.0}% of a core)",
+            c,
+            r.server_cpu_util.unwrap_or(0.0) * 100.0
+        );
+    }
+    if let (Some(rss), Some(per)) = (r.server_rss_kib, r.server_rss_bytes_per_allocation) {
+        println!("server RSS {rss} KiB, {per:.0} bytes per allocation");
+    }
+}
