@@ -73,6 +73,19 @@ fn run_sipp(
     local_ip: &str,
     port: u16,
 ) -> SippRun {
+    run_sipp_over(server, "u1", scenario_file, inf, calls, local_ip, port)
+}
+
+/// As [`run_sipp`] over a given sipp transport (`u1` UDP, `t1` one TCP connection).
+fn run_sipp_over(
+    server: SocketAddr,
+    transport: &str,
+    scenario_file: &str,
+    inf: &Path,
+    calls: u32,
+    local_ip: &str,
+    port: u16,
+) -> SippRun {
     let media = free_udp_port(local_ip);
     let out = Command::new("sipp")
         .arg(server.to_string())
@@ -93,7 +106,7 @@ fn run_sipp(
         .args(["-au", LOGIN, "-ap", PASSWORD])
         .args([
             "-t",
-            "u1",
+            transport,
             "-nostdin",
             "-timeout",
             "30s",
@@ -111,7 +124,7 @@ fn run_sipp(
         .collect();
     let summary = summary.join(" | ");
     eprintln!(
-        "sipp {server} -sf tests/sipp/{scenario_file} -m {calls} -i {local_ip} -p {port}: exit {:?}; {summary}",
+        "sipp {server} -t {transport} -sf tests/sipp/{scenario_file} -m {calls} -i {local_ip} -p {port}: exit {:?}; {summary}",
         out.status.code()
     );
     if !out.status.success() {
@@ -258,6 +271,29 @@ async fn sipp_multi_device_registration() {
     assert!(run.ok, "four devices register: {}", run.summary);
     let b = api.bindings(account).await;
     assert_eq!(b.len(), 4, "{b:?}");
+
+    // The tablet refreshes its registration over TCP: same binding, now on a TCP flow.
+    let inf_tab = csv(dir.path(), "tablet.csv", &[instance(3)], PASSWORD);
+    let tcp = running.sip.tcp.unwrap();
+    let run = run_sipp_over(
+        tcp,
+        "t1",
+        "register.xml",
+        &inf_tab,
+        1,
+        "127.0.0.1",
+        free_udp_port("127.0.0.1"),
+    );
+    assert!(run.ok, "tablet over TCP: {}", run.summary);
+    let b = api.bindings(account).await;
+    assert_eq!(b.len(), 4, "{b:?}");
+    let tab = running
+        .registrar
+        .bindings(account)
+        .into_iter()
+        .find(|x| x.instance_id == instance(3))
+        .unwrap();
+    assert_eq!(tab.transport, "tcp");
 
     // The refused fifth device (never authorised) gets 403 Device Not Authorized.
     let inf5 = csv(dir.path(), "unauthorised.csv", &[instance(5)], PASSWORD);
