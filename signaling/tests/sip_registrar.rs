@@ -360,3 +360,34 @@ async fn tls_registration() {
     shutdown.cancel();
     server.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn duplicated_datagrams_are_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[(1, DeviceClass::Mobile)]).await;
+    let (server, shutdown) = start(store, sip_config(), RegistrarConfig::default()).await;
+    let c = Udp::new(server.local_addrs().udp.unwrap()).await;
+    let first = c
+        .request(&Reg::new("udp", c.local(), Some(1)).build())
+        .await;
+    let (nonce, _) = challenge_nonce(&first, "SHA-256");
+    let mut reg = Reg::new("udp", c.local(), Some(1));
+    reg.cseq = 2;
+    reg.authorization = Some(authorization(Algorithm::Sha256, PASSWORD, &nonce, 1));
+    let msg = reg.build();
+    // The network duplicates the authenticated REGISTER: both copies arrive at once.
+    c.sock.send_to(msg.as_bytes(), c.server).await.unwrap();
+    c.sock.send_to(msg.as_bytes(), c.server).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(700), c.sock.recv_from(&mut buf)).await
+    {
+        got.push(status(&buf[..n]));
+    }
+    // One transaction: the TU saw the request once (no nonce-count replay), the
+    // duplicate was absorbed or answered with the same 200.
+    assert!(!got.is_empty() && got.iter().all(|s| *s == 200), "{got:?}");
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}

@@ -568,61 +568,56 @@ impl Server {
             origin.transport.as_str()
         );
 
-        // Retransmission or ACK for an existing server transaction.
+        // Retransmission or ACK for an existing server transaction, or a new one. Looked
+        // up and inserted under one lock, so two copies of a request arriving together
+        // are never both handed to the TU (a duplicate would replay its nonce-count).
+        let reliable = origin.transport.reliable();
         let mut resend = Vec::new();
-        let existing = match self.txs.lock() {
-            Ok(mut t) => match t.entries.get_mut(&key) {
-                Some(e) => {
-                    let now = Instant::now();
-                    let (out, _, _) = drive(&mut e.tx, |tx| match tx {
-                        ServerTx::NonInvite(x) => x.handle_request_retransmission(),
-                        ServerTx::Invite(x) if method == "ACK" => x.handle_ack(now),
-                        ServerTx::Invite(x) => x.handle_request_retransmission(),
-                    });
-                    resend = out;
-                    let next = match &e.tx {
-                        ServerTx::NonInvite(x) => x.poll_timeout(),
-                        ServerTx::Invite(x) => x.poll_timeout(),
-                    };
-                    if let Some(n) = next {
-                        t.timers.push(Reverse((n, key.clone())));
+        let is_new = match self.txs.lock() {
+            Ok(mut t) => {
+                let full = t.entries.len() >= MAX_TRANSACTIONS;
+                match t.entries.get_mut(&key) {
+                    Some(e) => {
+                        let now = Instant::now();
+                        let (out, _, next) = drive(&mut e.tx, |tx| match tx {
+                            ServerTx::NonInvite(x) => x.handle_request_retransmission(),
+                            ServerTx::Invite(x) if method == "ACK" => x.handle_ack(now),
+                            ServerTx::Invite(x) => x.handle_request_retransmission(),
+                        });
+                        resend = out;
+                        if let Some(n) = next {
+                            t.timers.push(Reverse((n, key.clone())));
+                        }
+                        false
                     }
-                    true
+                    // ACK for a 2xx or for no transaction: nothing to do here.
+                    None if method == "ACK" => return,
+                    None if full => return,
+                    None => {
+                        let tx = if method == "INVITE" {
+                            ServerTx::Invite(ServerInvite::new(reliable, self.timers))
+                        } else {
+                            ServerTx::NonInvite(ServerNonInvite::new(reliable, self.timers))
+                        };
+                        t.entries.insert(
+                            key.clone(),
+                            TxEntry {
+                                tx,
+                                transport: origin.transport,
+                                dest,
+                            },
+                        );
+                        true
+                    }
                 }
-                None => false,
-            },
+            }
             Err(_) => return,
         };
-        if existing {
+        if !is_new {
             for b in resend {
                 self.flows.send(origin.transport, dest, b).await;
             }
             return;
-        }
-        if method == "ACK" {
-            return; // ACK for a 2xx or unknown transaction: nothing to do here.
-        }
-        let reliable = origin.transport.reliable();
-        let tx = if method == "INVITE" {
-            ServerTx::Invite(ServerInvite::new(reliable, self.timers))
-        } else {
-            ServerTx::NonInvite(ServerNonInvite::new(reliable, self.timers))
-        };
-        match self.txs.lock() {
-            Ok(mut t) => {
-                if t.entries.len() >= MAX_TRANSACTIONS {
-                    return;
-                }
-                t.entries.insert(
-                    key.clone(),
-                    TxEntry {
-                        tx,
-                        transport: origin.transport,
-                        dest,
-                    },
-                );
-            }
-            Err(_) => return,
         }
 
         let response = self.respond(&msg, origin, &stamped).await;
