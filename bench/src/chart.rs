@@ -38,6 +38,7 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
     let xmax = report
         .rows
         .iter()
+        .filter(|r| r.mode == mode)
         .map(|r| r.offered_pps)
         .fold(1.0f64, f64::max)
         * 1.05;
@@ -57,6 +58,8 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
         ch.configure_mesh()
             .x_desc("offered round trips/s")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .label_style(("sans-serif", 12))
             .draw()?;
         for (i, name) in names.iter().enumerate() {

@@ -37,7 +37,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds of load per measurement.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     duration: f64,
     /// Bisection steps in the search for the highest lossless load.
     #[arg(long, default_value_t = 4)]
@@ -140,7 +140,15 @@ fn start(c: &Contender, self_exe: &Path) -> anyhow::Result<Server> {
     cmd.args(["-c", "0"]);
     match &c.kind {
         Kind::Tandem { io } => {
-            cmd.arg(&c.bin).args([
+            // Quotas sized for the benchmark: the per-user allocation quota (64 by
+            // default) and the per-address 401 rate (20/s by default) would otherwise
+            // cap a load generator that opens every allocation from 127.0.0.1.
+            let conf = dir.0.join("relay.toml");
+            std::fs::write(
+                &conf,
+                "user-quota = 0\ntotal-quota = 200000\nunauthorized-rate = 1000000\n",
+            )?;
+            cmd.arg(&c.bin).arg("--config").arg(&conf).args([
                 "--listening-ip",
                 "127.0.0.1",
                 "--listening-port",
@@ -310,6 +318,7 @@ struct Plan<'a> {
     size: usize,
     duration: f64,
     search_steps: usize,
+    calibration_steps: usize,
 }
 
 impl Plan<'_> {
@@ -478,17 +487,37 @@ pub fn run(mut a: CompareArgs) -> anyhow::Result<()> {
         size: a.size,
         duration: a.duration,
         search_steps: a.search_steps,
+        calibration_steps: if a.quick { 4 } else { 6 },
     };
     let t0 = Instant::now();
     let modes = [Mode::C2c, Mode::Peer];
-    // Calibrate: the forwarder's limit per mode at a load nobody can take.
+    // Calibrate: the floor's limit per mode is the highest load the forwarder (with
+    // this load generator) carries with under 0.1% loss. A flat-out probe gives the
+    // most the generator can send; a bisection below it finds the lossless limit.
     let mut limit: BTreeMap<Mode, f64> = BTreeMap::new();
+    let mut generator_max: BTreeMap<Mode, f64> = BTreeMap::new();
     {
         let s = start(&fwd, &self_exe)?;
         for m in modes {
-            let r = plan.load(&fwd, &s, m, 1_000_000)?;
-            eprintln!("floor {}: {:.0} round trips/s", m.arg(), r.delivered_pps);
-            limit.insert(m, r.delivered_pps.max(1000.0));
+            let probe = plan.load(&fwd, &s, m, 1_000_000)?;
+            let (mut lo, mut hi) = (0.0f64, probe.sent_pps.max(2000.0));
+            for _ in 0..plan.calibration_steps {
+                let rate = (lo + hi) / 2.0;
+                let r = plan.load(&fwd, &s, m, rate as u64)?;
+                if r.loss_pct < LOSSLESS_PCT && r.sent_pps >= 0.98 * rate {
+                    lo = rate;
+                } else {
+                    hi = rate;
+                }
+            }
+            eprintln!(
+                "floor {}: generator sends up to {:.0}/s; forwarder lossless up to {:.0} round trips/s",
+                m.arg(),
+                probe.sent_pps,
+                lo
+            );
+            limit.insert(m, lo.max(1000.0));
+            generator_max.insert(m, probe.sent_pps);
         }
     }
     let per_contender_runs: u64 = contenders
@@ -645,7 +674,7 @@ pub fn run(mut a: CompareArgs) -> anyhow::Result<()> {
 fn empty_report() -> LoadReport {
     serde_json::from_value(serde_json::json!({
         "mode": "", "allocations": 0, "size": 0, "duration_s": 0.0, "offered_pps": 0.0,
-        "sent": 0, "send_errors": 0, "received": 0, "duplicates": 0, "lost": 0, "loss_pct": 0.0,
+        "sent": 0, "send_errors": 0, "sent_pps": 0.0, "unsent": 0, "received": 0, "duplicates": 0, "lost": 0, "loss_pct": 0.0,
         "delivered_pps": 0.0, "forwarded_pps": 0.0, "rtt_p50_us": 0.0, "rtt_p99_us": 0.0,
         "rtt_p999_us": 0.0, "rtt_max_us": 0.0, "server_cpu_ns_per_packet": null,
         "server_cpu_util": null, "server_rss_kib": null, "server_rss_bytes_per_allocation": null,
@@ -661,6 +690,7 @@ pub struct Row {
     pub mode: String,
     pub label: String,
     pub offered_pps: f64,
+    pub sent_pps: f64,
     pub delivered_pps: f64,
     pub loss_pct: f64,
     pub p50_us: f64,
@@ -726,6 +756,7 @@ impl Report {
                         mode: m.arg().into(),
                         label: label.into(),
                         offered_pps: med(&|r| r.offered_pps).unwrap_or(0.0),
+                        sent_pps: med(&|r| r.sent_pps).unwrap_or(0.0),
                         delivered_pps: med(&|r| r.delivered_pps).unwrap_or(0.0),
                         loss_pct: med(&|r| r.loss_pct).unwrap_or(0.0),
                         p50_us: med(&|r| r.rtt_p50_us).unwrap_or(0.0),
@@ -899,20 +930,21 @@ impl Report {
             self.elapsed_s
         );
         for (m, v) in &self.floor_limit {
-            let _ = writeln!(s, "- Floor ({m}): the forwarder took {v:.0} round trips/s at an offered 1,000,000/s (load levels below are fractions of this).");
+            let _ = writeln!(s, "- Floor ({m}): the forwarder carried up to {v:.0} round trips/s with under {LOSSLESS_PCT}% loss (bisection); the load levels below are fractions of this.");
         }
         let _ = writeln!(s, "\nRTT is round-trip time from the scheduled send time (open loop). CPU is the server's utime+stime over the run divided by the packets it forwarded (a packet entering the server and leaving it once: 2 per round trip in peer mode, 4 in client-to-client mode, where each leg goes client -> relayed address -> partner relayed address -> partner).\n");
         for mode in ["client-to-client", "peer"] {
             let _ = writeln!(s, "## {mode}\n");
-            let _ = writeln!(s, "| contender | load | offered rt/s | delivered rt/s | loss % | p50 us | p99 us | p99.9 us | CPU ns/pkt | CPU % |");
-            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(s, "| contender | load | offered rt/s | sent rt/s | delivered rt/s | loss % | p50 us | p99 us | p99.9 us | CPU ns/pkt | CPU % |");
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for r in self.rows.iter().filter(|r| r.mode == mode) {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} |",
                     r.contender,
                     r.label,
                     r.offered_pps,
+                    r.sent_pps,
                     r.delivered_pps,
                     r.loss_pct,
                     r.p50_us,

@@ -22,6 +22,8 @@
 //!   relayed sockets are batched only when consecutive ones use the same socket, which
 //!   is the honest floor for one socket per allocation without io_uring.
 //! - One thread, epoll (level-triggered), a cap of a few batches per socket per turn.
+//! - 4 MiB receive buffers (as the load generator has), so that the floor is what the
+//!   machine can forward rather than what a default buffer absorbs of scheduling noise.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -77,6 +79,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let l = UdpSocket::bind(listen)?;
     l.set_nonblocking(true)?;
+    crate::load::set_rcvbuf(&l, crate::load::SOCKET_BUFFER);
     ready(l.local_addr()?);
     let epoll = Epoll::new(EpollCreateFlags::empty())?;
     epoll.add(
@@ -216,6 +219,7 @@ fn control(
                 None => {
                     let sock = UdpSocket::bind((*src.ip(), 0))?;
                     sock.set_nonblocking(true)?;
+                    crate::load::set_rcvbuf(&sock, crate::load::SOCKET_BUFFER);
                     let idx = free.pop().unwrap_or(relays.len());
                     epoll.add(
                         sock.as_fd(),

@@ -12,15 +12,12 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use serde::Serialize;
 
 use crate::client::{Session, Target, TurnClient};
@@ -75,6 +72,12 @@ pub struct LoadReport {
     pub sent: u64,
     /// Pings the kernel refused to take (socket buffer full on the generator side).
     pub send_errors: u64,
+    /// Pings per second the generator actually sent (below `offered_pps` when the
+    /// generator itself could not keep the schedule).
+    pub sent_pps: f64,
+    /// Scheduled pings never sent because the generator fell a whole drain period
+    /// behind.
+    pub unsent: u64,
     /// Round trips completed.
     pub received: u64,
     pub duplicates: u64,
@@ -99,64 +102,13 @@ pub struct LoadReport {
     pub setup_s: f64,
 }
 
-/// The harness's echo peer: returns every datagram to where it came from.
-#[derive(Debug)]
-pub struct EchoPeer {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// Receive buffer for the generator's sockets and the echo peer, so that a moment
+/// of scheduling noise on the generator's core does not show up as server loss.
+pub const SOCKET_BUFFER: usize = 4 << 20;
 
-impl EchoPeer {
-    pub fn start() -> anyhow::Result<Self> {
-        let sock = UdpSocket::bind("127.0.0.1:0")?;
-        sock.set_nonblocking(true)?;
-        let addr = sock.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("echo-peer".into())
-            .spawn(move || {
-                let mut rx = RecvBatch::default();
-                let mut tx = SendBatch::default();
-                while !s2.load(Ordering::Relaxed) {
-                    let mut fds = [nix::poll::PollFd::new(
-                        sock.as_fd(),
-                        nix::poll::PollFlags::POLLIN,
-                    )];
-                    if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)).unwrap_or(0)
-                        == 0
-                    {
-                        continue;
-                    }
-                    let Ok(n) = rx.recv(sock.as_fd()) else {
-                        continue;
-                    };
-                    for i in 0..n {
-                        let (d, src) = rx.packet(i);
-                        tx.push(Some(SocketAddr::V4(src)), |b| {
-                            b[..d.len()].copy_from_slice(d);
-                            d.len()
-                        });
-                    }
-                    let _ = tx.flush(sock.as_fd());
-                }
-            })?;
-        Ok(EchoPeer {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EchoPeer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Ask for a larger receive buffer (capped by net.core.rmem_max; best effort).
+pub fn set_rcvbuf(sock: &UdpSocket, bytes: usize) {
+    let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBuf, &bytes);
 }
 
 /// Raise the open-file limit to its hard limit (one socket per allocation).
@@ -259,14 +211,24 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     }
     raise_nofile();
     let rt = runtime()?;
+    // The echo peer is served by the generator's own loop (same thread, same core):
+    // no thread wake-ups on the generator's side.
     let peer = match cfg.mode {
-        Mode::Peer => Some(EchoPeer::start()?),
+        Mode::Peer => {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.set_nonblocking(true)?;
+            set_rcvbuf(&s, SOCKET_BUFFER);
+            Some(s)
+        }
         Mode::ClientToClient => None,
     };
     let rss0 = cfg.server_pid.and_then(rss_kib);
     let t_setup = std::time::Instant::now();
     let limit = Duration::from_secs(60) + Duration::from_millis(20 * cfg.allocations as u64);
-    let peer_addr = peer.as_ref().map(|p| p.addr);
+    let peer_addr = match &peer {
+        Some(p) => Some(p.local_addr()?),
+        None => None,
+    };
     let allocs = rt.block_on(async { tokio::time::timeout(limit, setup(cfg, peer_addr)).await });
     let allocs = match allocs {
         Ok(r) => r?,
@@ -274,7 +236,10 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     };
     let setup_s = t_setup.elapsed().as_secs_f64();
     let rss1 = cfg.server_pid.and_then(rss_kib);
-    let r = datapath(cfg, &allocs);
+    for a in &allocs {
+        set_rcvbuf(&a.sock, SOCKET_BUFFER);
+    }
+    let r = datapath(cfg, &allocs, peer.as_ref());
     let _ = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), teardown(allocs)).await });
     drop(peer);
@@ -313,7 +278,11 @@ impl Stats {
 }
 
 /// The synchronous, single-threaded datapath: paced sends, epoll for replies.
-fn datapath(cfg: &LoadConfig, allocs: &[Alloc]) -> anyhow::Result<LoadReport> {
+fn datapath(
+    cfg: &LoadConfig,
+    allocs: &[Alloc],
+    echo: Option<&UdpSocket>,
+) -> anyhow::Result<LoadReport> {
     let n = allocs.len();
     let total = (cfg.rate as f64 * cfg.duration.as_secs_f64()).round() as u64;
     let total = total.clamp(1, MAX_PACKETS);
@@ -325,9 +294,11 @@ fn datapath(cfg: &LoadConfig, allocs: &[Alloc]) -> anyhow::Result<LoadReport> {
             EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
         )?;
     }
-    const TIMER: u64 = u64::MAX;
-    let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK)?;
-    epoll.add(timer.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TIMER))?;
+    const ECHO: u64 = u64::MAX;
+    if let Some(e) = echo {
+        epoll.add(e.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, ECHO))?;
+    }
+    let mut echo_tx = SendBatch::default();
     let mut stats = Stats {
         seen: vec![0u64; total.div_ceil(64) as usize],
         received: 0,
@@ -356,6 +327,8 @@ fn datapath(cfg: &LoadConfig, allocs: &[Alloc]) -> anyhow::Result<LoadReport> {
     let mut k: u64 = 0;
     let (mut sent, mut send_errors) = (0u64, 0u64);
     let mut last_progress = 0u64;
+    let mut unsent = 0u64;
+    let mut echo_errors = 0u64;
     loop {
         let now = mono_ns();
         // Send everything that is due (bounded per turn so replies are read too).
@@ -377,6 +350,12 @@ fn datapath(cfg: &LoadConfig, allocs: &[Alloc]) -> anyhow::Result<LoadReport> {
             k += 1;
             burst += 1;
         }
+        if k < total && now >= hard_end {
+            // The generator could not keep up with the schedule: what was not sent by
+            // now was never offered (reported as `sent` below the schedule).
+            unsent = total - k;
+            k = total;
+        }
         if k >= total && (stats.received + stats.duplicates >= sent || now >= hard_end) {
             break;
         }
@@ -388,26 +367,33 @@ fn datapath(cfg: &LoadConfig, allocs: &[Alloc]) -> anyhow::Result<LoadReport> {
             pb.set_message(format!("{} back", stats.received));
             last_progress = now;
         }
-        // Wait for replies or the next due send.
+        // While sending, poll without sleeping: the generator owns its core, and a
+        // thread that never sleeps costs the server no wake-ups when it answers.
+        // Afterwards (draining), sleep between polls.
         let timeout = if k < total {
-            let due = start + (k as f64 * interval) as u64;
-            if due <= mono_ns() {
-                EpollTimeout::ZERO
-            } else {
-                timer.set(
-                    Expiration::OneShot(TimeSpec::from(Duration::from_nanos(due))),
-                    TimerSetTimeFlags::TFD_TIMER_ABSTIME,
-                )?;
-                EpollTimeout::from(100u16)
-            }
+            EpollTimeout::ZERO
         } else {
             EpollTimeout::from(20u16)
         };
         let ne = epoll.wait(&mut events, timeout)?;
         for ev in &events[..ne] {
             let tok = ev.data();
-            if tok == TIMER {
-                let _ = timer.wait();
+            if tok == ECHO {
+                let Some(e) = echo else { continue };
+                for _ in 0..4 {
+                    let got = rx.recv(e.as_fd())?;
+                    if got == 0 {
+                        break;
+                    }
+                    for j in 0..got {
+                        let (d, src) = rx.packet(j);
+                        echo_tx.push(Some(SocketAddr::V4(src)), |b| {
+                            b[..d.len()].copy_from_slice(d);
+                            d.len()
+                        });
+                    }
+                    echo_errors += echo_tx.flush(e.as_fd())? as u64;
+                }
                 continue;
             }
             let Some(a) = allocs.get(tok as usize) else {
@@ -476,7 +462,9 @@ fn datapath(cfg: &LoadConfig, allocs: &[Alloc]) -> anyhow::Result<LoadReport> {
         duration_s: run_s,
         offered_pps: cfg.rate as f64,
         sent,
-        send_errors,
+        send_errors: send_errors + echo_errors,
+        sent_pps: sent as f64 / run_s.max(1e-9),
+        unsent,
         received: stats.received,
         duplicates: stats.duplicates,
         lost,
