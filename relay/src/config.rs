@@ -175,8 +175,11 @@ impl Config {
         if self.nonce_lifetime == 0 {
             return Err(invalid("nonce-lifetime", "must be non-zero"));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return Err(invalid("log-level", "not a valid level or filter"));
+        if !valid_log_filter(&self.log_level) {
+            return Err(invalid(
+                "log-level",
+                "expected a level (error, warn, info, debug, trace, off) or target=level list",
+            ));
         }
         Ok(())
     }
@@ -233,6 +236,23 @@ impl Config {
     }
 }
 
+/// A level, or comma-separated `target=level` directives (tracing's filter syntax
+/// without spans), so a typo is an error rather than a filter that matches nothing.
+fn valid_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    !s.is_empty()
+        && s.split(',').all(|d| match d.split_once('=') {
+            None => level(d.trim()),
+            Some((t, l)) => {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+                    && level(l.trim())
+            }
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +291,9 @@ mod tests {
         )
         .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("`min-port`"));
+        assert!(valid_log_filter("info"));
+        assert!(valid_log_filter("warn,tandem_relay=debug"));
+        assert!(!valid_log_filter("loud?!"));
+        assert!(!valid_log_filter("tandem_relay=loud"));
     }
 }
