@@ -96,6 +96,9 @@ pub struct TurnClient {
 pub struct Session {
     target: Target,
     user: String,
+    /// Resolved once: REST usernames embed a timestamp, so the password is bound to
+    /// the username minted with it.
+    password: String,
     key: Vec<u8>,
     realm: Vec<u8>,
     nonce: Vec<u8>,
@@ -125,7 +128,8 @@ impl TurnClient {
             session: Session {
                 target,
                 user,
-                key: password.into_bytes(), // replaced by the MD5 key once the realm is known
+                key: Vec::new(), // the MD5 key, once the realm is known
+                password,
                 realm: Vec::new(),
                 nonce: Vec::new(),
             },
@@ -231,14 +235,10 @@ impl TurnClient {
                         if let (Some(r), Some(nonce)) = (m.get(attr::REALM), m.get(attr::NONCE)) {
                             if code == 401 || self.session.realm.is_empty() {
                                 self.session.realm = r.value.to_vec();
-                                let pw = match &self.session.target {
-                                    Target::Turn(c) => c.resolve().1,
-                                    Target::Forwarder => String::new(),
-                                };
                                 self.session.key = integrity::long_term_key_md5(
                                     self.session.user.as_bytes(),
                                     &self.session.realm,
-                                    pw.as_bytes(),
+                                    self.session.password.as_bytes(),
                                 )
                                 .to_vec();
                             }
@@ -362,5 +362,49 @@ impl TurnClient {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_credentials_follow_the_shared_secret_scheme() {
+        let (user, pw) = Credentials::Secret {
+            secret: "s3cret".into(),
+        }
+        .resolve();
+        let (expiry, name) = user.split_once(':').unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(expiry > now && expiry <= now + 3601);
+        assert_eq!(name, "bench");
+        // base64 of a 20-byte HMAC-SHA1, checked against the relay's own verifier key
+        // derivation input: same username and secret give the same password.
+        assert_eq!(pw.len(), 28);
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+        mac.update(user.as_bytes());
+        let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(pw, want);
+    }
+
+    #[test]
+    fn error_code_is_read() {
+        let mut buf = [0u8; 64];
+        let tid = [1u8; 12];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            message_type(method::ALLOCATE, Class::ErrorResponse),
+            &tid,
+        )
+        .unwrap();
+        w.error_code(437, "Allocation Mismatch").unwrap();
+        let n = w.finish();
+        let m = Message::decode(&buf[..n]).unwrap();
+        assert_eq!(error_code(&m), (437, "Allocation Mismatch".to_string()));
     }
 }

@@ -271,13 +271,21 @@ fn child_json<T: serde::de::DeserializeOwned>(
         .args(["-c", "1"])
         .arg(self_exe)
         .args(args)
+        .env("RUST_LIB_BACKTRACE", "0")
+        .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(4)
+            .collect();
         bail!(
             "tandem-bench {}: {}",
             args.first().map(String::as_str).unwrap_or(""),
-            String::from_utf8_lossy(&out.stderr).trim()
+            err.join(" / ")
         );
     }
     let s = String::from_utf8_lossy(&out.stdout);
@@ -997,5 +1005,26 @@ impl Report {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+        assert_eq!(civil(20_415), (2025, 11, 23));
+        assert_eq!(civil(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
     }
 }

@@ -287,3 +287,21 @@ fn control(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_messages() {
+        let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let b = bind_request(0x4001, peer).unwrap();
+        assert_eq!(&b[..4], &[0xFF, b'B', 0x40, 0x01]);
+        assert_eq!(&b[4..], &[127, 0, 0, 1, 0xC3, 0x50]);
+        assert!(bind_request(1, "[::1]:1".parse().unwrap()).is_none());
+        let reply = [0xFF, b'A', 127, 0, 0, 1, 0xC3, 0x50];
+        assert_eq!(parse_alloc_reply(&reply), Some(peer));
+        assert_eq!(parse_alloc_reply(&reply[..7]), None);
+        assert_eq!(parse_alloc_reply(&[0xFF, b'B', 0, 0, 0, 0, 0, 0]), None);
+    }
+}

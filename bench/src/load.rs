@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde::Serialize;
 
-use crate::client::{Session, Target, TurnClient};
+use crate::client::{ClientError, Session, Target, TurnClient};
 use crate::mmsg::{RecvBatch, SendBatch};
 use crate::procstat::{cpu_ns, mono_ns, rss_kib};
 
@@ -135,9 +135,20 @@ async fn setup(cfg: &LoadConfig, peer: Option<SocketAddr>) -> anyhow::Result<Vec
         let (server, target) = (cfg.server, cfg.target.clone());
         set.spawn(async move {
             let _p = sem.acquire_owned().await;
-            let mut c = TurnClient::connect(server, target).await?;
-            let relayed = c.allocate().await?;
-            anyhow::Ok((i, c, relayed))
+            // A server may still hold an allocation for a client port the kernel hands
+            // out again (437 Allocation Mismatch): try again from another port, keeping
+            // the refused one bound until then so it is not handed out a third time.
+            let mut refused = Vec::new();
+            loop {
+                let mut c = TurnClient::connect(server, target.clone()).await?;
+                match c.allocate().await {
+                    Ok(relayed) => return anyhow::Ok((i, c, relayed)),
+                    Err(ClientError::Rejected { code: 437, .. }) if refused.len() < 3 => {
+                        refused.push(c);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         });
     }
     let mut clients: Vec<Option<(TurnClient, SocketAddr)>> = (0..n).map(|_| None).collect();

@@ -57,6 +57,8 @@ fn start_relay() -> (Guard, SocketAddr) {
             "smoke",
             "--user",
             "smoke:smoke-pass",
+            "--static-auth-secret",
+            "smoke-secret",
             "--allow-loopback-peers",
             "--log-level",
             "info",
@@ -87,14 +89,14 @@ fn start_relay() -> (Guard, SocketAddr) {
     (guard, listen)
 }
 
-fn turn_load(server: SocketAddr, pid: u32, mode: &str) -> serde_json::Value {
+/// Run turn-load; `creds` is `["--user", "N:P"]`, `["--secret", "S"]` or `["--forwarder"]`.
+fn turn_load(server: SocketAddr, pid: u32, mode: &str, creds: &[&str]) -> serde_json::Value {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-bench"))
+        .arg("turn-load")
+        .args(creds)
         .args([
-            "turn-load",
             "--server",
             &server.to_string(),
-            "--user",
-            "smoke:smoke-pass",
             "--mode",
             mode,
             "--allocations",
@@ -153,13 +155,19 @@ fn check(r: &serde_json::Value, mode: &str) {
 #[test]
 fn peer_mode_delivers_every_packet() {
     let (relay, addr) = start_relay();
-    let r = turn_load(addr, relay.0.id(), "peer");
+    let r = turn_load(addr, relay.0.id(), "peer", &["--user", "smoke:smoke-pass"]);
     check(&r, "peer");
 }
 
 #[test]
 fn client_to_client_mode_delivers_every_packet() {
+    // REST credentials (coturn's use-auth-secret scheme) on this one.
     let (relay, addr) = start_relay();
-    let r = turn_load(addr, relay.0.id(), "client-to-client");
+    let r = turn_load(
+        addr,
+        relay.0.id(),
+        "client-to-client",
+        &["--secret", "smoke-secret"],
+    );
     check(&r, "client-to-client");
 }
