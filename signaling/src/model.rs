@@ -97,4 +97,39 @@ pub struct Binding {
     /// Local address (ip:port) that received it.
     pub local: String,
     pub user_agent: Option<String>,
+    /// RFC 8599 push parameters from the Contact (`pn-provider`, `pn-prid`,
+    /// `pn-param`), when the device registered with them.
+    #[serde(default)]
+    pub push: Option<PushParams>,
+}
+
+/// RFC 8599 push parameters of a binding: the push provider (`apns`, `fcm`,
+/// `webhook`), the device's push resource ID (its token) and the provider-specific
+/// parameter (for APNs `<team-or-key id>.<bundle id>.<service>`, for FCM the project ID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushParams {
+    pub provider: String,
+    pub prid: String,
+    pub param: Option<String>,
+}
+
+/// A MESSAGE kept for an authorised device that was offline, handed out when the
+/// device registers (in `id` order, delivered once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeferredMessage {
+    /// Increasing: delivery order.
+    pub id: i64,
+    pub account_id: AccountId,
+    /// The recipient device (canonical instance ID).
+    pub instance_id: String,
+    /// The sender: the From header value of the original request (name-addr, without
+    /// its tag), used as the From of the delivered MESSAGE.
+    pub sender: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    /// The original request's Date header, passed on unchanged on delivery.
+    pub date: Option<String>,
+    /// Unix seconds when it was stored and when it expires.
+    pub received_at: i64,
+    pub expires_at: i64,
 }

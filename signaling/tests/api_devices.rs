@@ -496,6 +496,7 @@ async fn registrations(backend: Backend) {
         source: "127.0.0.1:5070".to_owned(),
         local: "127.0.0.1:5060".to_owned(),
         user_agent: Some("ua".to_owned()),
+        push: None,
     };
     api.registrar
         .bindings

@@ -65,6 +65,7 @@ async fn restart_restores_bindings(backend: Backend) {
         source: "127.0.0.1:5999".into(),
         local: "127.0.0.1:5060".into(),
         user_agent: None,
+        push: None,
     };
     store.save_binding(&expired).await.unwrap();
     store.close().await;

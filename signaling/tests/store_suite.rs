@@ -49,6 +49,7 @@ fn binding(account: i64, instance: &str, reg_id: u32, expires_at: i64) -> Bindin
         source: "127.0.0.1:40000".to_owned(),
         local: "127.0.0.1:5060".to_owned(),
         user_agent: Some("test/1".to_owned()),
+        push: None,
     }
 }
 

@@ -67,7 +67,7 @@ pub struct Flow {
 /// Store writes the driver performs (write-through).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    Save(Binding),
+    Save(Box<Binding>),
     Delete {
         account: AccountId,
         instance_id: String,
@@ -492,8 +492,16 @@ impl Registrar {
                         source: req.source.clone(),
                         local: req.local.clone(),
                         user_agent: req.user_agent.clone(),
+                        push: match (&c.pn_provider, &c.pn_prid) {
+                            (Some(provider), Some(prid)) => Some(crate::model::PushParams {
+                                provider: provider.clone(),
+                                prid: prid.clone(),
+                                param: c.pn_param.clone(),
+                            }),
+                            _ => None,
+                        },
                     };
-                    out.ops.push(StoreOp::Save(b.clone()));
+                    out.ops.push(StoreOp::Save(Box::new(b.clone())));
                     self.insert(b);
                 }
             }

@@ -25,6 +25,9 @@ use sqlx::{AnyPool, Row};
 use crate::model::{AccountCredentials, AccountId, Binding, Device, DeviceClass};
 use crate::number;
 
+mod messages;
+pub use messages::{NewDeferred, DEFAULT_DEFERRED_TTL_SECS, MAX_CLAIM};
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -239,7 +242,7 @@ const ACCOUNT_COLUMNS: &str = "id, login, country_code, username, display_name, 
 const DEVICE_COLUMNS: &str =
     "account_id, instance_id, class, name, created_at, push_provider, push_token";
 const BINDING_COLUMNS: &str = "account_id, instance_id, reg_id, contact_uri, expires_at, \
-     call_id, cseq, transport, source, local, user_agent";
+     call_id, cseq, transport, source, local, user_agent, pn_provider, pn_prid, pn_param";
 
 fn opt_limit(v: Option<i64>) -> Option<u32> {
     v.and_then(|v| u32::try_from(v).ok())
@@ -290,6 +293,17 @@ fn binding_from_row(row: &AnyRow) -> Result<Binding, StoreError> {
         source: row.try_get("source")?,
         local: row.try_get("local")?,
         user_agent: row.try_get("user_agent")?,
+        push: match (
+            row.try_get::<Option<String>, _>("pn_provider")?,
+            row.try_get::<Option<String>, _>("pn_prid")?,
+        ) {
+            (Some(provider), Some(prid)) => Some(crate::model::PushParams {
+                provider,
+                prid,
+                param: row.try_get("pn_param")?,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -974,11 +988,13 @@ impl Store {
     pub async fn save_binding(&self, b: &Binding) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO bindings ({BINDING_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (account_id, instance_id, reg_id) DO UPDATE SET \
              contact_uri = excluded.contact_uri, expires_at = excluded.expires_at, \
              call_id = excluded.call_id, cseq = excluded.cseq, transport = excluded.transport, \
-             source = excluded.source, local = excluded.local, user_agent = excluded.user_agent"
+             source = excluded.source, local = excluded.local, user_agent = excluded.user_agent, \
+             pn_provider = excluded.pn_provider, pn_prid = excluded.pn_prid, \
+             pn_param = excluded.pn_param"
         ))
         .bind(b.account_id)
         .bind(&b.instance_id)
@@ -991,6 +1007,9 @@ impl Store {
         .bind(&b.source)
         .bind(&b.local)
         .bind(b.user_agent.as_deref())
+        .bind(b.push.as_ref().map(|p| p.provider.as_str()))
+        .bind(b.push.as_ref().map(|p| p.prid.as_str()))
+        .bind(b.push.as_ref().and_then(|p| p.param.as_deref()))
         .execute(self.pool())
         .await?;
         Ok(())
