@@ -40,6 +40,8 @@ pub struct SignalingConfig {
     pub database: DatabaseConfig,
     pub sip: SipConfig,
     pub registrar: RegistrarConfig,
+    /// Forking proxy (`[proxy]`).
+    pub proxy: crate::proxy::ProxyConfig,
     pub api: ApiConfig,
     /// Default per-class device limits for accounts that set none.
     pub device_limits: DeviceLimits,
@@ -54,6 +56,7 @@ impl Default for SignalingConfig {
             database: DatabaseConfig::default(),
             sip: SipConfig::default(),
             registrar: RegistrarConfig::default(),
+            proxy: crate::proxy::ProxyConfig::default(),
             api: ApiConfig::default(),
             device_limits: DeviceLimits::default(),
             log: LogConfig::default(),
@@ -332,6 +335,7 @@ impl SignalingConfig {
         }
         self.sip.validate().map_err(ConfigError::Invalid)?;
         self.registrar.validate().map_err(ConfigError::Invalid)?;
+        self.proxy.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

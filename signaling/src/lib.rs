@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod model;
 pub mod number;
+pub mod proxy;
 pub mod registrar;
 pub mod sip;
 pub mod store;
@@ -157,8 +158,14 @@ pub async fn start(
     )
     .await?;
     tracing::info!(backend = ?store.backend(), "database ready");
-    let sip_server =
-        SipServer::start(&cfg.sip, &cfg.registrar, store.clone(), shutdown.clone()).await?;
+    let sip_server = SipServer::start_with_proxy(
+        &cfg.sip,
+        &cfg.registrar,
+        &cfg.proxy,
+        store.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let registrar = sip_server.registrar();
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await

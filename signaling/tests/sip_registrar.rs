@@ -179,8 +179,14 @@ async fn udp_registration_flows() {
     assert_eq!(status(&r), 200, "{}", String::from_utf8_lossy(&r));
     assert!(handle.bindings(account).is_empty());
 
-    // Unknown method: 501; known but not allowed here: 405 with Allow; OPTIONS: 200.
-    for (method, code) in [("FOOBAR", 501u16), ("INVITE", 405), ("OPTIONS", 200)] {
+    // Unknown method: 501; known but not allowed here: 405 with Allow; OPTIONS: 200;
+    // INVITE to the account with no device registered: 480 from the proxy.
+    for (method, code) in [
+        ("FOOBAR", 501u16),
+        ("SUBSCRIBE", 405),
+        ("INVITE", 480),
+        ("OPTIONS", 200),
+    ] {
         let msg = format!(
             "{method} sip:{LOGIN}@{REALM} SIP/2.0\r\nVia: SIP/2.0/UDP {};rport;branch=z9hG4bK{method}1\r\nMax-Forwards: 70\r\nTo: <sip:{LOGIN}@{REALM}>\r\nFrom: <sip:bob@{REALM}>;tag=1\r\nCall-ID: m{method}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
             c2.local()

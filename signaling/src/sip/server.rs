@@ -1,6 +1,7 @@
 //! The SIP server: binds UDP, TCP and TLS listeners, frames streams, runs server
-//! transactions and dispatches requests (REGISTER to the registrar, OPTIONS answered
-//! here, everything else 405 or 501 until the proxy exists).
+//! transactions and dispatches requests: REGISTER to the registrar, OPTIONS to us
+//! answered here, CANCEL matched to the INVITE it cancels, everything else (INVITE,
+//! MESSAGE, in-dialog requests, responses, ACK for 2xx) to the forking proxy.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::proxy::{Handled, Proxy, ProxyConfig};
 use crate::registrar::core::Registrar;
 use crate::registrar::{
     unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared,
@@ -76,7 +78,8 @@ const KNOWN_METHODS: &[&str] = &[
     "MESSAGE",
     "UPDATE",
 ];
-const ALLOW: &str = "REGISTER, OPTIONS";
+pub(crate) const ALLOW: &str =
+    "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, UPDATE, INFO, PRACK";
 /// Option tags we support (RFC 3261 8.2.2.3). Not `path`: Path headers (RFC 3327) are
 /// not stored yet, so a REGISTER that requires them gets 420.
 const SUPPORTED: &[&str] = &["outbound"];
@@ -104,8 +107,9 @@ struct TxTable {
 struct Server {
     cfg: SipConfig,
     registrar: RegistrarHandle,
+    proxy: Arc<Proxy>,
     flows: Arc<Flows>,
-    txs: Mutex<TxTable>,
+    txs: Arc<Mutex<TxTable>>,
     timers: TimerConfig,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -122,8 +126,20 @@ impl SipServer {
         store: S,
         shutdown: CancellationToken,
     ) -> Result<SipServer, SipError> {
+        Self::start_with_proxy(cfg, reg, &ProxyConfig::default(), store, shutdown).await
+    }
+
+    /// As [`SipServer::start`] with the forking proxy's settings.
+    pub async fn start_with_proxy<S: RegistrarStore>(
+        cfg: &SipConfig,
+        reg: &RegistrarConfig,
+        proxy: &ProxyConfig,
+        store: S,
+        shutdown: CancellationToken,
+    ) -> Result<SipServer, SipError> {
         cfg.validate().map_err(SipError::Config)?;
         reg.validate().map_err(SipError::Config)?;
+        proxy.validate().map_err(SipError::Config)?;
         let store: Arc<dyn RegistrarStore> = Arc::new(store);
         let secret = if reg.nonce_secret.is_empty() {
             rand::random::<[u8; 32]>().to_vec()
@@ -153,23 +169,14 @@ impl SipServer {
             }),
         };
         let tracker = TaskTracker::new();
-        let server = Arc::new(Server {
-            cfg: cfg.clone(),
-            registrar: registrar.clone(),
-            flows: flows.clone(),
-            txs: Mutex::new(TxTable::default()),
-            timers: TimerConfig::default(),
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            connections: Arc::new(Semaphore::new(cfg.max_connections)),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        });
-
         let mut addrs = SipAddrs {
             udp: None,
             tcp: None,
             tls: None,
         };
+        let mut udp = None;
+        let mut tcp = None;
+        let mut tls = None;
         if let Some(addr) = cfg.udp_listen {
             let sock = UdpSocket::bind(addr)
                 .await
@@ -186,7 +193,7 @@ impl SipServer {
             addrs.udp = Some(local);
             let sock = Arc::new(sock);
             flows.set_udp(sock.clone());
-            tracker.spawn(server.clone().udp_loop(sock, local));
+            udp = Some((sock, local));
         }
         if let Some(addr) = cfg.tcp_listen {
             let l = TcpListener::bind(addr)
@@ -201,7 +208,7 @@ impl SipServer {
                 addr,
                 source,
             })?);
-            tracker.spawn(server.clone().accept_loop(l, None));
+            tcp = Some(l);
         }
         if let Some(addr) = cfg.tls_listen {
             let acceptor = tls_acceptor(cfg)?;
@@ -217,6 +224,35 @@ impl SipServer {
                 addr,
                 source,
             })?);
+            tls = Some((l, acceptor));
+        }
+        let timers = TimerConfig::default();
+        let server = Arc::new(Server {
+            cfg: cfg.clone(),
+            registrar: registrar.clone(),
+            proxy: Arc::new(Proxy::new(
+                proxy.clone(),
+                cfg.realm.clone(),
+                registrar.clone(),
+                flows.clone(),
+                addrs,
+                timers,
+            )),
+            flows: flows.clone(),
+            txs: Arc::new(Mutex::new(TxTable::default())),
+            timers,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        if let Some((sock, local)) = udp {
+            tracker.spawn(server.clone().udp_loop(sock, local));
+        }
+        if let Some(l) = tcp {
+            tracker.spawn(server.clone().accept_loop(l, None));
+        }
+        if let Some((l, acceptor)) = tls {
             tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
         }
         tracker.spawn(server.clone().expiry_loop());
@@ -516,7 +552,7 @@ impl Server {
         }
     }
 
-    async fn handle(&self, data: &[u8], origin: Origin) {
+    async fn handle(self: &Arc<Self>, data: &[u8], origin: Origin) {
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
@@ -525,9 +561,10 @@ impl Server {
             }
         };
         if !msg.is_request() {
-            // No client transactions are started yet; stray responses are dropped.
-            if let Err(e) = msg.validate_response() {
-                tracing::debug!(error = %e, "invalid response dropped");
+            // To the proxy's client transaction it answers; stray ones are dropped.
+            match msg.validate_response() {
+                Ok(()) => self.proxy.handle_response(&msg, data),
+                Err(e) => tracing::debug!(error = %e, "invalid response dropped"),
             }
             return;
         }
@@ -573,6 +610,7 @@ impl Server {
         // are never both handed to the TU (a duplicate would replay its nonce-count).
         let reliable = origin.transport.reliable();
         let mut resend = Vec::new();
+        let mut ack_2xx = false;
         let is_new = match self.txs.lock() {
             Ok(mut t) => {
                 let full = t.entries.len() >= MAX_TRANSACTIONS;
@@ -590,8 +628,11 @@ impl Server {
                         }
                         false
                     }
-                    // ACK for a 2xx or for no transaction: nothing to do here.
-                    None if method == "ACK" => return,
+                    // ACK for a 2xx: end to end, through the proxy statelessly.
+                    None if method == "ACK" => {
+                        ack_2xx = true;
+                        false
+                    }
                     None if full => return,
                     None => {
                         let tx = if method == "INVITE" {
@@ -613,6 +654,10 @@ impl Server {
             }
             Err(_) => return,
         };
+        if ack_2xx {
+            self.proxy.forward_ack(&msg, origin).await;
+            return;
+        }
         if !is_new {
             for b in resend {
                 self.flows.send(origin.transport, dest, b).await;
@@ -620,7 +665,26 @@ impl Server {
             return;
         }
 
-        let response = self.respond(&msg, origin, &stamped).await;
+        let upstream = Upstream {
+            txs: self.txs.clone(),
+            flows: self.flows.clone(),
+            key: key.clone(),
+            transport: origin.transport,
+            dest,
+        };
+        let invite_key = format!(
+            "{branch}|{}:{}|INVITE|{}",
+            via.host,
+            via.port.unwrap_or(0),
+            origin.transport.as_str()
+        );
+        let response = match self
+            .respond(&msg, data, origin, &stamped, upstream, &invite_key)
+            .await
+        {
+            Handled::Reply(r) => r,
+            Handled::Taken => return,
+        };
         let code = Message::parse(&response)
             .ok()
             .and_then(|m| m.status())
@@ -651,15 +715,25 @@ impl Server {
     }
 
     /// The TU: builds the final response for a new request.
-    async fn respond(&self, msg: &Message<'_>, origin: Origin, top_via: &str) -> Vec<u8> {
+    async fn respond(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        raw: &[u8],
+        origin: Origin,
+        top_via: &str,
+        upstream: Upstream,
+        invite_key: &str,
+    ) -> Handled {
         let method = msg.method().unwrap_or("");
         let tag = crate::registrar::new_tag();
         let reply =
             |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&tag));
         if !KNOWN_METHODS.contains(&method) {
-            return reply(501, "Not Implemented")
-                .header("Allow", ALLOW)
-                .finish();
+            return Handled::Reply(
+                reply(501, "Not Implemented")
+                    .header("Allow", ALLOW)
+                    .finish(),
+            );
         }
         let uri = msg.request_uri().unwrap_or("");
         let scheme = uri.split(':').next().unwrap_or("");
@@ -667,7 +741,7 @@ impl Server {
             .iter()
             .any(|s| s.eq_ignore_ascii_case(scheme))
         {
-            return reply(416, "Unsupported URI Scheme").finish();
+            return Handled::Reply(reply(416, "Unsupported URI Scheme").finish());
         }
         let required = msg.list(HeaderName::Require).unwrap_or_default();
         let unsupported: Vec<&str> = required
@@ -675,20 +749,81 @@ impl Server {
             .filter(|r| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(r)))
             .collect();
         if !unsupported.is_empty() && method != "CANCEL" {
-            return reply(420, "Bad Extension")
-                .header("Unsupported", &unsupported.join(", "))
-                .finish();
+            return Handled::Reply(
+                reply(420, "Bad Extension")
+                    .header("Unsupported", &unsupported.join(", "))
+                    .finish(),
+            );
         }
+        let to_us_out_of_dialog = msg.header(HeaderName::Route).is_none()
+            && !msg.to().is_some_and(|t| t.params.contains("tag"));
         match method {
-            "REGISTER" => self.registrar.handle_register(msg, origin, top_via).await,
-            "OPTIONS" => reply(200, "OK")
-                .header("Allow", ALLOW)
-                .header("Accept", "application/sdp")
-                .finish(),
-            "CANCEL" => reply(481, "Call/Transaction Does Not Exist").finish(),
-            _ => reply(405, "Method Not Allowed")
-                .header("Allow", ALLOW)
-                .finish(),
+            "REGISTER" => {
+                Handled::Reply(self.registrar.handle_register(msg, origin, top_via).await)
+            }
+            "OPTIONS" if to_us_out_of_dialog => Handled::Reply(
+                reply(200, "OK")
+                    .header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .finish(),
+            ),
+            // RFC 3261 16.10: answered here, and the matching INVITE is cancelled on
+            // every branch.
+            "CANCEL" => Handled::Reply(if self.proxy.cancel(invite_key) {
+                reply(200, "OK").finish()
+            } else {
+                reply(481, "Call/Transaction Does Not Exist").finish()
+            }),
+            _ => {
+                self.proxy
+                    .handle_request(msg, raw, origin, top_via, upstream, invite_key)
+                    .await
+            }
+        }
+    }
+}
+
+/// The way back to the caller for a request the proxy answers later: responses go
+/// through its server transaction (retransmitted by it on UDP); a 2xx to an INVITE
+/// after the transaction ended (further 2xx of a fork, RFC 3261 16.7 step 5) is sent
+/// directly.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    txs: Arc<Mutex<TxTable>>,
+    flows: Arc<Flows>,
+    key: String,
+    transport: Transport,
+    dest: SocketAddr,
+}
+
+impl Upstream {
+    pub(crate) async fn respond(&self, code: u16, bytes: Vec<u8>) {
+        let mut out = Vec::new();
+        if let Ok(mut t) = self.txs.lock() {
+            let now = Instant::now();
+            let mut remove = false;
+            let mut next = None;
+            match t.entries.get_mut(&self.key) {
+                Some(e) => {
+                    let (o, term, nt) = drive(&mut e.tx, |tx| match tx {
+                        ServerTx::NonInvite(x) => x.send_response(now, code, bytes),
+                        ServerTx::Invite(x) => x.send_response(now, code, bytes),
+                    });
+                    out = o;
+                    remove = term;
+                    next = nt;
+                }
+                None if (200..300).contains(&code) => out.push(bytes),
+                None => {}
+            }
+            if remove {
+                t.entries.remove(&self.key);
+            } else if let Some(n) = next {
+                t.timers.push(Reverse((n, self.key.clone())));
+            }
+        }
+        for b in out {
+            self.flows.send(self.transport, self.dest, b).await;
         }
     }
 }

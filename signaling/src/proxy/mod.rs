@@ -1,0 +1,899 @@
+//! Stateful forking proxy (RFC 3261 section 16) on the transaction layer.
+//!
+//! [`fork::Fork`] is the sans-IO response context (best response, CANCEL fan-out,
+//! ring timeout); [`msg`] builds the messages; this module is the async glue: it
+//! decides where a request goes, runs one client transaction per branch in a task per
+//! forked request, and hands responses upstream through the server transaction.
+//!
+//! Routing of in-dialog requests uses flow tokens (RFC 5626 5.3) in the user part of
+//! our Record-Route URIs: each side of a dialog gets one Record-Route entry naming the
+//! flow (transport and address) of that side, with an HMAC so nobody can make us
+//! send to an address we did not record. A later request carries both entries as
+//! Route; we pop them and send over the flow of the other side, which reaches devices
+//! behind NAT where their Contact address would not.
+
+pub mod config;
+pub mod fork;
+pub mod msg;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+use crate::model::Binding;
+use crate::registrar::{new_tag, Origin, RegistrarHandle};
+use crate::sip::grammar::{self, SipUri};
+use crate::sip::message::{HeaderName, Message, ResponseBuilder};
+use crate::sip::server::Upstream;
+use crate::sip::transaction::{ClientInvite, ClientNonInvite, Event, TimerConfig};
+use crate::sip::transport::{Flows, Transport};
+use crate::sip::SipAddrs;
+
+pub use config::ProxyConfig;
+use fork::{Action, CancelReason, Final, Fork};
+
+/// Max-Forwards we send when the request carried none (RFC 3261 16.6 step 3).
+const DEFAULT_MAX_FORWARDS: u32 = 70;
+const REASON_COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+
+/// What happens to a request for an account that has no live binding. Today the
+/// answer is 480; deferred messages and push notifications (park the call, push the
+/// device, add it as a branch when it registers) hook in by implementing this.
+pub trait OfflineTargets: Send + Sync + 'static {
+    /// The status to answer an INVITE or MESSAGE for `account` with when none of its
+    /// devices is registered.
+    fn no_live_binding(
+        &self,
+        account: crate::model::AccountId,
+        method: &str,
+    ) -> (u16, &'static str);
+}
+
+/// The behaviour without push or message storage: 480 Temporarily Unavailable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unavailable;
+
+impl OfflineTargets for Unavailable {
+    fn no_live_binding(
+        &self,
+        _account: crate::model::AccountId,
+        _method: &str,
+    ) -> (u16, &'static str) {
+        (480, "Temporarily Unavailable")
+    }
+}
+
+/// Where a branch goes: a transport and an address, and our local address on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hop {
+    transport: Transport,
+    addr: SocketAddr,
+    local: SocketAddr,
+}
+
+enum Input {
+    Response { branch: usize, bytes: Vec<u8> },
+    Cancel,
+}
+
+/// The proxy shared by every connection of the SIP server.
+pub(crate) struct Proxy {
+    cfg: ProxyConfig,
+    realm: String,
+    registrar: RegistrarHandle,
+    flows: Arc<Flows>,
+    addrs: SipAddrs,
+    timers: TimerConfig,
+    token_key: [u8; 32],
+    offline: Arc<dyn OfflineTargets>,
+    /// Our branch parameter -> the task of its forked request and the branch index.
+    routes: Mutex<HashMap<String, (mpsc::Sender<Input>, usize)>>,
+    /// Server INVITE transaction key -> its task, for the caller's CANCEL.
+    calls: Mutex<HashMap<String, mpsc::Sender<Input>>>,
+}
+
+/// A decision for a new request.
+pub(crate) enum Handled {
+    /// Answer now with these bytes through the server transaction.
+    Reply(Vec<u8>),
+    /// A task took the request and answers through the [`Upstream`].
+    Taken,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        cfg: ProxyConfig,
+        realm: String,
+        registrar: RegistrarHandle,
+        flows: Arc<Flows>,
+        addrs: SipAddrs,
+        timers: TimerConfig,
+    ) -> Proxy {
+        Proxy {
+            cfg,
+            realm,
+            registrar,
+            flows,
+            addrs,
+            timers,
+            token_key: rand::random(),
+            offline: Arc::new(Unavailable),
+            routes: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `host:port` names this server.
+    fn is_us(&self, host: &str, port: Option<u16>, secure: bool, local: SocketAddr) -> bool {
+        let host = host.trim_matches(['[', ']']);
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return host.eq_ignore_ascii_case(&self.realm);
+        };
+        let port = port.unwrap_or(if secure { 5061 } else { 5060 });
+        [self.addrs.udp, self.addrs.tcp, self.addrs.tls]
+            .into_iter()
+            .flatten()
+            .any(|a| {
+                a.port() == port && (a.ip() == ip || (a.ip().is_unspecified() && local.ip() == ip))
+            })
+    }
+
+    /// Our address on `transport`, as others reach it.
+    fn local_on(&self, transport: Transport, seen: SocketAddr) -> Option<SocketAddr> {
+        let a = match transport {
+            Transport::Udp => self.addrs.udp,
+            Transport::Tcp => self.addrs.tcp,
+            Transport::Tls => self.addrs.tls,
+        }?;
+        Some(if a.ip().is_unspecified() {
+            SocketAddr::new(seen.ip(), a.port())
+        } else {
+            a
+        })
+    }
+
+    fn token_mac(&self, data: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.token_key) else {
+            return String::new();
+        };
+        mac.update(data.as_bytes());
+        hex::encode(mac.finalize().into_bytes().get(..8).unwrap_or(&[]))
+    }
+
+    /// RFC 5626 flow token for a transport and remote address.
+    fn flow_token(&self, transport: Transport, addr: SocketAddr) -> String {
+        let data = format!("{}-{}", transport.as_str(), hex::encode(addr.to_string()));
+        let mac = self.token_mac(&data);
+        format!("tf-{data}-{mac}")
+    }
+
+    fn parse_token(&self, user: &str) -> Option<(Transport, SocketAddr)> {
+        let rest = user.strip_prefix("tf-")?;
+        let (data, mac) = rest.rsplit_once('-')?;
+        // Constant-time comparison of the MAC.
+        let want = self.token_mac(data);
+        if want.len() != mac.len()
+            || want
+                .bytes()
+                .zip(mac.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                != 0
+        {
+            return None;
+        }
+        let (t, addr_hex) = data.split_once('-')?;
+        let addr = String::from_utf8(hex::decode(addr_hex).ok()?).ok()?;
+        Some((Transport::parse(t)?, addr.parse().ok()?))
+    }
+
+    fn record_route(&self, hop: Hop, token_for: (Transport, SocketAddr)) -> String {
+        let token = self.flow_token(token_for.0, token_for.1);
+        let host = match hop.local {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        let scheme = if hop.transport == Transport::Tls {
+            "sips"
+        } else {
+            "sip"
+        };
+        format!(
+            "<{scheme}:{token}@{host}:{};transport={};lr>",
+            hop.local.port(),
+            hop.transport.as_str()
+        )
+    }
+
+    fn via(&self, hop: Hop, branch: &str) -> String {
+        let t = match hop.transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        };
+        format!("SIP/2.0/{t} {};branch={branch};rport", hop.local)
+    }
+
+    /// A CANCEL from the caller (RFC 3261 16.10): true when it matched a request in
+    /// progress, which is then cancelled on every branch.
+    pub(crate) fn cancel(&self, invite_key: &str) -> bool {
+        let tx = self
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(invite_key).cloned());
+        match tx {
+            Some(tx) => {
+                let _ = tx.try_send(Input::Cancel);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A response arrived: to the branch whose client transaction sent the request.
+    pub(crate) fn handle_response(&self, msg: &Message<'_>, bytes: &[u8]) {
+        let Ok(via) = msg.top_via() else { return };
+        let Some(branch) = via.branch() else { return };
+        let entry = self.routes.lock().ok().and_then(|r| r.get(branch).cloned());
+        if let Some((tx, idx)) = entry {
+            let _ = tx.try_send(Input::Response {
+                branch: idx,
+                bytes: bytes.to_vec(),
+            });
+        }
+    }
+
+    /// Routes in front of the request that name us: how many, and the flow tokens
+    /// they carried.
+    fn own_routes(
+        &self,
+        msg: &Message<'_>,
+        local: SocketAddr,
+    ) -> (usize, Vec<(Transport, SocketAddr)>, Option<String>) {
+        let routes = msg.list(HeaderName::Route).unwrap_or_default();
+        let mut n = 0;
+        let mut tokens = Vec::new();
+        for r in &routes {
+            let Some(na) = grammar::name_addr(r) else {
+                break;
+            };
+            let Some(u) = SipUri::parse(na.uri) else {
+                break;
+            };
+            if !self.is_us(u.host, u.port, u.secure, local) {
+                break;
+            }
+            n += 1;
+            if let Some(t) = u.user.and_then(|user| self.parse_token(user)) {
+                tokens.push(t);
+            }
+        }
+        let next = routes
+            .get(n)
+            .and_then(|r| grammar::name_addr(r))
+            .map(|na| na.uri.to_owned());
+        (n, tokens, next)
+    }
+
+    /// A new request the server transaction layer passed on (not REGISTER, OPTIONS to
+    /// us, CANCEL or ACK).
+    pub(crate) async fn handle_request(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        raw: &[u8],
+        origin: Origin,
+        top_via: &str,
+        upstream: Upstream,
+        invite_key: &str,
+    ) -> Handled {
+        let method = msg.method().unwrap_or("");
+        let tag = new_tag();
+        let reply = |code: u16, reason: &str| {
+            Handled::Reply(ResponseBuilder::new(msg, code, reason, top_via, Some(&tag)).finish())
+        };
+        // RFC 3261 16.3 step 3.
+        let max_forwards = match msg.header(HeaderName::MaxForwards) {
+            Some(v) => grammar::decimal(v, 255).unwrap_or(0) as u32,
+            None => DEFAULT_MAX_FORWARDS + 1,
+        };
+        if max_forwards == 0 {
+            return reply(483, "Too Many Hops");
+        }
+        // RFC 3261 16.3 step 4: our own Via with the same loop hash means the request
+        // came back unchanged.
+        let hash = msg::loop_hash(msg);
+        let marker = format!("z9hG4bK{hash}.");
+        if msg.vias().unwrap_or_default().iter().any(|v| {
+            self.is_us(v.host, v.port, false, origin.local)
+                && v.branch().is_some_and(|b| b.starts_with(&marker))
+        }) {
+            return reply(482, "Loop Detected");
+        }
+        let (popped, tokens, next_route) = self.own_routes(msg, origin.local);
+        let in_dialog = msg.to().is_some_and(|t| t.params.contains("tag"));
+
+        if in_dialog || popped > 0 {
+            // RFC 3261 16.4 / 16.12: loose routing. We only send where one of our own
+            // flow tokens points (anything else would make us an open relay).
+            if next_route.is_some() {
+                return reply(403, "Routing Beyond This Server Not Allowed");
+            }
+            let Some(&(transport, addr)) = tokens
+                .iter()
+                .rev()
+                .find(|(t, a)| !(*t == origin.transport && *a == origin.source))
+            else {
+                return reply(404, "Not Found");
+            };
+            let Some(local) = self.local_on(transport, origin.local) else {
+                return reply(503, "Service Unavailable");
+            };
+            let hop = Hop {
+                transport,
+                addr,
+                local,
+            };
+            let branch = format!("z9hG4bK{hash}.{}", new_tag());
+            let bytes = msg::forward_request(
+                msg,
+                &msg::Forward {
+                    request_uri: None,
+                    via: &self.via(hop, &branch),
+                    record_route: &[],
+                    pop_routes: popped,
+                    max_forwards: max_forwards - 1,
+                    extra: &[],
+                },
+            );
+            return self.start_fork(
+                raw,
+                top_via,
+                upstream,
+                invite_key,
+                method == "INVITE",
+                vec![(hop, branch, bytes)],
+            );
+        }
+
+        // Out of dialog, to an address of record of ours.
+        let Some(uri) = msg.request_uri().and_then(SipUri::parse) else {
+            return reply(416, "Unsupported URI Scheme");
+        };
+        if !self.is_us(uri.host, uri.port, uri.secure, origin.local) {
+            return reply(404, "Not Found");
+        }
+        if !matches!(method, "INVITE" | "MESSAGE") {
+            return Handled::Reply(
+                ResponseBuilder::new(msg, 405, "Method Not Allowed", top_via, Some(&tag))
+                    .header("Allow", crate::sip::server::ALLOW)
+                    .finish(),
+            );
+        }
+        let Some(identity) = uri.user_decoded() else {
+            return reply(404, "Not Found");
+        };
+        let identity = identity.split(';').next().unwrap_or("").to_owned();
+        let account = match self.registrar.inner.store.find_account(&identity).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return reply(404, "Not Found"),
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                return reply(500, "Server Internal Error");
+            }
+        };
+        let bindings = self.registrar.bindings(account.id);
+        if bindings.is_empty() {
+            let (code, reason) = self.offline.no_live_binding(account.id, method);
+            return reply(code, reason);
+        }
+        let record = method == "INVITE";
+        let mut branches = Vec::with_capacity(bindings.len());
+        for b in &bindings {
+            let Some(hop) = hop_of(b) else { continue };
+            let branch = format!("z9hG4bK{hash}.{}", new_tag());
+            let rr = if record {
+                // Callee-facing entry on top, caller-facing below (RFC 5658 double
+                // Record-Route when the two sides differ in transport or address).
+                let caller_local = self
+                    .local_on(origin.transport, origin.local)
+                    .unwrap_or(origin.local);
+                vec![
+                    self.record_route(hop, (hop.transport, hop.addr)),
+                    self.record_route(
+                        Hop {
+                            transport: origin.transport,
+                            addr: origin.source,
+                            local: caller_local,
+                        },
+                        (origin.transport, origin.source),
+                    ),
+                ]
+            } else {
+                Vec::new()
+            };
+            let bytes = msg::forward_request(
+                msg,
+                &msg::Forward {
+                    request_uri: Some(&b.contact_uri),
+                    via: &self.via(hop, &branch),
+                    record_route: &rr,
+                    pop_routes: 0,
+                    max_forwards: max_forwards - 1,
+                    extra: &[],
+                },
+            );
+            branches.push((hop, branch, bytes));
+        }
+        if branches.is_empty() {
+            let (code, reason) = self.offline.no_live_binding(account.id, method);
+            return reply(code, reason);
+        }
+        self.start_fork(
+            raw,
+            top_via,
+            upstream,
+            invite_key,
+            method == "INVITE",
+            branches,
+        )
+    }
+
+    fn start_fork(
+        self: &Arc<Self>,
+        raw: &[u8],
+        top_via: &str,
+        upstream: Upstream,
+        invite_key: &str,
+        invite: bool,
+        branches: Vec<(Hop, String, Vec<u8>)>,
+    ) -> Handled {
+        let (tx, rx) = mpsc::channel(64);
+        {
+            let Ok(mut calls) = self.calls.lock() else {
+                return Handled::Reply(Vec::new());
+            };
+            if calls.len() >= self.cfg.max_transactions {
+                drop(calls);
+                let Ok(m) = Message::parse(raw) else {
+                    return Handled::Reply(Vec::new());
+                };
+                return Handled::Reply(
+                    ResponseBuilder::new(&m, 503, "Service Unavailable", top_via, Some(&new_tag()))
+                        .header("Retry-After", "5")
+                        .finish(),
+                );
+            }
+            calls.insert(invite_key.to_owned(), tx.clone());
+        }
+        if let Ok(mut r) = self.routes.lock() {
+            for (i, (_, branch, _)) in branches.iter().enumerate() {
+                r.insert(branch.clone(), (tx.clone(), i));
+            }
+        }
+        let now = Instant::now();
+        let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
+        let call = Call {
+            proxy: self.clone(),
+            upstream,
+            request: raw.to_vec(),
+            top_via: top_via.to_owned(),
+            to_tag: new_tag(),
+            invite_key: invite_key.to_owned(),
+            fork: Fork::new(now, branches.len(), invite, ring),
+            branches: branches
+                .into_iter()
+                .map(|(hop, id, bytes)| {
+                    let reliable = hop.transport.reliable();
+                    let tx = if invite {
+                        ClientTx::Invite(ClientInvite::new(
+                            now,
+                            bytes.clone(),
+                            reliable,
+                            self.timers,
+                        ))
+                    } else {
+                        ClientTx::NonInvite(ClientNonInvite::new(
+                            now,
+                            bytes.clone(),
+                            reliable,
+                            self.timers,
+                        ))
+                    };
+                    BranchCtx {
+                        hop,
+                        id,
+                        request: bytes,
+                        tx,
+                        cancel: None,
+                        last: None,
+                        challenges: Vec::new(),
+                    }
+                })
+                .collect(),
+            rx,
+        };
+        if invite {
+            // RFC 3261 16.2: a stateful proxy answers an INVITE with 100 at once.
+            let call_upstream = call.upstream.clone();
+            let trying = Message::parse(raw)
+                .map(|m| ResponseBuilder::new(&m, 100, "Trying", top_via, None).finish())
+                .unwrap_or_default();
+            tokio::spawn(async move {
+                call_upstream.respond(100, trying).await;
+                call.run().await;
+            });
+        } else {
+            tokio::spawn(call.run());
+        }
+        Handled::Taken
+    }
+
+    /// Stateless forwarding of an ACK for a 2xx (RFC 3261 16.11 allows it; the ACK is
+    /// end to end and has no transaction here).
+    pub(crate) async fn forward_ack(&self, msg: &Message<'_>, origin: Origin) {
+        let max_forwards = match msg.header(HeaderName::MaxForwards) {
+            Some(v) => grammar::decimal(v, 255).unwrap_or(0) as u32,
+            None => DEFAULT_MAX_FORWARDS + 1,
+        };
+        if max_forwards == 0 {
+            return;
+        }
+        let (popped, tokens, next) = self.own_routes(msg, origin.local);
+        if popped == 0 || next.is_some() {
+            return;
+        }
+        let Some(&(transport, addr)) = tokens
+            .iter()
+            .rev()
+            .find(|(t, a)| !(*t == origin.transport && *a == origin.source))
+        else {
+            return;
+        };
+        let Some(local) = self.local_on(transport, origin.local) else {
+            return;
+        };
+        // The same ACK always gets the same branch (stateless: RFC 3261 16.11).
+        let incoming = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let h = crate::registrar::digest::Algorithm::Sha256.hash_hex(incoming.as_bytes());
+        let branch = format!("z9hG4bK{}", h.get(..24).unwrap_or(&h));
+        let hop = Hop {
+            transport,
+            addr,
+            local,
+        };
+        let bytes = msg::forward_request(
+            msg,
+            &msg::Forward {
+                request_uri: None,
+                via: &self.via(hop, &branch),
+                record_route: &[],
+                pop_routes: popped,
+                max_forwards: max_forwards - 1,
+                extra: &[],
+            },
+        );
+        self.flows.send(transport, addr, bytes).await;
+    }
+}
+
+fn hop_of(b: &Binding) -> Option<Hop> {
+    Some(Hop {
+        transport: Transport::parse(&b.transport)?,
+        addr: b.source.parse().ok()?,
+        local: b.local.parse().ok()?,
+    })
+}
+
+enum ClientTx {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+impl ClientTx {
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            ClientTx::Invite(t) => t.poll_timeout(),
+            ClientTx::NonInvite(t) => t.poll_timeout(),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            ClientTx::Invite(t) => t.handle_timeout(now),
+            ClientTx::NonInvite(t) => t.handle_timeout(now),
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        match self {
+            ClientTx::Invite(t) => t.poll_transmit(),
+            ClientTx::NonInvite(t) => t.poll_transmit(),
+        }
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        match self {
+            ClientTx::Invite(t) => t.poll_event(),
+            ClientTx::NonInvite(t) => t.poll_event(),
+        }
+    }
+    fn terminated(&self) -> bool {
+        let s = match self {
+            ClientTx::Invite(t) => t.state(),
+            ClientTx::NonInvite(t) => t.state(),
+        };
+        s == crate::sip::transaction::State::Terminated
+    }
+}
+
+struct BranchCtx {
+    hop: Hop,
+    id: String,
+    request: Vec<u8>,
+    tx: ClientTx,
+    cancel: Option<ClientNonInvite>,
+    /// The latest response (provisional or final) received on this branch.
+    last: Option<Vec<u8>>,
+    /// Challenges of its 401/407, kept for aggregation.
+    challenges: Vec<(String, String)>,
+}
+
+/// One forked request: its response context, branches and the way upstream.
+struct Call {
+    proxy: Arc<Proxy>,
+    upstream: Upstream,
+    request: Vec<u8>,
+    top_via: String,
+    to_tag: String,
+    invite_key: String,
+    fork: Fork,
+    branches: Vec<BranchCtx>,
+    rx: mpsc::Receiver<Input>,
+}
+
+impl Call {
+    async fn run(mut self) {
+        // Bound on the life of the task whatever the peers do: the ring time plus
+        // Timer B/D slack.
+        let give_up = Instant::now()
+            + Duration::from_secs(self.proxy.cfg.ring_timeout_secs)
+            + self.proxy.timers.t1 * 64
+            + Duration::from_secs(32);
+        self.pump(Instant::now()).await;
+        loop {
+            if self.fork.is_answered() && self.all_terminated() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                break;
+            }
+            let wake = self
+                .branches
+                .iter()
+                .flat_map(|b| {
+                    [
+                        b.tx.poll_timeout(),
+                        b.cancel.as_ref().and_then(|c| c.poll_timeout()),
+                    ]
+                })
+                .flatten()
+                .chain(self.fork.poll_timeout())
+                .min()
+                .unwrap_or(give_up)
+                .min(give_up);
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(Input::Response { branch, bytes }) => self.on_response(Instant::now(), branch, bytes),
+                    Some(Input::Cancel) => self.fork.handle_cancel(Instant::now()),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let now = Instant::now();
+                    for i in 0..self.branches.len() {
+                        if let Some(b) = self.branches.get_mut(i) {
+                            b.tx.handle_timeout(now);
+                            if let Some(c) = b.cancel.as_mut() {
+                                c.handle_timeout(now);
+                            }
+                        }
+                        self.drain_events(now, i);
+                    }
+                    self.fork.handle_timeout(now);
+                }
+            }
+            self.pump(Instant::now()).await;
+        }
+        if let Ok(mut r) = self.proxy.routes.lock() {
+            for b in &self.branches {
+                r.remove(&b.id);
+            }
+        }
+        if let Ok(mut c) = self.proxy.calls.lock() {
+            c.remove(&self.invite_key);
+        }
+    }
+
+    fn all_terminated(&self) -> bool {
+        self.branches.iter().all(|b| {
+            b.tx.terminated()
+                && b.cancel
+                    .as_ref()
+                    .is_none_or(|c| c.state() == crate::sip::transaction::State::Terminated)
+        })
+    }
+
+    fn on_response(&mut self, now: Instant, i: usize, bytes: Vec<u8>) {
+        let Ok(resp) = Message::parse(&bytes) else {
+            return;
+        };
+        let Some(code) = resp.status() else { return };
+        let Some(b) = self.branches.get_mut(i) else {
+            return;
+        };
+        if resp.cseq().is_some_and(|(_, m)| m == "CANCEL") {
+            if let Some(c) = b.cancel.as_mut() {
+                c.handle_response(now, code);
+            }
+            return;
+        }
+        if b.tx.terminated() {
+            // A retransmitted 2xx after the transaction ended: still goes upstream.
+            if (200..300).contains(&code) {
+                b.last = Some(bytes);
+                self.fork.handle_response(now, i, code);
+            }
+            return;
+        }
+        match &mut b.tx {
+            ClientTx::Invite(t) => {
+                let ack = if code >= 300 {
+                    Message::parse(&b.request)
+                        .ok()
+                        .map(|sent| msg::ack_for(&sent, &resp))
+                } else {
+                    None
+                };
+                t.handle_response(now, code, ack);
+            }
+            ClientTx::NonInvite(t) => t.handle_response(now, code),
+        }
+        if code == 401 || code == 407 {
+            b.challenges = msg::challenges(&resp);
+        }
+        b.last = Some(bytes);
+        self.drain_events(now, i);
+    }
+
+    /// Client transaction events of branch `i` into the response context.
+    fn drain_events(&mut self, now: Instant, i: usize) {
+        let Some(b) = self.branches.get_mut(i) else {
+            return;
+        };
+        let mut codes = Vec::new();
+        while let Some(e) = b.tx.poll_event() {
+            match e {
+                Event::Provisional(c) | Event::Final(c) => codes.push(c),
+                Event::Timeout => codes.push(408),
+                Event::Terminated => {}
+            }
+        }
+        for c in codes {
+            self.fork.handle_response(now, i, c);
+        }
+    }
+
+    /// Carries out the response context's actions and sends what the transactions queued.
+    async fn pump(&mut self, now: Instant) {
+        while let Some(a) = self.fork.poll_action() {
+            match a {
+                Action::Forward { branch, code } => {
+                    let bytes = self
+                        .branches
+                        .get(branch)
+                        .and_then(|b| b.last.as_ref())
+                        .and_then(|l| {
+                            Message::parse(l)
+                                .ok()
+                                .map(|m| msg::response_upstream(&m, None, &[]))
+                        });
+                    if let Some(bytes) = bytes {
+                        self.upstream.respond(code, bytes).await;
+                    }
+                }
+                Action::Cancel { branch, reason } => {
+                    let text = match reason {
+                        CancelReason::CompletedElsewhere => {
+                            Some(REASON_COMPLETED_ELSEWHERE.to_owned())
+                        }
+                        CancelReason::GlobalFailure(c) => {
+                            Some(format!("SIP;cause={c};text=\"Call declined elsewhere\""))
+                        }
+                        CancelReason::CallerCancelled => None,
+                        CancelReason::RingTimeout => {
+                            Some("SIP;cause=408;text=\"No answer\"".to_owned())
+                        }
+                    };
+                    if let Some(b) = self.branches.get_mut(branch) {
+                        if let Ok(sent) = Message::parse(&b.request) {
+                            let c = msg::cancel_for(&sent, text.as_deref());
+                            b.cancel = Some(ClientNonInvite::new(
+                                now,
+                                c,
+                                b.hop.transport.reliable(),
+                                self.proxy.timers,
+                            ));
+                        }
+                    }
+                }
+                Action::Respond(f) => {
+                    let (code, bytes) = self.final_bytes(f);
+                    if !bytes.is_empty() {
+                        self.upstream.respond(code, bytes).await;
+                    }
+                }
+            }
+        }
+        for b in &mut self.branches {
+            while let Some(bytes) = b.tx.poll_transmit() {
+                self.proxy
+                    .flows
+                    .send(b.hop.transport, b.hop.addr, bytes)
+                    .await;
+            }
+            if let Some(c) = b.cancel.as_mut() {
+                while let Some(bytes) = c.poll_transmit() {
+                    self.proxy
+                        .flows
+                        .send(b.hop.transport, b.hop.addr, bytes)
+                        .await;
+                }
+                while c.poll_event().is_some() {}
+            }
+        }
+    }
+
+    fn final_bytes(&self, f: Final) -> (u16, Vec<u8>) {
+        match f {
+            Final::Branch {
+                branch,
+                code,
+                as_code,
+                auth_from,
+            } => {
+                let extra: Vec<(String, String)> = auth_from
+                    .iter()
+                    .filter_map(|i| self.branches.get(*i))
+                    .flat_map(|b| b.challenges.iter().cloned())
+                    .collect();
+                let status = (as_code != code).then_some((as_code, "Server Internal Error"));
+                let bytes = self
+                    .branches
+                    .get(branch)
+                    .and_then(|b| b.last.as_ref())
+                    .and_then(|l| {
+                        Message::parse(l)
+                            .ok()
+                            .map(|m| msg::response_upstream(&m, status, &extra))
+                    })
+                    .unwrap_or_default();
+                (as_code, bytes)
+            }
+            Final::Generated { code, reason } => {
+                let bytes = Message::parse(&self.request)
+                    .map(|m| {
+                        ResponseBuilder::new(&m, code, reason, &self.top_via, Some(&self.to_tag))
+                            .finish()
+                    })
+                    .unwrap_or_default();
+                (code, bytes)
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The forking proxy's response context on a virtual clock (RFC 3261 16.7, 16.10)
+//! and the messages it builds (CANCEL with Reason, ACK, Via removal, loop hash).
+
+use std::time::{Duration, Instant};
+
+use tandem_signaling::proxy::fork::{Action, CancelReason, Final, Fork};
+use tandem_signaling::proxy::msg;
+use tandem_signaling::sip::message::{HeaderName, Message};
+
+const RING: Duration = Duration::from_secs(60);
+
+fn drain(f: &mut Fork) -> Vec<Action> {
+    std::iter::from_fn(|| f.poll_action()).collect()
+}
+
+fn cancels(actions: &[Action]) -> Vec<(usize, CancelReason)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { branch, reason } => Some((*branch, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_2xx_wins_and_the_others_are_cancelled_as_completed_elsewhere() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 3, true, RING);
+    assert!(drain(&mut f).is_empty());
+    for b in 0..3 {
+        f.handle_response(t0, b, 180);
+    }
+    let a = drain(&mut f);
+    assert_eq!(
+        a,
+        (0..3)
+            .map(|branch| Action::Forward { branch, code: 180 })
+            .collect::<Vec<_>>()
+    );
+    f.handle_response(t0, 1, 200);
+    let a = drain(&mut f);
+    assert_eq!(
+        a.first(),
+        Some(&Action::Forward {
+            branch: 1,
+            code: 200
+        })
+    );
+    assert_eq!(
+        cancels(&a),
+        vec![
+            (0, CancelReason::CompletedElsewhere),
+            (2, CancelReason::CompletedElsewhere)
+        ]
+    );
+    assert!(f.is_answered());
+    // A late 2xx on another branch still goes upstream (16.7 step 5); their 487s do not.
+    f.handle_response(t0, 0, 200);
+    f.handle_response(t0, 2, 487);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: 0,
+            code: 200
+        }]
+    );
+    assert_eq!(f.poll_timeout(), None);
+}
+
+#[test]
+fn the_100_is_absorbed_and_a_cancel_waits_for_a_provisional_response() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_response(t0, 0, 100);
+    assert!(drain(&mut f).is_empty());
+    f.handle_response(t0, 1, 200);
+    let a = drain(&mut f);
+    // Branch 0 had only a 100: that is a provisional response, so it can be cancelled.
+    assert_eq!(cancels(&a), vec![(0, CancelReason::CompletedElsewhere)]);
+
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_response(t0, 1, 200);
+    let a = drain(&mut f);
+    assert!(
+        cancels(&a).is_empty(),
+        "no CANCEL before any response (RFC 3261 9.1)"
+    );
+    f.handle_response(t0, 0, 180);
+    let a = drain(&mut f);
+    assert_eq!(cancels(&a), vec![(0, CancelReason::CompletedElsewhere)]);
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::Forward { .. })),
+        "no 180 after the 200"
+    );
+}
+
+#[test]
+fn one_486_and_one_200_gives_200() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_response(t0, 0, 486);
+    assert!(drain(&mut f).is_empty(), "waits for the other branch");
+    f.handle_response(t0, 1, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: 1,
+            code: 200
+        }]
+    );
+}
+
+#[test]
+fn all_486_gives_486() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 3, true, RING);
+    for b in 0..3 {
+        f.handle_response(t0, b, 486);
+    }
+    let a = drain(&mut f);
+    assert!(matches!(
+        a.as_slice(),
+        [Action::Respond(Final::Branch {
+            code: 486,
+            as_code: 486,
+            ..
+        })]
+    ));
+}
+
+#[test]
+fn a_6xx_stops_every_branch() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 3, true, RING);
+    for b in 0..3 {
+        f.handle_response(t0, b, 180);
+    }
+    drain(&mut f);
+    f.handle_response(t0, 2, 603);
+    let a = drain(&mut f);
+    assert_eq!(
+        a.first(),
+        Some(&Action::Forward {
+            branch: 2,
+            code: 603
+        })
+    );
+    assert_eq!(
+        cancels(&a),
+        vec![
+            (0, CancelReason::GlobalFailure(603)),
+            (1, CancelReason::GlobalFailure(603))
+        ]
+    );
+    // Their 487s do not make a second final response.
+    f.handle_response(t0, 0, 487);
+    f.handle_response(t0, 1, 487);
+    assert!(drain(&mut f).is_empty());
+}
+
+#[test]
+fn best_response_rules() {
+    let t0 = Instant::now();
+    let best = |codes: &[u16]| {
+        let mut f = Fork::new(t0, codes.len(), true, RING);
+        for (i, c) in codes.iter().enumerate() {
+            f.handle_response(t0, i, *c);
+        }
+        match drain(&mut f).pop() {
+            Some(Action::Respond(Final::Branch {
+                code,
+                as_code,
+                auth_from,
+                ..
+            })) => (code, as_code, auth_from.len()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(best(&[503, 486]), (486, 486, 0), "4xx over 5xx");
+    assert_eq!(best(&[503, 503]), (503, 500, 0), "503 goes upstream as 500");
+    assert_eq!(best(&[486, 302, 404]), (302, 302, 0), "lowest class");
+    assert_eq!(
+        best(&[404, 401, 407]),
+        (401, 401, 1),
+        "challenges aggregated"
+    );
+    assert_eq!(best(&[486, 404]), (404, 404, 0), "lowest code in class");
+    assert_eq!(best(&[500, 415]), (415, 415, 0));
+}
+
+#[test]
+fn ring_timeout_cancels_and_answers_408() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_response(t0, 0, 180);
+    drain(&mut f);
+    assert_eq!(f.poll_timeout(), Some(t0 + RING));
+    f.handle_timeout(t0 + RING - Duration::from_millis(1));
+    assert!(drain(&mut f).is_empty());
+    f.handle_timeout(t0 + RING);
+    let a = drain(&mut f);
+    assert_eq!(cancels(&a), vec![(0, CancelReason::RingTimeout)]);
+    assert!(a.contains(&Action::Respond(Final::Generated {
+        code: 408,
+        reason: "Request Timeout"
+    })));
+    // Branch 1 never answered: its CANCEL goes out when it does.
+    f.handle_response(t0 + RING, 1, 180);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(1, CancelReason::RingTimeout)]
+    );
+}
+
+#[test]
+fn ring_timeout_prefers_a_received_4xx_over_408() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_response(t0, 0, 404);
+    f.handle_timeout(t0 + RING);
+    let a = drain(&mut f);
+    assert!(matches!(
+        a.last(),
+        Some(Action::Respond(Final::Branch { code: 404, .. }))
+    ));
+}
+
+#[test]
+fn caller_cancel_reaches_every_pending_branch() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 3, true, RING);
+    f.handle_response(t0, 0, 180);
+    f.handle_response(t0, 1, 183);
+    drain(&mut f);
+    f.handle_cancel(t0);
+    let a = drain(&mut f);
+    assert_eq!(
+        cancels(&a),
+        vec![
+            (0, CancelReason::CallerCancelled),
+            (1, CancelReason::CallerCancelled)
+        ]
+    );
+    assert!(!f.is_answered());
+    f.handle_response(t0, 0, 487);
+    f.handle_response(t0, 1, 487);
+    let a = drain(&mut f);
+    assert!(matches!(
+        a.as_slice(),
+        [Action::Respond(Final::Branch { code: 487, .. })]
+    ));
+}
+
+#[test]
+fn no_branch_is_480_and_non_invite_never_cancels() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 0, true, RING);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Respond(Final::Generated {
+            code: 480,
+            reason: "Temporarily Unavailable"
+        })]
+    );
+    let mut f = Fork::new(t0, 3, false, RING);
+    assert_eq!(f.poll_timeout(), None, "MESSAGE has no ring timeout");
+    f.handle_response(t0, 0, 408);
+    f.handle_response(t0, 1, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: 1,
+            code: 200
+        }]
+    );
+    f.handle_response(t0, 2, 200);
+    assert!(drain(&mut f).is_empty(), "one 2xx upstream for a MESSAGE");
+}
+
+const INVITE: &str = "INVITE sip:dev1@10.0.0.5:5070 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5080;branch=z9hG4bKcaller\r\n\
+Record-Route: <sip:tf-x@127.0.0.1:5060;lr>\r\n\
+Max-Forwards: 69\r\n\
+From: <sip:bob@tandem.local>;tag=f1\r\n\
+To: <sip:alice@tandem.local>\r\n\
+Call-ID: call-1\r\n\
+CSeq: 7 INVITE\r\n\
+Route: <sip:gw.example;lr>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\r\nv=0\n";
+
+#[test]
+fn cancel_carries_reason_and_copies_the_request_fields() {
+    let sent = Message::parse(INVITE.as_bytes()).unwrap();
+    let c = msg::cancel_for(
+        &sent,
+        Some("SIP;cause=200;text=\"Call completed elsewhere\""),
+    );
+    let m = Message::parse(&c).unwrap();
+    assert_eq!(m.method(), Some("CANCEL"));
+    assert_eq!(m.request_uri(), Some("sip:dev1@10.0.0.5:5070"));
+    assert_eq!(m.vias().unwrap().len(), 1);
+    assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bKabc.1"));
+    assert_eq!(m.header(HeaderName::CSeq), Some("7 CANCEL"));
+    assert_eq!(m.header(HeaderName::To), Some("<sip:alice@tandem.local>"));
+    assert_eq!(m.header(HeaderName::Route), Some("<sip:gw.example;lr>"));
+    assert_eq!(
+        m.header(HeaderName::Other("Reason")),
+        Some("SIP;cause=200;text=\"Call completed elsewhere\"")
+    );
+    m.validate_request().unwrap();
+}
+
+#[test]
+fn ack_takes_the_to_tag_of_the_response() {
+    let sent = Message::parse(INVITE.as_bytes()).unwrap();
+    let resp = "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport\r\nVia: SIP/2.0/UDP 10.0.0.1:5080;branch=z9hG4bKcaller\r\nFrom: <sip:bob@tandem.local>;tag=f1\r\nTo: <sip:alice@tandem.local>;tag=t9\r\nCall-ID: call-1\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let r = Message::parse(resp.as_bytes()).unwrap();
+    let ack = msg::ack_for(&sent, &r);
+    let m = Message::parse(&ack).unwrap();
+    assert_eq!(m.header(HeaderName::CSeq), Some("7 ACK"));
+    assert_eq!(
+        m.header(HeaderName::To),
+        Some("<sip:alice@tandem.local>;tag=t9")
+    );
+    m.validate_request().unwrap();
+
+    // Upstream: our Via gone, the rest untouched; 503 rewritten to 500.
+    let up = msg::response_upstream(&r, Some((500, "Server Internal Error")), &[]);
+    let u = Message::parse(&up).unwrap();
+    assert_eq!(u.status(), Some(500));
+    assert_eq!(u.vias().unwrap().len(), 1);
+    assert_eq!(u.top_via().unwrap().branch(), Some("z9hG4bKcaller"));
+}
+
+#[test]
+fn forwarded_request_gets_our_via_record_route_and_lower_max_forwards() {
+    let m = Message::parse(INVITE.as_bytes()).unwrap();
+    let rr = vec!["<sip:tf-a@127.0.0.1:5060;transport=udp;lr>".to_owned()];
+    let out = msg::forward_request(
+        &m,
+        &msg::Forward {
+            request_uri: Some("sip:dev2@10.0.0.6:5070"),
+            via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew;rport",
+            record_route: &rr,
+            pop_routes: 1,
+            max_forwards: 68,
+            extra: &[],
+        },
+    );
+    let f = Message::parse(&out).unwrap();
+    f.validate_request().unwrap();
+    assert_eq!(f.request_uri(), Some("sip:dev2@10.0.0.6:5070"));
+    assert_eq!(f.vias().unwrap().len(), 3);
+    assert_eq!(f.top_via().unwrap().branch(), Some("z9hG4bKnew"));
+    assert_eq!(f.header(HeaderName::MaxForwards), Some("68"));
+    assert_eq!(f.header(HeaderName::Route), None, "our route popped");
+    assert_eq!(f.list(HeaderName::RecordRoute).unwrap().len(), 2);
+    assert_eq!(f.body, b"v=0\n");
+
+    // Loop hash: same for an unchanged request, different when routing fields change.
+    let h1 = msg::loop_hash(&m);
+    assert_eq!(
+        h1,
+        msg::loop_hash(&Message::parse(INVITE.as_bytes()).unwrap())
+    );
+    let changed = INVITE.replace("sip:dev1@10.0.0.5:5070", "sip:dev1@10.0.0.9:5070");
+    assert_ne!(
+        h1,
+        msg::loop_hash(&Message::parse(changed.as_bytes()).unwrap())
+    );
+}

@@ -1,0 +1,305 @@
+//! Call forking with sipp (Debian `sip-tester`) against the whole server started
+//! in-process on 127.0.0.1 with free ports. Three devices of one account register
+//! (tests/sipp/register.xml, digest MD5), then each runs a UAS scenario on the port it
+//! registered from, and a caller rings the account with a UAC scenario.
+//!
+//! Without sipp on PATH the test fails when `CI` is set and is skipped otherwise.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tandem_signaling::registrar::RegistrarConfig;
+use tandem_signaling::sip::SipConfig;
+use tandem_signaling::SignalingConfig;
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "sipp-proxy-admin-token-0123456789";
+const LOGIN: &str = "alice";
+const PASSWORD: &str = "s3cret-passw0rd";
+const REALM: &str = "tandem.local";
+
+fn scenario(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/sipp")
+        .join(name)
+}
+
+fn sipp_available() -> bool {
+    match Command::new("sipp").arg("-v").output() {
+        Ok(_) => true,
+        Err(_) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("sipp is not installed (Debian package sip-tester) and CI is set");
+            }
+            eprintln!("SKIPPED: sipp is not installed (Debian package sip-tester); set CI to make this fail");
+            false
+        }
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn instance(n: u32) -> String {
+    format!("urn:uuid:5ee1{n:04x}-0000-4000-8000-0000000000{n:02x}")
+}
+
+fn common_args(cmd: &mut Command, port: u16) {
+    cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mp", &free_udp_port().to_string()])
+        .args(["-nostdin", "-timeout", "20s", "-timeout_error"]);
+}
+
+/// Registers one device from `port` with register.xml.
+fn register(dir: &Path, server: SocketAddr, port: u16, inst: &str) {
+    let inf = dir.join(format!("dev{port}.csv"));
+    std::fs::write(
+        &inf,
+        format!("SEQUENTIAL\n{LOGIN};{PASSWORD};{inst};{REALM};\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new("sipp");
+    cmd.arg(server.to_string())
+        .arg("-sf")
+        .arg(scenario("register.xml"))
+        .arg("-inf")
+        .arg(&inf)
+        .args(["-m", "1", "-au", LOGIN, "-ap", PASSWORD]);
+    common_args(&mut cmd, port);
+    let out = cmd.output().expect("run sipp");
+    assert!(
+        out.status.success(),
+        "register from {port}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A device's UAS scenario, listening on the port it registered from.
+fn spawn_uas(name: &str, port: u16) -> Child {
+    let mut cmd = Command::new("sipp");
+    cmd.arg("-sf").arg(scenario(name)).args(["-m", "1"]);
+    common_args(&mut cmd, port);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sipp")
+}
+
+fn summary(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| l.contains("Successful call") || l.contains("Failed call"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Devices run `uas` (one scenario per registered port), the caller runs `uac` to
+/// `service`; every sipp must end with all calls successful.
+fn call(server: SocketAddr, ports: &[u16], uas: &[&str], uac: &str, service: &str) {
+    let children: Vec<(String, Child)> = uas
+        .iter()
+        .zip(ports)
+        .map(|(s, p)| (format!("{s}@{p}"), spawn_uas(s, *p)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut cmd = Command::new("sipp");
+    cmd.arg(server.to_string())
+        .arg("-sf")
+        .arg(scenario(uac))
+        .args(["-s", service, "-m", "1"]);
+    common_args(&mut cmd, free_udp_port());
+    let out = cmd.output().expect("run sipp");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "sipp {server} -sf tests/sipp/{uac} -s {service} -m 1: exit {:?}; {}",
+        out.status.code(),
+        summary(&stdout)
+    );
+    let mut failed = Vec::new();
+    if !out.status.success() {
+        failed.push(format!("caller {uac}:\n{stdout}"));
+    }
+    for (name, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!(
+            "  device sipp -sf tests/sipp/{name}: exit {:?}; {}",
+            out.status.code(),
+            summary(&stdout)
+        );
+        if !out.status.success() {
+            failed.push(format!(
+                "device {name}:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n-----\n"));
+}
+
+async fn api(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    admin: bool,
+    body: Value,
+) -> (StatusCode, Value) {
+    let r = client.post(format!("{base}{path}"));
+    let r = if admin {
+        r.bearer_auth(ADMIN)
+    } else {
+        r.basic_auth(LOGIN, Some(PASSWORD))
+    };
+    let resp = r.json(&body).send().await.unwrap();
+    let s = resp.status();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_call_forking() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalingConfig {
+        data_dir: dir.path().to_path_buf(),
+        default_country_code: "48".into(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        // sipp 3.6 does MD5 only and reads the first challenge.
+        registrar: RegistrarConfig {
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            ..RegistrarConfig::default()
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        ..SignalingConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .expect("start");
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    let (s, acc) = api(
+        &client,
+        &base,
+        "/accounts",
+        true,
+        json!({"login": LOGIN, "password": PASSWORD, "country_code": "48",
+               "phone_numbers": ["+48600111222"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{acc}");
+    let account = acc["id"].as_i64().unwrap();
+    for (n, class) in [(1, "mobile"), (2, "mobile"), (3, "tablet")] {
+        let (s, v) = api(
+            &client,
+            &base,
+            "/me/devices",
+            false,
+            json!({"instance_id": instance(n), "class": class, "name": format!("{class} {n}")}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let d = dir.path().to_path_buf();
+    let ports2 = ports.clone();
+    tokio::task::spawn_blocking(move || {
+        for (i, p) in ports2.iter().enumerate() {
+            register(&d, sip, *p, &instance(i as u32 + 1));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(running.registrar.bindings(account).len(), 3);
+
+    let run = |uas: &'static [&'static str], uac: &'static str, service: &'static str| {
+        let ports = ports.clone();
+        tokio::task::spawn_blocking(move || call(sip, &ports, uas, uac, service))
+    };
+    // Three devices ring; one answers; the other two get CANCEL with the Reason
+    // header; ACK and BYE pass through to the answering device.
+    run(
+        &[
+            "call_uas_answer.xml",
+            "call_uas_ring.xml",
+            "call_uas_ring.xml",
+        ],
+        "call_uac.xml",
+        LOGIN,
+    )
+    .await
+    .unwrap();
+    // One device 486, another answers, the third is cancelled: the caller sees 200.
+    run(
+        &[
+            "call_uas_busy.xml",
+            "call_uas_answer.xml",
+            "call_uas_ring.xml",
+        ],
+        "call_uac.xml",
+        LOGIN,
+    )
+    .await
+    .unwrap();
+    // All reject with 486: the caller sees 486.
+    run(
+        &[
+            "call_uas_busy.xml",
+            "call_uas_busy.xml",
+            "call_uas_busy.xml",
+        ],
+        "call_uac_busy.xml",
+        LOGIN,
+    )
+    .await
+    .unwrap();
+    // One 603: every other device stops ringing, the caller sees 603.
+    run(
+        &[
+            "call_uas_ring_any.xml",
+            "call_uas_decline.xml",
+            "call_uas_ring_any.xml",
+        ],
+        "call_uac_decline.xml",
+        LOGIN,
+    )
+    .await
+    .unwrap();
+    // The phone number in the forms people dial reaches the same account.
+    for number in ["+48%20600111222", "0048600111222", "0600111222"] {
+        run(
+            &[
+                "call_uas_answer.xml",
+                "call_uas_busy.xml",
+                "call_uas_busy.xml",
+            ],
+            "call_uac.xml",
+            number,
+        )
+        .await
+        .unwrap();
+    }
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
