@@ -42,6 +42,10 @@ pub struct SignalingConfig {
     pub registrar: RegistrarConfig,
     /// Forking proxy (`[proxy]`).
     pub proxy: crate::proxy::ProxyConfig,
+    /// Push notifications (`[push]`, `[push.apns]`, `[push.fcm]`, `[push.webhook]`).
+    pub push: crate::push::PushConfig,
+    /// Deferred messages (`[messages]`).
+    pub messages: crate::push::MessagesConfig,
     pub api: ApiConfig,
     /// Default per-class device limits for accounts that set none.
     pub device_limits: DeviceLimits,
@@ -57,6 +61,8 @@ impl Default for SignalingConfig {
             sip: SipConfig::default(),
             registrar: RegistrarConfig::default(),
             proxy: crate::proxy::ProxyConfig::default(),
+            push: crate::push::PushConfig::default(),
+            messages: crate::push::MessagesConfig::default(),
             api: ApiConfig::default(),
             device_limits: DeviceLimits::default(),
             log: LogConfig::default(),
@@ -336,6 +342,8 @@ impl SignalingConfig {
         self.sip.validate().map_err(ConfigError::Invalid)?;
         self.registrar.validate().map_err(ConfigError::Invalid)?;
         self.proxy.validate().map_err(ConfigError::Invalid)?;
+        self.push.validate().map_err(ConfigError::Invalid)?;
+        self.messages.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod model;
 pub mod number;
 pub mod proxy;
+pub mod push;
 pub mod registrar;
 pub mod sip;
 pub mod store;
@@ -46,6 +47,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("SIP: {0}")]
     Sip(#[from] SipError),
+    #[error("push: {0}")]
+    Push(#[from] push::PushError),
     #[error("cannot bind the HTTP API on {addr}: {source}")]
     ApiBind {
         addr: SocketAddr,
@@ -73,6 +76,8 @@ pub struct Running {
     pub admin_token_file: Option<PathBuf>,
     pub store: Store,
     pub registrar: RegistrarHandle,
+    /// The push service (providers from `[push]`).
+    pub pusher: push::Pusher,
     sip_server: SipServer,
     api_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -158,6 +163,12 @@ pub async fn start(
     )
     .await?;
     tracing::info!(backend = ?store.backend(), "database ready");
+    let pusher = push::Pusher::start(&cfg.push, Some(store.clone()), shutdown.clone())?;
+    tokio::spawn(push::sweep_deferred(
+        store.clone(),
+        std::time::Duration::from_secs(cfg.messages.sweep_interval_secs),
+        shutdown.clone(),
+    ));
     let sip_server = SipServer::start_with_proxy(
         &cfg.sip,
         &cfg.registrar,
@@ -167,6 +178,8 @@ pub async fn start(
     )
     .await?;
     let registrar = sip_server.registrar();
+    // RFC 8599: a REGISTER naming a push service that is not configured gets 555.
+    registrar.set_push_providers(&pusher.providers());
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .map_err(|source| StartError::ApiBind {
@@ -205,6 +218,7 @@ pub async fn start(
         admin_token_file,
         store,
         registrar,
+        pusher,
         sip_server,
         api_task,
     })

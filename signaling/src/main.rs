@@ -23,6 +23,13 @@ fn main() -> std::process::ExitCode {
         if !shown.registrar.nonce_secret.is_empty() {
             shown.registrar.nonce_secret = "<hidden>".to_owned();
         }
+        if let Some(w) = shown.push.webhook.as_mut() {
+            for secret in [&mut w.bearer_token, &mut w.hmac_secret] {
+                if secret.is_some() {
+                    *secret = Some("<hidden>".to_owned());
+                }
+            }
+        }
         match toml::to_string_pretty(&shown) {
             Ok(t) => print!("{t}"),
             Err(e) => eprintln!("tandem-signaling: cannot print the configuration: {e}"),

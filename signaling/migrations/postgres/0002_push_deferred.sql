@@ -4,6 +4,12 @@ ALTER TABLE bindings ADD COLUMN pn_provider TEXT;
 ALTER TABLE bindings ADD COLUMN pn_prid TEXT;
 ALTER TABLE bindings ADD COLUMN pn_param TEXT;
 
+-- The RFC 8599 parameters a device last registered with, kept on the device so that
+-- it can still be pushed after its binding expired (it is offline then).
+ALTER TABLE devices ADD COLUMN pn_provider TEXT;
+ALTER TABLE devices ADD COLUMN pn_prid TEXT;
+ALTER TABLE devices ADD COLUMN pn_param TEXT;
+
 -- One row per recipient device. `delivered_at` is set only when the device
 -- confirmed delivery (2xx), so a crash between sending and the answer keeps it.
 -- `claimed_until` is a delivery lease: one deliverer (of possibly several nodes) at a

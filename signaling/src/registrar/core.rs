@@ -129,6 +129,9 @@ struct FailState {
 
 type Key = (AccountId, String, u32);
 
+/// Registration events buffered per subscriber before the slowest one lags.
+pub const REGISTERED_EVENTS: usize = 1024;
+
 /// The registrar state.
 #[derive(Debug)]
 pub struct Registrar {
@@ -139,6 +142,12 @@ pub struct Registrar {
     failures: HashMap<IpAddr, FailState>,
     bindings: HashMap<AccountId, Vec<Binding>>,
     expiry: BinaryHeap<Reverse<(i64, AccountId, String, u32)>>,
+    /// RFC 8599 push services that can be used (`None`: not checked, every
+    /// `pn-provider` is stored).
+    push_providers: Option<Vec<String>>,
+    /// Where the driver announces new and refreshed bindings. Kept here, not used by
+    /// the core, because the core is what the server hands the driver at start.
+    pub(crate) registered: tokio::sync::broadcast::Sender<crate::registrar::Registered>,
 }
 
 impl Registrar {
@@ -154,7 +163,26 @@ impl Registrar {
             failures: HashMap::new(),
             bindings: HashMap::new(),
             expiry: BinaryHeap::new(),
+            push_providers: None,
+            registered: tokio::sync::broadcast::channel(REGISTERED_EVENTS).0,
         }
+    }
+
+    /// Sets the RFC 8599 push services that can be used; a REGISTER naming another
+    /// in `pn-provider` is refused with 555 ([`Registrar::unsupported_push`]).
+    pub fn set_push_providers(&mut self, providers: Option<Vec<String>>) {
+        self.push_providers = providers;
+    }
+
+    /// The first `pn-provider` of the Contacts that is not a usable push service
+    /// (RFC 8599 4.1.2: the REGISTER gets 555 Push Notification Service Not Supported).
+    pub fn unsupported_push<'c>(&self, contacts: &'c ContactsSpec) -> Option<&'c str> {
+        let (Some(ok), ContactsSpec::List(list)) = (&self.push_providers, contacts) else {
+            return None;
+        };
+        list.iter()
+            .filter_map(|c| c.pn_provider.as_deref())
+            .find(|p| !ok.iter().any(|s| s.eq_ignore_ascii_case(p)))
     }
 
     pub fn config(&self) -> &RegistrarConfig {

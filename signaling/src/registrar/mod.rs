@@ -59,6 +59,15 @@ pub(crate) struct Shared {
     pub(crate) expiry_changed: Notify,
 }
 
+/// A binding was created or refreshed by a successful REGISTER (see
+/// [`RegistrarHandle::subscribe_registrations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub account: AccountId,
+    pub instance_id: String,
+    pub binding: Binding,
+}
+
 /// Handle the HTTP API and tests use to look at and drop bindings.
 #[derive(Clone)]
 pub struct RegistrarHandle {
@@ -80,6 +89,26 @@ pub(crate) struct Origin {
 }
 
 impl RegistrarHandle {
+    /// Events for every binding a successful REGISTER creates or refreshes (not for
+    /// unregistrations), sent when the binding is stored, just before the 200 OK
+    /// goes out. Use: a parked call's new branch to a device that registered after
+    /// its push, delivery of deferred messages. A subscriber that falls more than
+    /// [`core::REGISTERED_EVENTS`] behind gets `RecvError::Lagged`.
+    pub fn subscribe_registrations(&self) -> tokio::sync::broadcast::Receiver<Registered> {
+        match self.inner.core.lock() {
+            Ok(c) => c.registered.subscribe(),
+            Err(p) => p.into_inner().registered.subscribe(),
+        }
+    }
+
+    /// Sets the RFC 8599 push services (`pn-provider` values) the server can use; a
+    /// REGISTER naming another gets 555. Unset (the default), any is stored.
+    pub fn set_push_providers(&self, providers: &[&str]) {
+        if let Ok(mut c) = self.inner.core.lock() {
+            c.set_push_providers(Some(providers.iter().map(|p| p.to_string()).collect()));
+        }
+    }
+
     /// Live (unexpired) bindings of an account, from memory.
     pub fn bindings(&self, account: AccountId) -> Vec<Binding> {
         match self.inner.core.lock() {
@@ -235,6 +264,18 @@ impl RegistrarHandle {
             Ok(c) => c,
             Err((code, reason)) => return reply(code, reason).finish(),
         };
+        let unsupported = match self.inner.core.lock() {
+            Ok(c) => c.unsupported_push(&contacts).map(str::to_owned),
+            Err(_) => return reply(500, "Server Internal Error").finish(),
+        };
+        if let Some(p) = unsupported {
+            tracing::info!(
+                account = account.id,
+                provider = %p.chars().take(32).collect::<String>(),
+                "REGISTER names a push service that is not configured"
+            );
+            return reply(555, "Push Notification Service Not Supported").finish();
+        }
         let expires_header = match msg.header(HeaderName::Expires) {
             Some(e) => match grammar::decimal(e, u32::MAX as u64) {
                 Some(v) => Some(v as u32),
@@ -309,6 +350,34 @@ impl RegistrarHandle {
                 return reply(500, "Server Internal Error").finish();
             }
         }
+        // The device's RFC 8599 parameters outlive the binding (it is pushed when
+        // offline); a REGISTER without them withdraws them. Then announce the binding.
+        let mut saved = Vec::new();
+        for op in &outcome.ops {
+            if let StoreOp::Save(b) = op {
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .set_device_push(b.account_id, &b.instance_id, b.push.as_ref())
+                    .await
+                {
+                    tracing::error!(error = %e, "storing a device's push parameters failed");
+                }
+                saved.push(Registered {
+                    account: b.account_id,
+                    instance_id: b.instance_id.clone(),
+                    binding: (**b).clone(),
+                });
+            }
+        }
+        if !saved.is_empty() {
+            if let Ok(c) = self.inner.core.lock() {
+                for ev in saved {
+                    // No subscriber is fine.
+                    let _ = c.registered.send(ev);
+                }
+            }
+        }
         for f in &outcome.close {
             tracing::info!(
                 account = account.id,
@@ -334,6 +403,15 @@ impl RegistrarHandle {
                     .any(|s| s.eq_ignore_ascii_case("outbound"));
             if outbound {
                 r = r.header("Require", "outbound");
+            }
+            // RFC 8599 4.1.2: the push service the device asked for is supported.
+            if let ContactsSpec::List(list) = &req.contacts {
+                if let Some(p) = list
+                    .iter()
+                    .find_map(|c| c.pn_prid.as_ref().and(c.pn_provider.as_deref()))
+                {
+                    r = r.header("Feature-Caps", &format!("*;+sip.pns=\"{p}\""));
+                }
             }
             for (b, left) in &outcome.contacts {
                 let mut v = format!(
@@ -365,6 +443,32 @@ impl RegistrarHandle {
 
 pub(crate) fn new_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// An RFC 8599 parameter of a Contact: a SIP URI parameter (RFC 8599 4.1.1, percent
+/// decoded) or, from clients that put it there, a Contact header parameter.
+fn pn_value(
+    na: &grammar::NameAddr<'_>,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, (u16, &'static str)> {
+    let from_uri = SipUri::parse(na.uri).and_then(|u| {
+        u.params
+            .value(name)
+            .map(|v| grammar::percent_decode(v).map(|d| d.into_owned()))
+    });
+    let v = match from_uri {
+        Some(Some(v)) => v,
+        Some(None) => return Err((400, "Bad Push Parameter")),
+        None => match na.params.value(name) {
+            Some(v) => v.to_owned(),
+            None => return Ok(None),
+        },
+    };
+    if v.is_empty() || v.len() > max || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err((400, "Bad Push Parameter"));
+    }
+    Ok(Some(v))
 }
 
 /// Reads the Contact list of a REGISTER (RFC 3261 10.3 step 6, RFC 5626 6).
@@ -420,9 +524,9 @@ fn parse_contacts(msg: &Message<'_>) -> Result<ContactsSpec, (u16, &'static str)
             instance_id: instance,
             reg_id,
             expires,
-            pn_provider: na.params.value("pn-provider").map(str::to_owned),
-            pn_prid: na.params.value("pn-prid").map(str::to_owned),
-            pn_param: na.params.value("pn-param").map(str::to_owned),
+            pn_provider: pn_value(&na, "pn-provider", 32)?,
+            pn_prid: pn_value(&na, "pn-prid", 4096)?,
+            pn_param: pn_value(&na, "pn-param", 256)?,
         });
     }
     Ok(ContactsSpec::List(out))

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::model::{AccountCredentials, AccountId, Binding, Device};
+use crate::model::{AccountCredentials, AccountId, Binding, Device, PushParams};
 
 /// Error from a storage backend, kept opaque: the registrar answers 500 and logs it.
 pub type StoreFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -39,6 +39,17 @@ pub trait RegistrarStore: Send + Sync + 'static {
         instance_id: &'a str,
     ) -> StoreFuture<'a, ()>;
     fn load_bindings(&self) -> StoreFuture<'_, Vec<Binding>>;
+    /// Keeps the RFC 8599 parameters of a device's latest REGISTER with the device
+    /// (`None` withdraws them). Backends without push support ignore it.
+    fn set_device_push<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+        push: Option<&'a PushParams>,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (account, instance_id, push);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl RegistrarStore for crate::store::Store {
@@ -81,5 +92,15 @@ impl RegistrarStore for crate::store::Store {
     }
     fn load_bindings(&self) -> StoreFuture<'_, Vec<Binding>> {
         Box::pin(async move { Ok(crate::store::Store::load_bindings(self).await?) })
+    }
+    fn set_device_push<'a>(
+        &'a self,
+        account: AccountId,
+        instance_id: &'a str,
+        push: Option<&'a PushParams>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            Ok(crate::store::Store::set_device_pn(self, account, instance_id, push).await?)
+        })
     }
 }

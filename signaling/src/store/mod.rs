@@ -26,6 +26,7 @@ use crate::model::{AccountCredentials, AccountId, Binding, Device, DeviceClass};
 use crate::number;
 
 mod messages;
+mod push;
 pub use messages::{NewDeferred, DEFAULT_DEFERRED_TTL_SECS, MAX_CLAIM};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
