@@ -253,6 +253,45 @@ fn caller_cancel_reaches_every_pending_branch() {
 }
 
 #[test]
+fn caller_cancel_answers_487_at_once_for_silent_branches_and_cancels_them_later() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_response(t0, 0, 180);
+    drain(&mut f);
+    f.handle_cancel(t0);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(0, CancelReason::CallerCancelled)]
+    );
+    f.handle_response(t0, 0, 487);
+    let a = drain(&mut f);
+    assert!(
+        matches!(
+            a.as_slice(),
+            [Action::Respond(Final::Branch { code: 487, .. })]
+        ),
+        "{a:?}"
+    );
+    // Branch 1 was silent; when it finally rings it is cancelled.
+    f.handle_response(t0, 1, 180);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(1, CancelReason::CallerCancelled)]
+    );
+
+    // Nobody answered at all: 487 generated at once.
+    let mut f = Fork::new(t0, 2, true, RING);
+    f.handle_cancel(t0);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Respond(Final::Generated {
+            code: 487,
+            reason: "Request Terminated"
+        })]
+    );
+}
+
+#[test]
 fn no_branch_is_480_and_non_invite_never_cancels() {
     let t0 = Instant::now();
     let mut f = Fork::new(t0, 0, true, RING);

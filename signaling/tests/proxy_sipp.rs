@@ -111,7 +111,17 @@ fn call(server: SocketAddr, ports: &[u16], uas: &[&str], uac: &str, service: &st
         .zip(ports)
         .map(|(s, p)| (format!("{s}@{p}"), spawn_uas(s, *p)))
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
+    // Each device's sipp must be listening before the INVITE forks to it.
+    for p in ports.iter().take(uas.len()) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while UdpSocket::bind(("127.0.0.1", *p)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sipp did not bind {p}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut cmd = Command::new("sipp");
     cmd.arg(server.to_string())
         .arg("-sf")
@@ -282,6 +292,30 @@ async fn sipp_call_forking() {
             "call_uas_ring_any.xml",
         ],
         "call_uac_decline.xml",
+        LOGIN,
+    )
+    .await
+    .unwrap();
+    // The caller hangs up while three devices ring: CANCEL reaches every branch.
+    run(
+        &[
+            "call_uas_ring_cancelled.xml",
+            "call_uas_ring_cancelled.xml",
+            "call_uas_ring_cancelled.xml",
+        ],
+        "call_uac_cancel.xml",
+        LOGIN,
+    )
+    .await
+    .unwrap();
+    // MESSAGE is forked too: one device refuses, two take it; the sender gets 200.
+    run(
+        &[
+            "message_uas_reject.xml",
+            "message_uas_accept.xml",
+            "message_uas_accept.xml",
+        ],
+        "message_uac.xml",
         LOGIN,
     )
     .await

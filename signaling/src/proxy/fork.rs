@@ -74,6 +74,8 @@ pub struct Fork {
     branches: Vec<BranchState>,
     /// Set once the final response went upstream.
     answered: bool,
+    /// The caller sent CANCEL: branches that never answered count as 487.
+    caller_cancelled: bool,
     /// When the ring timeout ends the request (INVITE only).
     deadline: Option<Instant>,
     actions: VecDeque<Action>,
@@ -88,6 +90,7 @@ impl Fork {
             invite,
             branches: vec![BranchState::Calling { cancel: None }; branches],
             answered: false,
+            caller_cancelled: false,
             deadline: invite.then(|| now + ring_timeout),
             actions: VecDeque::new(),
         };
@@ -210,10 +213,7 @@ impl Fork {
                     self.cancel_pending(Some(branch), CancelReason::GlobalFailure(code));
                     return;
                 }
-                if self.all_done() {
-                    let best = self.best();
-                    self.finish(best);
-                }
+                self.finish_if_settled();
             }
             _ => {}
         }
@@ -225,21 +225,31 @@ impl Fork {
         if self.answered {
             return;
         }
+        self.caller_cancelled = true;
         self.cancel_pending(None, CancelReason::CallerCancelled);
-        // Branches still waiting for any response answer 487 for themselves at once:
-        // nothing is ringing there, and waiting for Timer B would hold the caller.
-        let waiting: Vec<usize> = self
+        self.finish_if_settled();
+    }
+
+    /// Answers upstream once every branch has its final response, or (after the
+    /// caller's CANCEL) has never answered at all: nothing rings there, and waiting for
+    /// Timer B would hold the caller. Such a branch keeps its deferred CANCEL, sent
+    /// if it answers later.
+    fn finish_if_settled(&mut self) {
+        let open = self
             .branches
             .iter()
-            .enumerate()
-            .filter(|(_, b)| matches!(b, BranchState::Calling { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        for i in waiting {
-            self.set(i, BranchState::Done(487));
-        }
-        if self.all_done() {
+            .filter(|b| !matches!(b, BranchState::Done(_)))
+            .count();
+        let silent = self
+            .branches
+            .iter()
+            .filter(|b| matches!(b, BranchState::Calling { .. }))
+            .count();
+        if open == 0 {
             let best = self.best();
+            self.finish(best);
+        } else if self.caller_cancelled && open == silent {
+            let best = self.best_with_open_as(487);
             self.finish(best);
         }
     }
@@ -290,24 +300,25 @@ impl Fork {
             };
             (class, pref, c)
         };
-        let Some(&(branch, code)) = finals.iter().min_by_key(|(_, c)| rank(*c)) else {
-            return if open_code != 0 {
-                Final::Generated {
-                    code: 408,
-                    reason: "Request Timeout",
-                }
-            } else {
-                Final::Generated {
-                    code: 480,
-                    reason: "Temporarily Unavailable",
-                }
-            };
-        };
-        if open_code != 0 && rank(open_code) < rank(code) {
-            return Final::Generated {
+        let open = match open_code {
+            487 => Final::Generated {
+                code: 487,
+                reason: "Request Terminated",
+            },
+            0 => Final::Generated {
+                code: 480,
+                reason: "Temporarily Unavailable",
+            },
+            _ => Final::Generated {
                 code: 408,
                 reason: "Request Timeout",
-            };
+            },
+        };
+        let Some(&(branch, code)) = finals.iter().min_by_key(|(_, c)| rank(*c)) else {
+            return open;
+        };
+        if open_code != 0 && rank(open_code) < rank(code) {
+            return open;
         }
         let auth_from = if code == 401 || code == 407 {
             finals
