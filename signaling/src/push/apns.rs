@@ -173,7 +173,8 @@ impl Apns {
         let r = self
             .http
             .post(&url)
-            .bearer_auth(jwt)
+            // Written as Apple documents it.
+            .header("authorization", format!("bearer {jwt}"))
             .header("apns-push-type", kind)
             .header("apns-topic", self.topic(target, suffix))
             .header("apns-priority", priority)

@@ -1,0 +1,168 @@
+//! A local mock push service for tests: an axum server on 127.0.0.1:0 that speaks
+//! HTTP/1.1 and HTTP/2 (cleartext prior knowledge, as the APNs client uses for
+//! `http://` base URLs), records every request and answers from a script.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, Version};
+use axum::response::{IntoResponse, Response};
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct MockState {
+    requests: Vec<Recorded>,
+    /// Per path prefix: answers used in order; when empty, `fallback`.
+    script: Vec<(String, VecDeque<Answer>)>,
+    fallback: Vec<(String, Answer)>,
+}
+
+#[derive(Clone)]
+pub struct Mock {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<MockState>>,
+}
+
+impl Mock {
+    pub async fn start() -> Mock {
+        let state = Arc::new(Mutex::new(MockState::default()));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Mock { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers for requests whose path starts with `prefix`, in order.
+    pub fn script(&self, prefix: &str, answers: Vec<Answer>) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push((prefix.to_owned(), answers.into()));
+    }
+
+    /// The answer once the script for `prefix` is used up (default 200 "{}").
+    pub fn always(&self, prefix: &str, answer: Answer) {
+        self.state
+            .lock()
+            .unwrap()
+            .fallback
+            .push((prefix.to_owned(), answer));
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn requests_to(&self, prefix: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect()
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<MockState>>>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let answer = {
+        let mut st = state.lock().unwrap();
+        st.requests.push(Recorded {
+            method,
+            path: path.clone(),
+            version,
+            headers,
+            body,
+        });
+        let scripted = st
+            .script
+            .iter_mut()
+            .find(|(p, q)| path.starts_with(p.as_str()) && !q.is_empty())
+            .and_then(|(_, q)| q.pop_front());
+        scripted.or_else(|| {
+            st.fallback
+                .iter()
+                .find(|(p, _)| path.starts_with(p.as_str()))
+                .map(|(_, a)| a.clone())
+        })
+    };
+    let answer = answer.unwrap_or_else(|| Answer::status(200, "{}"));
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    let mut resp = (
+        StatusCode::from_u16(answer.status).unwrap(),
+        answer.body.clone(),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in answer.headers {
+        resp.headers_mut()
+            .insert(k, axum::http::HeaderValue::from_str(&v).unwrap());
+    }
+    resp
+}
