@@ -180,11 +180,11 @@ async fn udp_registration_flows() {
     assert!(handle.bindings(account).is_empty());
 
     // Unknown method: 501; known but not allowed here: 405 with Allow; OPTIONS: 200;
-    // INVITE to the account with no device registered: 480 from the proxy.
+    // INVITE from a caller claiming our domain: 407 from the proxy.
     for (method, code) in [
         ("FOOBAR", 501u16),
-        ("SUBSCRIBE", 405),
-        ("INVITE", 480),
+        ("PUBLISH", 405),
+        ("INVITE", 407),
         ("OPTIONS", 200),
     ] {
         let msg = format!(

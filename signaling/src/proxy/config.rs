@@ -11,6 +11,12 @@ pub struct ProxyConfig {
     pub ring_timeout_secs: u64,
     /// Most forked requests in progress at once; more are answered 503.
     pub max_transactions: usize,
+    /// Most simultaneous outgoing calls per account (ringing or established); a further
+    /// INVITE is answered 403 "Outgoing Call Limit Reached".
+    pub max_outgoing_calls: usize,
+    /// An outgoing call whose BYE the proxy never saw stops counting against the limit
+    /// after this many seconds.
+    pub max_call_secs: u64,
 }
 
 impl Default for ProxyConfig {
@@ -18,6 +24,8 @@ impl Default for ProxyConfig {
         ProxyConfig {
             ring_timeout_secs: 60,
             max_transactions: 10_000,
+            max_outgoing_calls: 5,
+            max_call_secs: 4 * 3600,
         }
     }
 }
@@ -30,6 +38,12 @@ impl ProxyConfig {
         }
         if self.max_transactions == 0 {
             return Err("proxy.max_transactions: must be at least 1".into());
+        }
+        if self.max_outgoing_calls == 0 {
+            return Err("proxy.max_outgoing_calls: must be at least 1".into());
+        }
+        if self.max_call_secs < 60 {
+            return Err("proxy.max_call_secs: must be at least 60".into());
         }
         Ok(())
     }

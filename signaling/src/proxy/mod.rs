@@ -25,9 +25,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::model::Binding;
-use crate::registrar::{new_tag, Origin, RegistrarHandle};
-use crate::sip::grammar::{self, SipUri};
+use crate::model::{AccountId, Binding};
+use crate::registrar::core::AuthDecision;
+use crate::registrar::{new_tag, unix_now, Origin, RegistrarHandle};
+use crate::sip::grammar::{self, AuthParams, SipUri};
 use crate::sip::message::{HeaderName, Message, ResponseBuilder};
 use crate::sip::server::Upstream;
 use crate::sip::transaction::{ClientInvite, ClientNonInvite, Event, TimerConfig};
@@ -95,6 +96,31 @@ pub(crate) struct Proxy {
     routes: Mutex<HashMap<String, (mpsc::Sender<Input>, usize)>>,
     /// Server INVITE transaction key -> its task, for the caller's CANCEL.
     calls: Mutex<HashMap<String, mpsc::Sender<Input>>>,
+    /// Outgoing calls of authenticated callers, for the per-account limit.
+    outgoing: Mutex<Outgoing>,
+}
+
+/// Outgoing calls per account: counted from the INVITE until a non-2xx final
+/// response, or until the BYE of the established call passes through.
+#[derive(Default)]
+struct Outgoing {
+    by_call: HashMap<String, (AccountId, Instant)>,
+}
+
+impl Outgoing {
+    fn count(&mut self, account: AccountId, now: Instant, max_age: Duration) -> usize {
+        self.by_call
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < max_age);
+        self.by_call.values().filter(|(a, _)| *a == account).count()
+    }
+}
+
+/// Who sent a request that starts something (INVITE, MESSAGE, SUBSCRIBE).
+enum Caller {
+    /// From names no account of ours: a caller from the outside.
+    External,
+    /// Authenticated as this account.
+    Account(AccountId),
 }
 
 /// A decision for a new request.
@@ -125,6 +151,125 @@ impl Proxy {
             offline: Arc::new(Unavailable),
             routes: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            outgoing: Mutex::new(Outgoing::default()),
+        }
+    }
+
+    /// Digest authentication of a caller that claims one of our accounts in From
+    /// (RFC 3261 22.3: 407 with Proxy-Authenticate, credentials in
+    /// Proxy-Authorization), with the registrar's nonces, replay and ban rules.
+    async fn authenticate_caller(
+        &self,
+        msg: &Message<'_>,
+        origin: Origin,
+        top_via: &str,
+        tag: &str,
+    ) -> Result<Caller, Vec<u8>> {
+        let method = msg.method().unwrap_or("");
+        let reply = |code: u16, reason: &str| {
+            ResponseBuilder::new(msg, code, reason, top_via, Some(tag)).finish()
+        };
+        let Some(from) = msg.from() else {
+            return Err(reply(400, "Bad Request"));
+        };
+        let Some(uri) = SipUri::parse(from.uri) else {
+            return Ok(Caller::External);
+        };
+        if !self.is_us(uri.host, uri.port, uri.secure, origin.local) {
+            return Ok(Caller::External);
+        }
+        let identity = uri
+            .user_decoded()
+            .map(|u| u.split(';').next().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        let now = unix_now();
+        let ip = origin.source.ip();
+        let challenge = |stale: bool| {
+            let random: [u8; 8] = rand::random();
+            let values = match self.registrar.inner.core.lock() {
+                Ok(c) => c.challenges(now, random, stale),
+                Err(_) => Vec::new(),
+            };
+            let mut r = ResponseBuilder::new(
+                msg,
+                407,
+                "Proxy Authentication Required",
+                top_via,
+                Some(tag),
+            );
+            for v in &values {
+                r = r.header("Proxy-Authenticate", v);
+            }
+            r.finish()
+        };
+        if self
+            .registrar
+            .inner
+            .core
+            .lock()
+            .map(|c| c.is_banned(ip, now))
+            .unwrap_or(false)
+        {
+            return Err(reply(403, "Forbidden"));
+        }
+        let auths: Vec<AuthParams<'_>> = msg
+            .headers_named(HeaderName::ProxyAuthorization)
+            .filter_map(|h| AuthParams::parse(&h.value))
+            .collect();
+        let ours = auths.iter().any(|a| {
+            a.scheme.eq_ignore_ascii_case("Digest") && a.get("realm") == Some(self.realm.as_str())
+        });
+        if !ours {
+            return Err(challenge(false));
+        }
+        let account = match self.registrar.inner.store.find_account(&identity).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                return Err(reply(500, "Server Internal Error"));
+            }
+        };
+        let decision = match self.registrar.inner.core.lock() {
+            Ok(mut c) => c.authenticate(&auths, method, account.as_ref(), ip, now),
+            Err(_) => return Err(reply(500, "Server Internal Error")),
+        };
+        match (decision, account) {
+            (AuthDecision::Accept, Some(a)) => Ok(Caller::Account(a.id)),
+            (AuthDecision::Challenge { stale }, _) => Err(challenge(stale)),
+            (AuthDecision::Retry { .. }, _) => Err(challenge(false)),
+            (AuthDecision::Forbidden { banned }, _) => {
+                if banned {
+                    tracing::warn!(
+                        source = %crate::registrar::redact(ip),
+                        "source banned after repeated proxy authentication failures"
+                    );
+                }
+                Err(reply(403, "Forbidden"))
+            }
+            (AuthDecision::Accept, None) => Err(reply(403, "Forbidden")),
+        }
+    }
+
+    /// Counts an outgoing call against its account's limit; false beyond the limit.
+    fn admit_call(&self, account: AccountId, call_id: &str) -> bool {
+        let Ok(mut o) = self.outgoing.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let max_age = Duration::from_secs(self.cfg.max_call_secs);
+        if o.by_call.contains_key(call_id) {
+            return true;
+        }
+        if o.count(account, now, max_age) >= self.cfg.max_outgoing_calls {
+            return false;
+        }
+        o.by_call.insert(call_id.to_owned(), (account, now));
+        true
+    }
+
+    fn release_call(&self, call_id: &str) {
+        if let Ok(mut o) = self.outgoing.lock() {
+            o.by_call.remove(call_id);
         }
     }
 
@@ -318,6 +463,11 @@ impl Proxy {
         let in_dialog = msg.to().is_some_and(|t| t.params.contains("tag"));
 
         if in_dialog || popped > 0 {
+            if method == "BYE" {
+                if let Some(c) = msg.call_id() {
+                    self.release_call(c);
+                }
+            }
             // RFC 3261 16.4 / 16.12: loose routing. We only send where one of our own
             // flow tokens points (anything else would make us an open relay).
             if next_route.is_some() {
@@ -357,25 +507,49 @@ impl Proxy {
                 invite_key,
                 method == "INVITE",
                 vec![(hop, branch, bytes)],
+                None,
             );
         }
 
-        // Out of dialog, to an address of record of ours.
+        // Out of dialog: who is calling (RFC 3261 22.3)?
+        let mut counted_call = None;
+        if matches!(method, "INVITE" | "MESSAGE" | "SUBSCRIBE") {
+            match self.authenticate_caller(msg, origin, top_via, &tag).await {
+                Ok(Caller::External) => {}
+                Ok(Caller::Account(account)) => {
+                    if method == "INVITE" {
+                        let call_id = msg.call_id().unwrap_or("");
+                        if !self.admit_call(account, call_id) {
+                            return reply(403, "Outgoing Call Limit Reached");
+                        }
+                        counted_call = Some(call_id.to_owned());
+                    }
+                }
+                Err(bytes) => return Handled::Reply(bytes),
+            }
+        }
+        let release = |h: Handled| {
+            if let (Handled::Reply(_), Some(c)) = (&h, &counted_call) {
+                self.release_call(c);
+            }
+            h
+        };
+        // To an address of record of ours.
         let Some(uri) = msg.request_uri().and_then(SipUri::parse) else {
-            return reply(416, "Unsupported URI Scheme");
+            return release(reply(416, "Unsupported URI Scheme"));
         };
         if !self.is_us(uri.host, uri.port, uri.secure, origin.local) {
-            return reply(404, "Not Found");
+            return release(reply(404, "Not Found"));
         }
         if !matches!(method, "INVITE" | "MESSAGE") {
-            return Handled::Reply(
+            return release(Handled::Reply(
                 ResponseBuilder::new(msg, 405, "Method Not Allowed", top_via, Some(&tag))
                     .header("Allow", crate::sip::server::ALLOW)
                     .finish(),
-            );
+            ));
         }
         let Some(identity) = uri.user_decoded() else {
-            return reply(404, "Not Found");
+            return release(reply(404, "Not Found"));
         };
         let identity = identity.split(';').next().unwrap_or("").to_owned();
         let account = match self.registrar.inner.store.find_account(&identity).await {
@@ -383,13 +557,13 @@ impl Proxy {
             Ok(None) => return reply(404, "Not Found"),
             Err(e) => {
                 tracing::error!(error = %e, "account lookup failed");
-                return reply(500, "Server Internal Error");
+                return release(reply(500, "Server Internal Error"));
             }
         };
         let bindings = self.registrar.bindings(account.id);
         if bindings.is_empty() {
             let (code, reason) = self.offline.no_live_binding(account.id, method);
-            return reply(code, reason);
+            return release(reply(code, reason));
         }
         let record = method == "INVITE";
         let mut branches = Vec::with_capacity(bindings.len());
@@ -431,18 +605,21 @@ impl Proxy {
         }
         if branches.is_empty() {
             let (code, reason) = self.offline.no_live_binding(account.id, method);
-            return reply(code, reason);
+            return release(reply(code, reason));
         }
-        self.start_fork(
+        let outgoing = counted_call.clone();
+        release(self.start_fork(
             raw,
             top_via,
             upstream,
             invite_key,
             method == "INVITE",
             branches,
-        )
+            outgoing,
+        ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_fork(
         self: &Arc<Self>,
         raw: &[u8],
@@ -451,6 +628,7 @@ impl Proxy {
         invite_key: &str,
         invite: bool,
         branches: Vec<(Hop, String, Vec<u8>)>,
+        outgoing_call: Option<String>,
     ) -> Handled {
         let (tx, rx) = mpsc::channel(64);
         {
@@ -485,6 +663,8 @@ impl Proxy {
             to_tag: new_tag(),
             invite_key: invite_key.to_owned(),
             fork: Fork::new(now, branches.len(), invite, ring),
+            outgoing_call,
+            answered_2xx: false,
             branches: branches
                 .into_iter()
                 .map(|(hop, id, bytes)| {
@@ -653,6 +833,10 @@ struct Call {
     to_tag: String,
     invite_key: String,
     fork: Fork,
+    /// Call-ID counted against the caller's outgoing call limit: released unless a
+    /// 2xx established the call (then its BYE releases it).
+    outgoing_call: Option<String>,
+    answered_2xx: bool,
     branches: Vec<BranchCtx>,
     rx: mpsc::Receiver<Input>,
 }
@@ -717,6 +901,9 @@ impl Call {
         }
         if let Ok(mut c) = self.proxy.calls.lock() {
             c.remove(&self.invite_key);
+        }
+        if let (Some(c), false) = (&self.outgoing_call, self.answered_2xx) {
+            self.proxy.release_call(c);
         }
     }
 
@@ -794,6 +981,7 @@ impl Call {
         while let Some(a) = self.fork.poll_action() {
             match a {
                 Action::Forward { branch, code } => {
+                    self.answered_2xx |= (200..300).contains(&code);
                     let bytes = self
                         .branches
                         .get(branch)
@@ -834,6 +1022,13 @@ impl Call {
                 }
                 Action::Respond(f) => {
                     let (code, bytes) = self.final_bytes(f);
+                    if !(200..300).contains(&code) {
+                        // The call failed: it stops counting against the limit now,
+                        // not when the last branch's transaction ends.
+                        if let Some(c) = self.outgoing_call.take() {
+                            self.proxy.release_call(&c);
+                        }
+                    }
                     if !bytes.is_empty() {
                         self.upstream.respond(code, bytes).await;
                     }

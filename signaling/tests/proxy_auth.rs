@@ -1,0 +1,372 @@
+//! Proxy authentication of callers (RFC 3261 22.3: 407, Proxy-Authorization), the
+//! per-account outgoing call limit, CANCEL never challenged, Max-Forwards (483) and
+//! loop detection (482), against the whole server started in-process over UDP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tandem_signaling::proxy::{msg::loop_hash, ProxyConfig};
+use tandem_signaling::registrar::digest::{client_response, Algorithm};
+use tandem_signaling::sip::message::{HeaderName, Message};
+use tandem_signaling::sip::SipConfig;
+use tandem_signaling::SignalingConfig;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "proxy-auth-admin-token-0123456789";
+const REALM: &str = "tandem.local";
+const PASSWORD: &str = "s3cret-passw0rd";
+
+fn r() -> u64 {
+    rand::random()
+}
+
+async fn recv(sock: &UdpSocket, wait: Duration) -> Option<String> {
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(wait, sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Sends `msg` and returns the first response that is not 100 Trying.
+async fn exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    sock.send_to(msg.as_bytes(), to).await.unwrap();
+    loop {
+        let m = recv(sock, Duration::from_secs(5))
+            .await
+            .expect("response in time");
+        if !m.starts_with("SIP/2.0 100") {
+            return m;
+        }
+    }
+}
+
+fn status(m: &str) -> u16 {
+    Message::parse(m.as_bytes()).unwrap().status().unwrap()
+}
+
+fn challenge(resp: &str, header: &str, alg: &str) -> String {
+    let m = Message::parse(resp.as_bytes()).unwrap();
+    let found: Option<String> = m
+        .headers_named(HeaderName::parse(header))
+        .map(|h| h.value.to_string())
+        .find(|v| v.contains(&format!("algorithm={alg}")));
+    found.unwrap_or_else(|| panic!("no {alg} {header} in {resp}"))
+}
+
+fn nonce(ch: &str) -> String {
+    let i = ch.find("nonce=\"").unwrap() + 7;
+    ch[i..].split('"').next().unwrap().to_owned()
+}
+
+struct Invite {
+    me: SocketAddr,
+    from: String,
+    to: String,
+    call_id: String,
+    branch: String,
+    max_forwards: u32,
+    auth: Option<String>,
+    extra: String,
+}
+
+impl Invite {
+    fn new(me: SocketAddr, from: &str, to: &str) -> Invite {
+        Invite {
+            me,
+            from: from.into(),
+            to: to.into(),
+            call_id: format!("c{}", r()),
+            branch: format!("z9hG4bK{}", r()),
+            max_forwards: 70,
+            auth: None,
+            extra: String::new(),
+        }
+    }
+    fn build(&self, method: &str) -> String {
+        let mut m = format!(
+            "{method} {to} SIP/2.0\r\n{extra}Via: SIP/2.0/UDP {me};rport;branch={b}\r\nMax-Forwards: {mf}\r\nFrom: <{from}>;tag=f1\r\nTo: <{to}>\r\nCall-ID: {c}\r\nCSeq: 1 {method}\r\nContact: <sip:caller@{me}>\r\n",
+            to = self.to,
+            extra = self.extra,
+            me = self.me,
+            b = self.branch,
+            mf = self.max_forwards,
+            from = self.from,
+            c = self.call_id,
+        );
+        if let Some(a) = &self.auth {
+            m.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+        }
+        m.push_str("Content-Length: 0\r\n\r\n");
+        m
+    }
+}
+
+async fn api(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Value,
+) -> Value {
+    let req = client.post(format!("{base}{path}"));
+    let req = match auth {
+        None => req.bearer_auth(ADMIN),
+        Some(login) => req.basic_auth(login, Some(PASSWORD)),
+    };
+    let resp = req.json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn callers_authenticate_and_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalingConfig {
+        data_dir: dir.path().to_path_buf(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: None,
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        proxy: ProxyConfig {
+            max_outgoing_calls: 1,
+            ..ProxyConfig::default()
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        ..SignalingConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    for login in ["alice", "bob"] {
+        api(
+            &client,
+            &base,
+            "/accounts",
+            None,
+            json!({"login": login, "password": PASSWORD}),
+        )
+        .await;
+    }
+    let inst = "urn:uuid:00000000-0000-4000-8000-00000000b0b1";
+    api(
+        &client,
+        &base,
+        "/me/devices",
+        Some("bob"),
+        json!({"instance_id": inst, "class": "mobile", "name": "bob's phone"}),
+    )
+    .await;
+
+    // Bob's device registers and then never answers an INVITE.
+    let dev = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dme = dev.local_addr().unwrap();
+    let reg = |cseq: u32, auth: Option<String>| {
+        format!(
+            "REGISTER sip:{REALM} SIP/2.0\r\nVia: SIP/2.0/UDP {dme};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:bob@{REALM}>;tag=r\r\nTo: <sip:bob@{REALM}>\r\nCall-ID: reg-bob\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:bob@{dme}>;+sip.instance=\"<{inst}>\"\r\nExpires: 600\r\n{}Content-Length: 0\r\n\r\n",
+            r(),
+            auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default()
+        )
+    };
+    let first = exchange(&dev, sip, &reg(1, None)).await;
+    let n = nonce(&challenge(&first, "WWW-Authenticate", "MD5"));
+    let a = client_response(
+        Algorithm::Md5,
+        "bob",
+        REALM,
+        PASSWORD,
+        "REGISTER",
+        &format!("sip:{REALM}"),
+        &n,
+        1,
+        "cn",
+    );
+    assert_eq!(status(&exchange(&dev, sip, &reg(2, Some(a))).await), 200);
+
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let bob = format!("sip:bob@{REALM}");
+    let alice = format!("sip:alice@{REALM}");
+
+    // A caller claiming our account alice is challenged with 407 (both algorithms);
+    // nothing reaches bob's device.
+    let inv = Invite::new(me, &alice, &bob);
+    let resp = exchange(&caller, sip, &inv.build("INVITE")).await;
+    assert_eq!(status(&resp), 407, "{resp}");
+    let ch = challenge(&resp, "Proxy-Authenticate", "SHA-256");
+    challenge(&resp, "Proxy-Authenticate", "MD5");
+    assert!(recv(&dev, Duration::from_millis(200)).await.is_none());
+    // The hop-by-hop ACK for the 407.
+    caller
+        .send_to(
+            inv.build("ACK")
+                .replace(
+                    "To: <sip:bob@tandem.local>",
+                    &format!(
+                        "To: {}",
+                        Message::parse(resp.as_bytes())
+                            .unwrap()
+                            .header(HeaderName::To)
+                            .unwrap()
+                    ),
+                )
+                .as_bytes(),
+            sip,
+        )
+        .await
+        .unwrap();
+
+    // Wrong password: challenged again.
+    let n = nonce(&ch);
+    let mut inv2 = Invite::new(me, &alice, &bob);
+    inv2.auth = Some(client_response(
+        Algorithm::Sha256,
+        "alice",
+        REALM,
+        "wrong-password",
+        "INVITE",
+        &bob,
+        &n,
+        1,
+        "x1",
+    ));
+    assert_eq!(
+        status(&exchange(&caller, sip, &inv2.build("INVITE")).await),
+        407
+    );
+
+    // Right credentials: forwarded to the device with our Via, Record-Route and
+    // Max-Forwards one lower.
+    let mut call1 = Invite::new(me, &alice, &bob);
+    call1.auth = Some(client_response(
+        Algorithm::Sha256,
+        "alice",
+        REALM,
+        PASSWORD,
+        "INVITE",
+        &bob,
+        &n,
+        2,
+        "x2",
+    ));
+    caller
+        .send_to(call1.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    let trying = recv(&caller, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(status(&trying), 100, "{trying}");
+    let fwd = recv(&dev, Duration::from_secs(5))
+        .await
+        .expect("INVITE at the device");
+    let fm = Message::parse(fwd.as_bytes()).unwrap();
+    assert_eq!(fm.method(), Some("INVITE"));
+    assert_eq!(fm.request_uri(), Some(format!("sip:bob@{dme}").as_str()));
+    assert_eq!(fm.header(HeaderName::MaxForwards), Some("69"));
+    assert_eq!(fm.vias().unwrap().len(), 2);
+    assert_eq!(fm.list(HeaderName::RecordRoute).unwrap().len(), 2);
+    assert!(fm.header(HeaderName::ProxyAuthorization).is_some());
+
+    // A second simultaneous call is over alice's limit of 1.
+    let mut call2 = Invite::new(me, &alice, &bob);
+    call2.auth = Some(client_response(
+        Algorithm::Sha256,
+        "alice",
+        REALM,
+        PASSWORD,
+        "INVITE",
+        &bob,
+        &n,
+        3,
+        "x3",
+    ));
+    let resp = exchange(&caller, sip, &call2.build("INVITE")).await;
+    assert!(
+        resp.starts_with("SIP/2.0 403 Outgoing Call Limit Reached"),
+        "{resp}"
+    );
+
+    // CANCEL is never challenged: 200, then 487 for the INVITE at once (the device
+    // never answered, so nothing rings there).
+    let resp = exchange(&caller, sip, &call1.build("CANCEL")).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = recv(&caller, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(status(&resp), 487, "{resp}");
+
+    // The limit is free again.
+    let mut call3 = Invite::new(me, &alice, &bob);
+    call3.auth = Some(client_response(
+        Algorithm::Md5,
+        "alice",
+        REALM,
+        PASSWORD,
+        "INVITE",
+        &bob,
+        &n,
+        4,
+        "x4",
+    ));
+    caller
+        .send_to(call3.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&recv(&caller, Duration::from_secs(5)).await.unwrap()),
+        100
+    );
+    // A replayed nonce-count is refused.
+    let mut replay = Invite::new(me, &alice, &bob);
+    replay.auth = call3.auth.clone();
+    let resp = exchange(&caller, sip, &replay.build("INVITE")).await;
+    assert!(matches!(status(&resp), 403 | 407), "{resp}");
+
+    // A caller from the outside (From not ours) is not challenged.
+    let ext = Invite::new(me, "sip:carol@example.org", &bob);
+    caller
+        .send_to(ext.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&recv(&caller, Duration::from_secs(5)).await.unwrap()),
+        100
+    );
+
+    // Max-Forwards 0: 483.
+    let mut mf = Invite::new(me, "sip:carol@example.org", &bob);
+    mf.max_forwards = 0;
+    assert_eq!(
+        status(&exchange(&caller, sip, &mf.build("INVITE")).await),
+        483
+    );
+
+    // A request that already went through us unchanged: 482 Loop Detected.
+    let looped = Invite::new(me, "sip:carol@example.org", &bob);
+    let text = looped.build("INVITE");
+    let hash = loop_hash(&Message::parse(text.as_bytes()).unwrap());
+    let mut looped2 = Invite::new(me, "sip:carol@example.org", &bob);
+    looped2.call_id = looped.call_id.clone();
+    looped2.extra = format!("Via: SIP/2.0/UDP {sip};branch=z9hG4bK{hash}.1234\r\n");
+    // Our Via below the sender's: build puts `extra` first, so swap to keep the
+    // sender's on top.
+    let t = looped2.build("INVITE");
+    let mut lines: Vec<&str> = t.split("\r\n").collect();
+    lines.swap(1, 2);
+    let t = lines.join("\r\n");
+    assert_eq!(status(&exchange(&caller, sip, &t).await), 482);
+
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
