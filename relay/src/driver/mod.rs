@@ -25,8 +25,12 @@ use crate::turn::{
 };
 use ports::RelayTable;
 
-/// Largest UDP payload handled.
+/// Largest UDP payload handled on a listening socket.
 const MAX_DATAGRAM: usize = 65_535;
+/// Largest datagram relayed from a peer. Each relayed socket has its own buffer, so
+/// this bounds memory per allocation (a full 64 KiB would cost 4 GiB at 65536
+/// allocations); larger datagrams are dropped rather than truncated.
+const MAX_PEER_DATAGRAM: usize = 4096;
 /// Longest sleep of the timer task, so newly scheduled timers are never late by more.
 const TIMER_CAP: Duration = Duration::from_millis(250);
 
@@ -233,12 +237,13 @@ async fn peer_loop(
     sock: Arc<UdpSocket>,
     cancel: CancellationToken,
 ) {
-    let mut buf = vec![0u8; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM];
+    // One spare byte tells a datagram that did not fit from one that filled the buffer.
+    let mut buf = vec![0u8; PEER_HEADROOM + MAX_PEER_DATAGRAM + 1 + PEER_TAILROOM];
     loop {
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = inner.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM]) => match r {
+            r = sock.recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_DATAGRAM + 1]) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(error = %e, "recv on relayed socket");
