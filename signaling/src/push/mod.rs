@@ -12,6 +12,7 @@
 
 pub mod apns;
 pub mod config;
+pub mod deferred;
 pub mod fcm;
 pub mod payload;
 pub mod webhook;
