@@ -347,6 +347,8 @@ impl Plan<'_> {
             self.duration.to_string(),
             "--server-pid".into(),
             s.child.id().to_string(),
+            "--server-cpu".into(),
+            "0".into(),
             "--json".into(),
         ];
         a.extend(target_args(c));
@@ -685,7 +687,7 @@ fn empty_report() -> LoadReport {
         "sent": 0, "send_errors": 0, "sent_pps": 0.0, "unsent": 0, "received": 0, "duplicates": 0, "lost": 0, "loss_pct": 0.0,
         "delivered_pps": 0.0, "forwarded_pps": 0.0, "rtt_p50_us": 0.0, "rtt_p99_us": 0.0,
         "rtt_p999_us": 0.0, "rtt_max_us": 0.0, "server_cpu_ns_per_packet": null,
-        "server_cpu_util": null, "server_rss_kib": null, "server_rss_bytes_per_allocation": null,
+        "server_cpu_util": null, "server_cpu_other": null, "server_rss_kib": null, "server_rss_bytes_per_allocation": null,
         "setup_s": 0.0
     }))
     .expect("static report")
@@ -706,6 +708,7 @@ pub struct Row {
     pub p999_us: f64,
     pub cpu_ns_per_packet: Option<f64>,
     pub cpu_util: Option<f64>,
+    pub cpu0_other: Option<f64>,
     pub rss_bytes_per_allocation: Option<f64>,
 }
 
@@ -772,6 +775,7 @@ impl Report {
                         p999_us: med(&|r| r.rtt_p999_us).unwrap_or(0.0),
                         cpu_ns_per_packet: medo(&|r| r.server_cpu_ns_per_packet),
                         cpu_util: medo(&|r| r.server_cpu_util),
+                        cpu0_other: medo(&|r| r.server_cpu_other),
                         rss_bytes_per_allocation: medo(&|r| r.server_rss_bytes_per_allocation),
                     });
                 }
@@ -940,15 +944,18 @@ impl Report {
         for (m, v) in &self.floor_limit {
             let _ = writeln!(s, "- Floor ({m}): the forwarder carried up to {v:.0} round trips/s with under {LOSSLESS_PCT}% loss (bisection); the load levels below are fractions of this.");
         }
-        let _ = writeln!(s, "\nRTT is round-trip time from the scheduled send time (open loop). CPU is the server's utime+stime over the run divided by the packets it forwarded (a packet entering the server and leaving it once: 2 per round trip in peer mode, 4 in client-to-client mode, where each leg goes client -> relayed address -> partner relayed address -> partner).\n");
+        let _ = writeln!(s, "\nRTT is round-trip time from the scheduled send time (open loop). CPU is the server's utime+stime over the run divided by the packets it forwarded (a packet entering the server and leaving it once: 2 per round trip in peer mode, 4 in client-to-client mode, where each leg goes client -> relayed address -> partner relayed address -> partner). \"CPU 0 other\" is how busy the server's CPU was with anything but the server process (other processes, and loopback interrupt work not charged to the server): a high value means a noisy machine and loss that is not the server's alone.\n");
         for mode in ["client-to-client", "peer"] {
             let _ = writeln!(s, "## {mode}\n");
-            let _ = writeln!(s, "| contender | load | offered rt/s | sent rt/s | delivered rt/s | loss % | p50 us | p99 us | p99.9 us | CPU ns/pkt | CPU % |");
-            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(s, "| contender | load | offered rt/s | sent rt/s | delivered rt/s | loss % | p50 us | p99 us | p99.9 us | CPU ns/pkt | CPU % | CPU 0 other % |");
+            let _ = writeln!(
+                s,
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             for r in self.rows.iter().filter(|r| r.mode == mode) {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
                     r.contender,
                     r.label,
                     r.offered_pps,
@@ -962,6 +969,9 @@ impl Report {
                         .map(|v| format!("{v:.0}"))
                         .unwrap_or("-".into()),
                     r.cpu_util
+                        .map(|v| format!("{:.0}", v * 100.0))
+                        .unwrap_or("-".into()),
+                    r.cpu0_other
                         .map(|v| format!("{:.0}", v * 100.0))
                         .unwrap_or("-".into()),
                 );

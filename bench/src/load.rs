@@ -57,6 +57,8 @@ pub struct LoadConfig {
     pub size: usize,
     pub duration: Duration,
     pub server_pid: Option<u32>,
+    /// The CPU the server is pinned to: report how busy it was with other work.
+    pub server_cpu: Option<usize>,
     pub progress: bool,
 }
 
@@ -96,6 +98,11 @@ pub struct LoadReport {
     pub server_cpu_ns_per_packet: Option<f64>,
     /// Share of one CPU the server used during the run.
     pub server_cpu_util: Option<f64>,
+    /// Share of the server's CPU (`--server-cpu`) busy with anything but the server
+    /// process during the run (other processes, and interrupt work not charged to the
+    /// server): a noisy-neighbour indicator.
+    #[serde(default)]
+    pub server_cpu_other: Option<f64>,
     pub server_rss_kib: Option<u64>,
     /// (RSS after setup - RSS before) / allocations, in bytes.
     pub server_rss_bytes_per_allocation: Option<f64>,
@@ -332,6 +339,7 @@ fn datapath(
     let mut rx = RecvBatch::default();
     let mut events = vec![EpollEvent::empty(); 256];
     let cpu0 = cfg.server_pid.and_then(cpu_ns);
+    let core0 = cfg.server_cpu.and_then(crate::procstat::cpu_ticks);
     let start = mono_ns() + 2_000_000;
     let end_of_sends = start + (total as f64 * interval) as u64;
     let hard_end = end_of_sends + DRAIN.as_nanos() as u64;
@@ -444,6 +452,14 @@ fn datapath(
     }
     let elapsed_ns = mono_ns().saturating_sub(start).max(1);
     let cpu1 = cfg.server_pid.and_then(cpu_ns);
+    let core1 = cfg.server_cpu.and_then(crate::procstat::cpu_ticks);
+    let other = match (core0, core1, cpu0, cpu1) {
+        (Some((b0, t0)), Some((b1, t1)), Some(s0), Some(s1)) if t1 > t0 => {
+            let server_ticks = (s1 - s0) as f64 * crate::procstat::ticks_per_sec() as f64 / 1e9;
+            Some((((b1 - b0) as f64 - server_ticks) / (t1 - t0) as f64).clamp(0.0, 1.0))
+        }
+        _ => None,
+    };
     pb.finish_and_clear();
     let run_s = (end_of_sends - start) as f64 / 1e9;
     // Relay traversals per round trip: peer mode is client->peer and peer->client (2);
@@ -492,6 +508,7 @@ fn datapath(
         rtt_max_us: stats.hist.max() as f64 / 1000.0,
         server_cpu_ns_per_packet: cpu_per_pkt,
         server_cpu_util: util,
+        server_cpu_other: other,
         server_rss_kib: None,
         server_rss_bytes_per_allocation: None,
         setup_s: 0.0,

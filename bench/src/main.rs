@@ -99,6 +99,9 @@ struct TurnLoadArgs {
     /// Server process id, for CPU per packet and RSS per allocation.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// CPU the server is pinned to, to report how busy it was with other work.
+    #[arg(long)]
+    server_cpu: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -158,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 size: a.size,
                 duration: secs(a.duration)?,
                 server_pid: a.server_pid,
+                server_cpu: a.server_cpu,
                 progress: !a.json,
             };
             let r = load::run(&cfg)?;
@@ -230,6 +234,12 @@ fn print_load(r: &load::LoadReport) {
             "server CPU {:.0} ns per forwarded packet ({:.0}% of a core)",
             c,
             r.server_cpu_util.unwrap_or(0.0) * 100.0
+        );
+    }
+    if let Some(o) = r.server_cpu_other {
+        println!(
+            "server's CPU busy with other work: {:.0}% (noisy-neighbour indicator)",
+            o * 100.0
         );
     }
     if let (Some(rss), Some(per)) = (r.server_rss_kib, r.server_rss_bytes_per_allocation) {

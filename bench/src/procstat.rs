@@ -8,12 +8,7 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ')' field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&h| h > 0)
-        .unwrap_or(100) as u64;
-    Some(ticks * 1_000_000_000 / hz)
+    Some(ticks * 1_000_000_000 / ticks_per_sec())
 }
 
 /// Resident set size of `pid` in KiB (VmRSS).
@@ -32,4 +27,32 @@ pub fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always there");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Ticks of one CPU from /proc/stat: (busy, total). Busy counts user, nice, system,
+/// irq, softirq and steal; total adds idle and iowait.
+pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = s
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v.try_into().ok()?;
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((busy, busy + idle + iowait))
+}
+
+/// Clock ticks per second.
+pub fn ticks_per_sec() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)
+        .unwrap_or(100) as u64
 }
