@@ -14,6 +14,30 @@ use crate::turn::{AllocationId, Family, OpenedPort, PortError, PortRequest, Rela
 /// Most bind attempts for one allocation before answering 508.
 const MAX_ATTEMPTS: usize = 512;
 
+/// Whether relayed sockets can send with the DF bit set (DONT-FRAGMENT, RFC 8656
+/// section 18.8). Where they cannot, DONT-FRAGMENT is answered as an unknown
+/// comprehension-required attribute (420), as section 7.2 says.
+const DONT_FRAGMENT_SUPPORTED: bool = cfg!(target_os = "linux");
+
+/// Sets the DF bit on every datagram sent from `sock`: path MTU discovery "do"
+/// (`IP_MTU_DISCOVER` / `IPV6_MTU_DISCOVER`), through rustix's safe wrapper. The
+/// kernel then refuses to fragment, and a datagram larger than the path MTU fails
+/// with EMSGSIZE instead of leaving in fragments.
+#[cfg(target_os = "linux")]
+fn set_dont_fragment(sock: &StdUdpSocket, family: Family) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    match family {
+        Family::V4 => sockopt::set_ip_mtu_discover(sock, sockopt::Ipv4PathMtuDiscovery::DO)?,
+        Family::V6 => sockopt::set_ipv6_mtu_discover(sock, sockopt::Ipv6PathMtuDiscovery::DO)?,
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_dont_fragment(_sock: &StdUdpSocket, _family: Family) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 pub(crate) struct RelayTable {
     ips: Vec<IpAddr>,
     min: u16,
@@ -110,8 +134,7 @@ impl RelayPorts for RelayTable {
         request: PortRequest,
         dont_fragment: bool,
     ) -> Result<OpenedPort, PortError> {
-        if dont_fragment {
-            // Setting DF needs IP_MTU_DISCOVER, which this portable driver does not use.
+        if dont_fragment && !DONT_FRAGMENT_SUPPORTED {
             return Err(PortError::DontFragment);
         }
         let ip = *self
@@ -129,6 +152,11 @@ impl RelayPorts for RelayTable {
                 .find(ip, true, reserve_next)
                 .ok_or(PortError::Exhausted)?,
         };
+        if dont_fragment {
+            // The socket is dropped (closed) on failure; the client gets 420 as from a
+            // server without DF support (RFC 8656 section 7.2).
+            set_dont_fragment(&std_sock, family).map_err(|_| PortError::DontFragment)?;
+        }
         let addr = std_sock.local_addr().map_err(|_| PortError::Exhausted)?;
         let sock = UdpSocket::from_std(std_sock).map_err(|_| PortError::Exhausted)?;
         let sock = Arc::new(sock);
@@ -158,5 +186,45 @@ impl RelayPorts for RelayTable {
     fn release_reservation(&mut self, addr: SocketAddr) {
         self.reserved.remove(&addr);
         self.used.remove(&addr);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use rustix::net::sockopt;
+
+    fn id() -> AllocationId {
+        AllocationId {
+            index: 0,
+            generation: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn dont_fragment_sets_path_mtu_discovery_do() {
+        let mut table = RelayTable::new(vec!["127.0.0.1".parse().unwrap()], 40000, 60000);
+        let opened = table
+            .open(id(), Family::V4, PortRequest::Any, true)
+            .expect("open with DF");
+        let sock = table.socket(id()).expect("socket");
+        assert_eq!(sock.local_addr().unwrap(), opened.addr);
+        assert_eq!(
+            sockopt::ip_mtu_discover(&*sock).unwrap(),
+            sockopt::Ipv4PathMtuDiscovery::DO
+        );
+        // Without DONT-FRAGMENT the kernel default stays (not "do").
+        let other = AllocationId {
+            index: 1,
+            generation: 0,
+        };
+        table
+            .open(other, Family::V4, PortRequest::Any, false)
+            .unwrap();
+        let sock = table.socket(other).unwrap();
+        assert_ne!(
+            sockopt::ip_mtu_discover(&*sock).unwrap(),
+            sockopt::Ipv4PathMtuDiscovery::DO
+        );
     }
 }
