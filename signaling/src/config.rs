@@ -42,6 +42,8 @@ pub struct SignalingConfig {
     pub registrar: RegistrarConfig,
     /// Forking proxy (`[proxy]`).
     pub proxy: crate::proxy::ProxyConfig,
+    /// Prefix dial plan for numbers that are not ours (`[dialplan]`).
+    pub dialplan: crate::proxy::DialPlanConfig,
     /// Push notifications (`[push]`, `[push.apns]`, `[push.fcm]`, `[push.webhook]`).
     pub push: crate::push::PushConfig,
     /// Deferred messages (`[messages]`).
@@ -61,6 +63,7 @@ impl Default for SignalingConfig {
             sip: SipConfig::default(),
             registrar: RegistrarConfig::default(),
             proxy: crate::proxy::ProxyConfig::default(),
+            dialplan: crate::proxy::DialPlanConfig::default(),
             push: crate::push::PushConfig::default(),
             messages: crate::push::MessagesConfig::default(),
             api: ApiConfig::default(),
@@ -342,6 +345,7 @@ impl SignalingConfig {
         self.sip.validate().map_err(ConfigError::Invalid)?;
         self.registrar.validate().map_err(ConfigError::Invalid)?;
         self.proxy.validate().map_err(ConfigError::Invalid)?;
+        self.dialplan.validate().map_err(ConfigError::Invalid)?;
         self.push.validate().map_err(ConfigError::Invalid)?;
         self.messages.validate().map_err(ConfigError::Invalid)?;
         Ok(())

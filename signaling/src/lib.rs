@@ -173,6 +173,7 @@ pub async fn start(
         &cfg.sip,
         &cfg.registrar,
         &cfg.proxy,
+        &cfg.dialplan,
         store.clone(),
         shutdown.clone(),
     )

@@ -370,3 +370,192 @@ async fn callers_authenticate_and_are_limited() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+#[test]
+fn dial_plan_longest_prefix_strip_prepend_and_offnet_mark() {
+    use tandem_signaling::proxy::dialplan::{route, DialPlanConfig, DialRoute};
+    let r = |prefix: &str, target: &str, strip: usize, prepend: &str| DialRoute {
+        prefix: prefix.into(),
+        target: target.into(),
+        strip,
+        prepend: prepend.into(),
+        name: None,
+    };
+    let plan = DialPlanConfig {
+        offnet_prefix: "int".into(),
+        routes: vec![
+            r("", "sip:10.0.0.1:5060", 0, ""),
+            r("0049", "10.0.0.2:5070", 2, ""),
+            r("00493", "sip:10.0.0.3", 4, "0"),
+        ],
+    };
+    plan.validate().unwrap();
+    let x = route(&plan, "int0049301234").unwrap();
+    assert!(x.offnet);
+    assert_eq!(x.route.target, "sip:10.0.0.3");
+    assert_eq!(x.number, "0301234");
+    let x = route(&plan, "+0049 40-12").unwrap();
+    assert!(!x.offnet);
+    assert_eq!(
+        (x.route.target.as_str(), x.number.as_str()),
+        ("10.0.0.2:5070", "494012")
+    );
+    assert_eq!(x.route.host_port(), Some(("10.0.0.2".into(), 5070)));
+    let x = route(&plan, "INT112").unwrap();
+    assert_eq!(
+        (x.route.target.as_str(), x.offnet),
+        ("sip:10.0.0.1:5060", true)
+    );
+    assert!(route(&plan, "alice").is_none(), "not a number");
+    assert!(route(&plan, "int").is_none());
+    let empty = DialPlanConfig::default();
+    assert!(route(&empty, "int0049301234").is_none());
+
+    let mut bad = plan.clone();
+    bad.routes.push(r("12a", "10.0.0.9", 0, ""));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .contains("dialplan.routes[3].prefix"));
+    let mut bad = plan.clone();
+    bad.routes.push(r("77", "sip:user@host", 0, ""));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .contains("dialplan.routes[3].target"));
+    let mut bad = plan;
+    bad.routes.push(r("0049", "10.0.0.9", 0, ""));
+    assert!(bad.validate().unwrap_err().contains("duplicate"));
+}
+
+#[tokio::test]
+async fn offnet_calls_follow_the_dial_plan_for_our_callers_only() {
+    use tandem_signaling::proxy::dialplan::{DialPlanConfig, DialRoute};
+    let gw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let gw_addr = gw.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalingConfig {
+        data_dir: dir.path().to_path_buf(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: None,
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        dialplan: DialPlanConfig {
+            offnet_prefix: "int".into(),
+            routes: vec![DialRoute {
+                prefix: "0049".into(),
+                target: format!("sip:{gw_addr}"),
+                strip: 2,
+                prepend: String::new(),
+                name: Some("Germany".into()),
+            }],
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        ..SignalingConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    api(
+        &client,
+        &base,
+        "/accounts",
+        None,
+        json!({"login": "alice", "password": PASSWORD}),
+    )
+    .await;
+
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let target = format!("sip:int0049301234@{REALM}");
+
+    // A stranger cannot call out.
+    let ext = Invite::new(me, "sip:carol@example.org", &target);
+    assert_eq!(
+        status(&exchange(&caller, sip, &ext.build("INVITE")).await),
+        404
+    );
+
+    // Alice authenticates and reaches the gateway with the number rewritten.
+    let alice = format!("sip:alice@{REALM}");
+    let inv = Invite::new(me, &alice, &target);
+    let resp = exchange(&caller, sip, &inv.build("INVITE")).await;
+    let n = nonce(&challenge(&resp, "Proxy-Authenticate", "MD5"));
+    let mut inv = Invite::new(me, &alice, &target);
+    inv.auth = Some(client_response(
+        Algorithm::Md5,
+        "alice",
+        REALM,
+        PASSWORD,
+        "INVITE",
+        &target,
+        &n,
+        1,
+        "c1",
+    ));
+    caller
+        .send_to(inv.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    let got = recv(&gw, Duration::from_secs(5))
+        .await
+        .expect("INVITE at the gateway");
+    let m = Message::parse(got.as_bytes()).unwrap();
+    assert_eq!(
+        m.request_uri(),
+        Some(format!("sip:49301234@{gw_addr}").as_str())
+    );
+    assert_eq!(m.list(HeaderName::RecordRoute).unwrap().len(), 2);
+
+    // The gateway answers 200 with the Record-Route; the caller gets it and its BYE
+    // (Route from the Record-Route, reversed) reaches the gateway.
+    let rr = m.header(HeaderName::RecordRoute).unwrap().to_owned();
+    let via_lines: String = m
+        .headers_named(HeaderName::Via)
+        .map(|h| format!("Via: {}\r\n", h.value))
+        .collect();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{via_lines}Record-Route: {rr}\r\nFrom: {}\r\nTo: {};tag=gw1\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <sip:gw@{gw_addr}>\r\nContent-Length: 0\r\n\r\n",
+        m.header(HeaderName::From).unwrap(),
+        m.header(HeaderName::To).unwrap(),
+        m.call_id().unwrap()
+    );
+    gw.send_to(ok.as_bytes(), sip).await.unwrap();
+    let resp = loop {
+        let r = recv(&caller, Duration::from_secs(5)).await.unwrap();
+        if !r.starts_with("SIP/2.0 100") {
+            break r;
+        }
+    };
+    assert_eq!(status(&resp), 200, "{resp}");
+    let rm = Message::parse(resp.as_bytes()).unwrap();
+    assert_eq!(rm.vias().unwrap().len(), 1, "our Via removed");
+    let mut routes = rm.list(HeaderName::RecordRoute).unwrap();
+    routes.reverse();
+    let bye = format!(
+        "BYE sip:gw@{gw_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKbye{}\r\nRoute: {}\r\nMax-Forwards: 70\r\nFrom: <{alice}>;tag=f1\r\nTo: <{target}>;tag=gw1\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        r(),
+        routes.join(", "),
+        inv.call_id
+    );
+    caller.send_to(bye.as_bytes(), sip).await.unwrap();
+    let got = recv(&gw, Duration::from_secs(5))
+        .await
+        .expect("BYE at the gateway");
+    let b = Message::parse(got.as_bytes()).unwrap();
+    assert_eq!(b.method(), Some("BYE"));
+    assert_eq!(b.header(HeaderName::Route), None, "our routes popped");
+
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

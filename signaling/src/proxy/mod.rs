@@ -13,6 +13,7 @@
 //! behind NAT where their Contact address would not.
 
 pub mod config;
+pub mod dialplan;
 pub mod fork;
 pub mod msg;
 
@@ -36,6 +37,7 @@ use crate::sip::transport::{Flows, Transport};
 use crate::sip::SipAddrs;
 
 pub use config::ProxyConfig;
+pub use dialplan::DialPlanConfig;
 use fork::{Action, CancelReason, Final, Fork};
 
 /// Max-Forwards we send when the request carried none (RFC 3261 16.6 step 3).
@@ -85,6 +87,7 @@ enum Input {
 /// The proxy shared by every connection of the SIP server.
 pub(crate) struct Proxy {
     cfg: ProxyConfig,
+    dialplan: DialPlanConfig,
     realm: String,
     registrar: RegistrarHandle,
     flows: Arc<Flows>,
@@ -134,6 +137,7 @@ pub(crate) enum Handled {
 impl Proxy {
     pub(crate) fn new(
         cfg: ProxyConfig,
+        dialplan: DialPlanConfig,
         realm: String,
         registrar: RegistrarHandle,
         flows: Arc<Flows>,
@@ -142,6 +146,7 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             cfg,
+            dialplan,
             realm,
             registrar,
             flows,
@@ -513,10 +518,12 @@ impl Proxy {
 
         // Out of dialog: who is calling (RFC 3261 22.3)?
         let mut counted_call = None;
+        let mut caller_account = None;
         if matches!(method, "INVITE" | "MESSAGE" | "SUBSCRIBE") {
             match self.authenticate_caller(msg, origin, top_via, &tag).await {
                 Ok(Caller::External) => {}
                 Ok(Caller::Account(account)) => {
+                    caller_account = Some(account);
                     if method == "INVITE" {
                         let call_id = msg.call_id().unwrap_or("");
                         if !self.admit_call(account, call_id) {
@@ -552,9 +559,37 @@ impl Proxy {
             return release(reply(404, "Not Found"));
         };
         let identity = identity.split(';').next().unwrap_or("").to_owned();
-        let account = match self.registrar.inner.store.find_account(&identity).await {
+        // ONNET first (an account of ours), unless the caller marked the number OFFNET.
+        let (offnet, _) = dialplan::split_offnet(&self.dialplan, &identity);
+        let found = if offnet {
+            Ok(None)
+        } else {
+            self.registrar.inner.store.find_account(&identity).await
+        };
+        let account = match found {
             Ok(Some(a)) => a,
-            Ok(None) => return reply(404, "Not Found"),
+            Ok(None) => {
+                // OFFNET: the dial plan, for our authenticated callers only (anything
+                // else would let strangers call out through our gateways).
+                if caller_account.is_none() {
+                    return release(reply(404, "Not Found"));
+                }
+                let h = self
+                    .route_offnet(
+                        msg,
+                        raw,
+                        origin,
+                        top_via,
+                        upstream,
+                        invite_key,
+                        &identity,
+                        max_forwards,
+                        &hash,
+                        counted_call.clone(),
+                    )
+                    .await;
+                return release(h);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "account lookup failed");
                 return release(reply(500, "Server Internal Error"));
@@ -617,6 +652,91 @@ impl Proxy {
             branches,
             outgoing,
         ))
+    }
+
+    /// Sends a request for a number that is not ours to the gateway or server the dial
+    /// plan names (one branch, Record-Route so the dialog stays with us).
+    #[allow(clippy::too_many_arguments)]
+    async fn route_offnet(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        raw: &[u8],
+        origin: Origin,
+        top_via: &str,
+        upstream: Upstream,
+        invite_key: &str,
+        identity: &str,
+        max_forwards: u32,
+        hash: &str,
+        outgoing: Option<String>,
+    ) -> Handled {
+        let tag = new_tag();
+        let reply = |code: u16, reason: &str| {
+            Handled::Reply(ResponseBuilder::new(msg, code, reason, top_via, Some(&tag)).finish())
+        };
+        let Some(routed) = dialplan::route(&self.dialplan, identity) else {
+            return reply(404, "Not Found");
+        };
+        let Some((host, port)) = routed.route.host_port() else {
+            return reply(500, "Server Internal Error");
+        };
+        let addr = match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(mut it) => it.next(),
+            Err(_) => None,
+        };
+        let (Some(addr), Some(local)) = (addr, self.local_on(Transport::Udp, origin.local)) else {
+            return reply(503, "Service Unavailable");
+        };
+        let hop = Hop {
+            transport: Transport::Udp,
+            addr,
+            local,
+        };
+        let host_text = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let uri = format!("sip:{}@{host_text}:{port}", routed.number);
+        let branch = format!("z9hG4bK{hash}.{}", new_tag());
+        let rr = if msg.method() == Some("INVITE") {
+            let caller_local = self
+                .local_on(origin.transport, origin.local)
+                .unwrap_or(origin.local);
+            vec![
+                self.record_route(hop, (hop.transport, hop.addr)),
+                self.record_route(
+                    Hop {
+                        transport: origin.transport,
+                        addr: origin.source,
+                        local: caller_local,
+                    },
+                    (origin.transport, origin.source),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        let bytes = msg::forward_request(
+            msg,
+            &msg::Forward {
+                request_uri: Some(&uri),
+                via: &self.via(hop, &branch),
+                record_route: &rr,
+                pop_routes: 0,
+                max_forwards: max_forwards - 1,
+                extra: &[],
+            },
+        );
+        self.start_fork(
+            raw,
+            top_via,
+            upstream,
+            invite_key,
+            msg.method() == Some("INVITE"),
+            vec![(hop, branch, bytes)],
+            outgoing,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

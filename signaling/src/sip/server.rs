@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{Handled, Proxy, ProxyConfig};
+use crate::proxy::{DialPlanConfig, Handled, Proxy, ProxyConfig};
 use crate::registrar::core::Registrar;
 use crate::registrar::{
     unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared,
@@ -126,20 +126,30 @@ impl SipServer {
         store: S,
         shutdown: CancellationToken,
     ) -> Result<SipServer, SipError> {
-        Self::start_with_proxy(cfg, reg, &ProxyConfig::default(), store, shutdown).await
+        Self::start_with_proxy(
+            cfg,
+            reg,
+            &ProxyConfig::default(),
+            &DialPlanConfig::default(),
+            store,
+            shutdown,
+        )
+        .await
     }
 
-    /// As [`SipServer::start`] with the forking proxy's settings.
+    /// As [`SipServer::start`] with the forking proxy's settings and dial plan.
     pub async fn start_with_proxy<S: RegistrarStore>(
         cfg: &SipConfig,
         reg: &RegistrarConfig,
         proxy: &ProxyConfig,
+        dialplan: &DialPlanConfig,
         store: S,
         shutdown: CancellationToken,
     ) -> Result<SipServer, SipError> {
         cfg.validate().map_err(SipError::Config)?;
         reg.validate().map_err(SipError::Config)?;
         proxy.validate().map_err(SipError::Config)?;
+        dialplan.validate().map_err(SipError::Config)?;
         let store: Arc<dyn RegistrarStore> = Arc::new(store);
         let secret = if reg.nonce_secret.is_empty() {
             rand::random::<[u8; 32]>().to_vec()
@@ -232,6 +242,7 @@ impl SipServer {
             registrar: registrar.clone(),
             proxy: Arc::new(Proxy::new(
                 proxy.clone(),
+                dialplan.clone(),
                 cfg.realm.clone(),
                 registrar.clone(),
                 flows.clone(),
