@@ -314,6 +314,56 @@ async fn apns_retries_on_503_and_429_honouring_retry_after() {
     assert_eq!(mock2.requests().len(), 1);
 }
 
+#[tokio::test]
+async fn apns_renews_the_provider_token_when_apns_says_it_expired() {
+    let mock = Mock::start().await;
+    let s = apns_setup(&mock);
+    let pusher = Pusher::start(&s.cfg, None, CancellationToken::new()).unwrap();
+    mock.script(
+        "/3/device/",
+        vec![Answer::status(403, r#"{"reason":"ExpiredProviderToken"}"#)],
+    );
+    pusher
+        .send_now(
+            &target("apns", APNS_TOKEN, 1),
+            &call_payload(PushKind::IncomingCall),
+        )
+        .await
+        .unwrap();
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 2);
+    let (old, new) = (
+        reqs[0].header("authorization").unwrap(),
+        reqs[1].header("authorization").unwrap(),
+    );
+    assert_ne!(old, new, "a new provider token after ExpiredProviderToken");
+    verify_apns_jwt(new, &s.public_pem);
+    // A token APNs calls invalid (wrong key) is a configuration error: not retried.
+    mock.always(
+        "/3/device/",
+        Answer::status(403, r#"{"reason":"InvalidProviderToken"}"#),
+    );
+    let err = pusher
+        .send_now(
+            &target("apns", APNS_TOKEN, 1),
+            &call_payload(PushKind::IncomingCall),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PushError::Rejected(_)), "{err}");
+    assert_eq!(mock.requests().len(), 3);
+    // A token that is not hex never reaches the URL.
+    let err = pusher
+        .send_now(
+            &target("apns", "../../etc", 1),
+            &call_payload(PushKind::IncomingCall),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PushError::DeadToken), "{err}");
+    assert_eq!(mock.requests().len(), 3);
+}
+
 async fn apns_dead_tokens(backend: Backend) {
     for (status, body) in [
         (

@@ -203,6 +203,15 @@ async fn expiry(backend: Backend) {
         .await
         .unwrap()
         .is_empty());
+
+    // A revoked device's messages go with the next sweep.
+    store
+        .defer_message(&msg(acc, B, b"for b", NOW))
+        .await
+        .unwrap();
+    assert_eq!(store.expire_deferred(NOW).await.unwrap(), 0);
+    store.delete_device(acc, B).await.unwrap().unwrap();
+    assert_eq!(store.expire_deferred(NOW).await.unwrap(), 1);
 }
 
 async fn binding_push_params_round_trip(backend: Backend) {

@@ -256,13 +256,21 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes messages whose expiry is at or before `now` (delivered or not).
+    /// Deletes messages whose expiry is at or before `now` (delivered or not), and
+    /// those of devices that were revoked since (nobody can fetch them any more).
     /// Returns how many.
     pub async fn expire_deferred(&self, now: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM deferred_messages WHERE expires_at <= $1")
+        let expired = sqlx::query("DELETE FROM deferred_messages WHERE expires_at <= $1")
             .bind(now)
             .execute(self.pool())
             .await?;
-        Ok(r.rows_affected())
+        let orphaned = sqlx::query(
+            "DELETE FROM deferred_messages WHERE NOT EXISTS (SELECT 1 FROM devices d \
+             WHERE d.account_id = deferred_messages.account_id \
+             AND d.instance_id = deferred_messages.instance_id)",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(expired.rows_affected() + orphaned.rows_affected())
     }
 }
