@@ -72,8 +72,9 @@ pub struct Config {
     pub max_bps: u64,
     /// 401 answers per second per source IP (0 = unlimited).
     pub unauthorized_rate: u32,
-    /// Accept channel numbers 0x5000-0x7FFF (RFC 5766 clients).
-    pub legacy_channel_range: bool,
+    /// Accept only RFC 8656 channel numbers 0x4000-0x4FFF (default: RFC 5766's
+    /// 0x4000-0x7FFF, as clients in the field still use it).
+    pub strict_channel_range: bool,
 }
 
 impl Default for Config {
@@ -105,7 +106,7 @@ impl Default for Config {
             max_channels: q.channels_per_allocation,
             max_bps: q.bytes_per_sec,
             unauthorized_rate: q.unauthorized_per_sec,
-            legacy_channel_range: false,
+            strict_channel_range: false,
         }
     }
 }
@@ -230,7 +231,7 @@ impl Config {
             default_lifetime: self.default_lifetime,
             max_lifetime: self.max_lifetime,
             nonce_lifetime: Duration::from_secs(self.nonce_lifetime),
-            legacy_channel_numbers: self.legacy_channel_range,
+            strict_channel_numbers: self.strict_channel_range,
             ..turn::Config::default()
         }
     }

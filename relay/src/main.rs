@@ -54,9 +54,10 @@ struct Args {
     /// Log client and peer addresses in clear.
     #[arg(long, env = "TANDEM_LOG_ADDRESSES")]
     log_addresses: bool,
-    /// Accept RFC 5766 channel numbers 0x5000-0x7FFF.
-    #[arg(long, env = "TANDEM_LEGACY_CHANNEL_RANGE")]
-    legacy_channel_range: bool,
+    /// Refuse channel numbers 0x5000-0x7FFF (RFC 8656); by default the RFC 5766
+    /// range 0x4000-0x7FFF is accepted, as coturn does.
+    #[arg(long, env = "TANDEM_STRICT_CHANNEL_RANGE")]
+    strict_channel_range: bool,
     /// Private address for /metrics and /health.
     #[arg(long, env = "TANDEM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -90,7 +91,7 @@ impl Args {
         set_list(&mut c.denied_peer_ip, self.denied_peer_ip);
         set(&mut c.log_level, self.log_level);
         c.log_addresses |= self.log_addresses;
-        c.legacy_channel_range |= self.legacy_channel_range;
+        c.strict_channel_range |= self.strict_channel_range;
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
         }

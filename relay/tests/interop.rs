@@ -68,7 +68,6 @@ fn start_relay() -> (Guard, SocketAddr, SocketAddr) {
             "--realm",
             "interop",
             "--allow-loopback-peers",
-            "--legacy-channel-range",
             "--static-auth-secret",
             "old-secret",
             "--static-auth-secret",

@@ -518,9 +518,9 @@ fn channel_binding_rules_and_expiry() {
         cb(&mut c, &mut srv, &mut ports, now, 0x4001, PEER_A),
         Some(400)
     );
-    // Out of the RFC 8656 range: 400.
+    // Outside 0x4000-0x7FFF: 400.
     assert_eq!(
-        cb(&mut c, &mut srv, &mut ports, now, 0x5000, PEER_B),
+        cb(&mut c, &mut srv, &mut ports, now, 0x8000, PEER_B),
         Some(400)
     );
     assert_eq!(
@@ -589,6 +589,65 @@ fn channel_binding_rules_and_expiry() {
     assert_eq!(c.send(&mut srv, t3, &mut ports, &cd).0, ClientOutput::None);
     // Once expired, the number can be bound to another peer.
     assert_eq!(cb(&mut c, &mut srv, &mut ports, t3, 0x4000, PEER_B), None);
+}
+
+#[test]
+fn channel_number_ranges_default_and_strict() {
+    let bind = |n: u16, peer: &'static str| {
+        move |w: &mut MessageWriter<'_>| {
+            w.attr(attr::CHANNEL_NUMBER, &[(n >> 8) as u8, n as u8, 0, 0])
+                .unwrap();
+            w.xor_address(attr::XOR_PEER_ADDRESS, &peer.parse().unwrap())
+                .unwrap();
+        }
+    };
+    // Default: RFC 5766's 0x4000-0x7FFF, as coturn's client uses it.
+    let (mut srv, mut ports, now) = server(config());
+    let mut c = Client::new("198.51.100.1:40000", Creds::md5("alice", "wonderland"));
+    assert_eq!(
+        error_code(&allocate(&mut c, &mut srv, now, &mut ports)),
+        None
+    );
+    let r = c.request(
+        &mut srv,
+        now,
+        &mut ports,
+        method::CHANNEL_BIND,
+        &bind(0x7FFF, PEER_A),
+    );
+    assert_eq!(error_code(&r), None);
+    let cd = [0x7F, 0xFF, 0x00, 0x01, b'z', 0, 0, 0];
+    assert!(matches!(
+        c.send(&mut srv, now, &mut ports, &cd).0,
+        ClientOutput::Forward { .. }
+    ));
+
+    // Strict: only RFC 8656's 0x4000-0x4FFF.
+    let (mut srv, mut ports, now) = server(Config {
+        strict_channel_numbers: true,
+        ..config()
+    });
+    let mut c = Client::new("198.51.100.1:40000", Creds::md5("alice", "wonderland"));
+    assert_eq!(
+        error_code(&allocate(&mut c, &mut srv, now, &mut ports)),
+        None
+    );
+    let r = c.request(
+        &mut srv,
+        now,
+        &mut ports,
+        method::CHANNEL_BIND,
+        &bind(0x5000, PEER_A),
+    );
+    assert_eq!(error_code(&r), Some(400));
+    let r = c.request(
+        &mut srv,
+        now,
+        &mut ports,
+        method::CHANNEL_BIND,
+        &bind(0x4FFF, PEER_A),
+    );
+    assert_eq!(error_code(&r), None);
 }
 
 #[test]

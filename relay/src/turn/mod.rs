@@ -119,9 +119,12 @@ pub struct Config {
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     pub nonce_lifetime: Duration,
-    /// Accept ChannelBind numbers in RFC 5766's 0x4000-0x7FFF instead of RFC 8656's
-    /// 0x4000-0x4FFF.
-    pub legacy_channel_numbers: bool,
+    /// Accept ChannelBind numbers only in RFC 8656's 0x4000-0x4FFF. Off by default:
+    /// RFC 5766 allowed 0x4000-0x7FFF, clients in the field (coturn's own among them)
+    /// still pick numbers up to 0x7FFF, and the servers operators move from accept
+    /// them. Nothing else is demultiplexed on a TURN listening port, so the wider
+    /// range collides with no other protocol here (RFC 7983).
+    pub strict_channel_numbers: bool,
 }
 
 impl Default for Config {
@@ -139,7 +142,7 @@ impl Default for Config {
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
             nonce_lifetime: Duration::from_secs(600),
-            legacy_channel_numbers: false,
+            strict_channel_numbers: false,
         }
     }
 }
@@ -1094,10 +1097,10 @@ impl Server {
         let (Some(number), Some(peer)) = (req.channel_number, req.peers().next()) else {
             return self.auth_error(req, out, auth, 400, &[]);
         };
-        let valid = if self.cfg.legacy_channel_numbers {
-            channel_data::is_legacy_number(number)
-        } else {
+        let valid = if self.cfg.strict_channel_numbers {
             channel_data::is_valid_number(number)
+        } else {
+            channel_data::is_legacy_number(number)
         };
         if !valid || req.peer_count != 1 {
             return self.auth_error(req, out, auth, 400, &[]);
