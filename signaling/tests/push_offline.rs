@@ -1,0 +1,210 @@
+//! A MESSAGE for an account whose devices are partly offline: stored for each offline
+//! device, pushed (text excerpt, attachment type) to those with a token, system
+//! commands stored but never pushed; call pushes skip the devices being rung.
+//! On SQLite and PostgreSQL, against a local mock webhook.
+
+mod push_support;
+mod store_support;
+
+use std::time::{Duration, Instant};
+
+use push_support::Mock;
+use store_support::{Backend, TestDb};
+use tandem_signaling::model::DeviceClass;
+use tandem_signaling::push::offline::{defer_and_push, push_devices, IncomingMessage};
+use tandem_signaling::push::{
+    PushConfig, PushKind, PushPayload, Pusher, WebhookConfig, DEFAULT_SYSTEM_COMMAND_TYPE,
+};
+use tandem_signaling::store::{DeviceLimits, NewAccount, NewDevice, Store};
+use tokio_util::sync::CancellationToken;
+
+const LIVE: &str = "urn:uuid:00000000-0000-4000-8000-0000000000e1";
+const OFF_TOKEN: &str = "urn:uuid:00000000-0000-4000-8000-0000000000e2";
+const OFF_NO_TOKEN: &str = "urn:uuid:00000000-0000-4000-8000-0000000000e3";
+
+async fn setup(store: &Store) -> i64 {
+    let account = store
+        .create_account(&NewAccount {
+            login: "alice",
+            password: "secret-password",
+            realm: "tandem.local",
+            country_code: "48",
+            display_name: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    for (inst, token) in [
+        (LIVE, Some("live-token")),
+        (OFF_TOKEN, Some("offline-token")),
+        (OFF_NO_TOKEN, None),
+    ] {
+        store
+            .authorise_device(
+                account,
+                &NewDevice {
+                    instance_id: inst,
+                    class: DeviceClass::Mobile,
+                    name: "phone",
+                    push_provider: token.map(|_| "webhook"),
+                    push_token: token,
+                },
+                &DeviceLimits::default(),
+            )
+            .await
+            .unwrap();
+    }
+    account
+}
+
+fn message<'a>(account: i64, content_type: &'a str, body: &'a [u8]) -> IncomingMessage<'a> {
+    IncomingMessage {
+        account,
+        from: "\"Bob\" <sip:bob@tandem.local>",
+        sender_login: "bob",
+        sender_display_name: "Bob",
+        call_id: "msg-1@example.com",
+        content_type,
+        body,
+        date: Some("Sat, 13 Nov 2010 23:29:00 GMT"),
+        now: 1_800_000_000,
+        ttl_secs: 7 * 24 * 3600,
+    }
+}
+
+async fn wait_for(mock: &Mock, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.requests_to("/hook").len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn offline_devices_get_the_message_stored_and_pushed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let account = setup(&store).await;
+    let mock = Mock::start().await;
+    let cfg = PushConfig {
+        webhook: Some(WebhookConfig {
+            url: format!("{}/hook", mock.url()),
+            bearer_token: None,
+            hmac_secret: None,
+        }),
+        ..PushConfig::default()
+    };
+    let pusher = Pusher::start(&cfg, Some(store.clone()), CancellationToken::new()).unwrap();
+
+    let text = "Spotkajmy się jutro o dziewiątej w kawiarni na rogu, dobrze?";
+    let out = defer_and_push(
+        &store,
+        Some(&pusher),
+        &message(account, "text/plain;charset=UTF-8", text.as_bytes()),
+        &[LIVE],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.stored, [OFF_TOKEN, OFF_NO_TOKEN]);
+    assert_eq!(out.pushed, [OFF_TOKEN]);
+    for inst in [OFF_TOKEN, OFF_NO_TOKEN] {
+        let p = store
+            .pending_deferred(account, inst, 1_800_000_001)
+            .await
+            .unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].body, text.as_bytes());
+        assert_eq!(p[0].expires_at, 1_800_000_000 + 7 * 24 * 3600);
+    }
+    assert!(store
+        .pending_deferred(account, LIVE, 1_800_000_001)
+        .await
+        .unwrap()
+        .is_empty());
+    wait_for(&mock, 1).await;
+    let hooks = mock.requests_to("/hook");
+    assert_eq!(hooks.len(), 1);
+    let body = hooks[0].json();
+    assert_eq!(body["token"], "offline-token");
+    assert_eq!(body["payload"]["type"], "text_message");
+    let expected: String = text.chars().take(40).collect::<String>() + "\u{2026}";
+    assert_eq!(body["payload"]["body"], expected);
+    assert_eq!(body["payload"]["caller_login"], "bob");
+
+    // A system command: stored for the offline devices, never pushed.
+    let out = defer_and_push(
+        &store,
+        Some(&pusher),
+        &message(
+            account,
+            DEFAULT_SYSTEM_COMMAND_TYPE,
+            br#"{"cmd":"contact_add"}"#,
+        ),
+        &[LIVE],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.stored.len(), 2);
+    assert!(out.pushed.is_empty());
+    // A picture: its type, no body.
+    let out = defer_and_push(
+        &store,
+        Some(&pusher),
+        &message(account, "image/jpeg", b"\xff\xd8\xff\xe0"),
+        &[LIVE],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.pushed, [OFF_TOKEN]);
+    wait_for(&mock, 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hooks = mock.requests_to("/hook");
+    assert_eq!(hooks.len(), 2, "the system command was not pushed");
+    assert_eq!(hooks[1].json()["payload"]["type"], "picture");
+    assert!(hooks[1].json()["payload"].get("body").is_none());
+    // In order for the device when it registers.
+    let p = store
+        .pending_deferred(account, OFF_NO_TOKEN, 1_800_000_001)
+        .await
+        .unwrap();
+    let types: Vec<&str> = p.iter().map(|m| m.content_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "text/plain;charset=UTF-8",
+            DEFAULT_SYSTEM_COMMAND_TYPE,
+            "image/jpeg"
+        ]
+    );
+
+    // Every device live: nothing stored, nothing pushed.
+    let out = defer_and_push(
+        &store,
+        Some(&pusher),
+        &message(account, "text/plain", b"hi"),
+        &[LIVE, OFF_TOKEN, OFF_NO_TOKEN],
+    )
+    .await
+    .unwrap();
+    assert!(out.stored.is_empty() && out.pushed.is_empty());
+
+    // A call: every device with a token except those being rung.
+    let payload = PushPayload {
+        kind: PushKind::IncomingCall,
+        caller_login: "bob".into(),
+        caller_display_name: "Bob".into(),
+        call_id: "call-9@example.com".into(),
+        timestamp: 1_800_000_000,
+        video: false,
+        body: None,
+    };
+    let pushed = push_devices(&store, &pusher, account, &[LIVE], &payload)
+        .await
+        .unwrap();
+    assert_eq!(pushed, [OFF_TOKEN]);
+    // The 3-second rule: everybody with a token.
+    let pushed = push_devices(&store, &pusher, account, &[], &payload)
+        .await
+        .unwrap();
+    assert_eq!(pushed, [LIVE, OFF_TOKEN]);
+}
+
+on_both_backends!(offline_devices_get_the_message_stored_and_pushed);
