@@ -55,7 +55,7 @@ impl Default for PushConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsConfig {
-    /// PKCS#8 PEM file of the ES256 signing key (AuthKey_<key id>.p8).
+    /// PKCS#8 PEM file of the ES256 signing key (`AuthKey_<key id>.p8`).
     pub key_file: PathBuf,
     /// 10-character key ID (JWT `kid`).
     pub key_id: String,

@@ -33,7 +33,7 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
-/// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>").
+/// `sha256=<hex>` of `HMAC-SHA256(secret, "<timestamp>.<body>")`.
 pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     // HMAC accepts keys of any length.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
