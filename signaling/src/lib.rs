@@ -204,7 +204,8 @@ pub async fn start(
             auth_limiter: cfg.api.limiter(),
         },
         http::Metrics::new(),
-    );
+    )
+    .with_dialplan(cfg.dialplan.clone());
     let api_task = tokio::spawn(http::serve_with(
         listener,
         state,

@@ -475,6 +475,41 @@ async fn offnet_calls_follow_the_dial_plan_for_our_callers_only() {
     )
     .await;
 
+    // The plan as clients see it (no gateway addresses), for an account or the admin.
+    let url = format!("{base}/dialplan");
+    let v: Value = client
+        .get(&url)
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        json!({"offnet_prefix": "int", "routes": [
+            {"prefix": "0049", "strip": 2, "prepend": "", "name": "Germany"}]})
+    );
+    let s = client
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::OK);
+    let s = client.get(&url).send().await.unwrap().status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let s = client
+        .get(&url)
+        .basic_auth("alice", Some("wrong-password"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = caller.local_addr().unwrap();
     let target = format!("sip:int0049301234@{REALM}");

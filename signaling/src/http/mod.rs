@@ -28,6 +28,7 @@
 //! | DELETE | /me/devices/{instance}                            | basic | revoke own device                                 |
 //! | PUT    | /me/devices/{instance}/push-token                 | basic | set push provider + token                         |
 //! | DELETE | /me/devices/{instance}/push-token                 | basic | clear the push token                              |
+//! | GET    | /dialplan                                         | basic or admin | prefix dial plan (OFFNET mark, routes)   |
 //!
 //! * admin: `Authorization: Bearer <api.admin_token>`.
 //! * basic: `Authorization: Basic base64(identity:password)`, identity = SIP login,
@@ -48,6 +49,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod devices;
+pub mod dialplan;
 pub mod error;
 pub mod limiter;
 pub mod metrics;
@@ -102,6 +104,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/me/devices/{instance}"),
     ("PUT", "/me/devices/{instance}/push-token"),
     ("DELETE", "/me/devices/{instance}/push-token"),
+    ("GET", "/dialplan"),
 ];
 
 /// Largest request body accepted.
@@ -150,6 +153,7 @@ struct StateInner {
     settings: ApiSettings,
     metrics: Metrics,
     limiter: limiter::AuthLimiter,
+    dialplan: crate::proxy::DialPlanConfig,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -179,8 +183,33 @@ impl AppState {
                 settings,
                 metrics,
                 limiter,
+                dialplan: crate::proxy::DialPlanConfig::default(),
             }),
         }
+    }
+
+    /// The same state serving `plan` at `GET /dialplan`.
+    pub fn with_dialplan(self, plan: crate::proxy::DialPlanConfig) -> AppState {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.dialplan = plan;
+                inner
+            }
+            Err(shared) => StateInner {
+                store: shared.store.clone(),
+                registrations: shared.registrations.clone(),
+                settings: shared.settings.clone(),
+                metrics: shared.metrics.clone(),
+                limiter: limiter::AuthLimiter::new(shared.settings.auth_limiter),
+                dialplan: plan,
+            },
+        };
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+    pub fn dialplan(&self) -> &crate::proxy::DialPlanConfig {
+        &self.inner.dialplan
     }
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -252,6 +281,7 @@ pub fn router(state: AppState) -> Router {
             get(devices::me_list).post(devices::me_authorise),
         )
         .route("/me/devices/{instance}", delete(devices::me_revoke))
+        .route("/dialplan", get(dialplan::get))
         .route(
             "/me/devices/{instance}/push-token",
             put(devices::me_set_push).delete(devices::me_clear_push),

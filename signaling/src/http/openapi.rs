@@ -90,6 +90,7 @@ impl Modify for Security {
         devices::me_revoke,
         devices::me_set_push,
         devices::me_clear_push,
+        super::dialplan::get,
     ),
     components(schemas(
         error::ErrorBody,
