@@ -85,8 +85,14 @@ fn register(dir: &Path, server: SocketAddr, port: u16, inst: &str) {
 
 /// A device's UAS scenario, listening on the port it registered from.
 fn spawn_uas(name: &str, port: u16) -> Child {
+    spawn_uas_n(name, port, 1)
+}
+
+fn spawn_uas_n(name: &str, port: u16, calls: u32) -> Child {
     let mut cmd = Command::new("sipp");
-    cmd.arg("-sf").arg(scenario(name)).args(["-m", "1"]);
+    cmd.arg("-sf")
+        .arg(scenario(name))
+        .args(["-m", &calls.to_string()]);
     common_args(&mut cmd, port);
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -175,14 +181,17 @@ async fn api(
     (s, resp.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sipp_call_forking() {
-    if !sipp_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+async fn start_with_three_devices(
+    dir: &Path,
+) -> (
+    tandem_signaling::Running,
+    CancellationToken,
+    SocketAddr,
+    i64,
+    Vec<u16>,
+) {
     let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         default_country_code: "48".into(),
         sip: SipConfig {
             udp_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -232,7 +241,7 @@ async fn sipp_call_forking() {
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
     let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let d = dir.path().to_path_buf();
+    let d = dir.to_path_buf();
     let ports2 = ports.clone();
     tokio::task::spawn_blocking(move || {
         for (i, p) in ports2.iter().enumerate() {
@@ -242,6 +251,16 @@ async fn sipp_call_forking() {
     .await
     .unwrap();
     assert_eq!(running.registrar.bindings(account).len(), 3);
+    (running, shutdown, sip, account, ports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_call_forking() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (running, shutdown, sip, _account, ports) = start_with_three_devices(dir.path()).await;
 
     let run = |uas: &'static [&'static str], uac: &'static str, service: &'static str| {
         let ports = ports.clone();
@@ -334,6 +353,71 @@ async fn sipp_call_forking() {
         .await
         .unwrap();
     }
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
+
+/// INVITE forking rate: calls per second to an account with three registered devices
+/// (one answers after 300 ms, two are cancelled), each call answered and hung up.
+/// A measurement, not a check: `cargo test -p tandem-signaling --test proxy_sipp --
+/// --ignored --nocapture`, rate and count from TANDEM_SIPP_RATE / TANDEM_SIPP_CALLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load measurement, run by hand"]
+async fn sipp_forking_rate() {
+    if !sipp_available() {
+        return;
+    }
+    let rate: u32 = std::env::var("TANDEM_SIPP_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let calls: u32 = std::env::var("TANDEM_SIPP_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, shutdown, sip, _account, ports) = start_with_three_devices(dir.path()).await;
+    let report = tokio::task::spawn_blocking(move || {
+        let devices = [
+            spawn_uas_n("call_uas_answer.xml", ports[0], calls),
+            spawn_uas_n("call_uas_ring.xml", ports[1], calls),
+            spawn_uas_n("call_uas_ring.xml", ports[2], calls),
+        ];
+        for p in &ports {
+            while UdpSocket::bind(("127.0.0.1", *p)).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new("sipp");
+        cmd.arg(sip.to_string())
+            .arg("-sf")
+            .arg(scenario("call_uac.xml"))
+            .args(["-s", LOGIN, "-m", &calls.to_string(), "-r", &rate.to_string()])
+            .args(["-l", "2000"]);
+        common_args(&mut cmd, free_udp_port());
+        let out = cmd.output().expect("run sipp");
+        let secs = started.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = vec![format!(
+            "caller: sipp -sf call_uac.xml -r {rate} -m {calls}: exit {:?} in {secs:.1} s ({:.1} calls/s); {}",
+            out.status.code(),
+            f64::from(calls) / secs,
+            summary(&stdout)
+        )];
+        for (i, d) in devices.into_iter().enumerate() {
+            let o = d.wait_with_output().unwrap();
+            lines.push(format!(
+                "device {i}: exit {:?}; {}",
+                o.status.code(),
+                summary(&String::from_utf8_lossy(&o.stdout))
+            ));
+        }
+        lines.join("\n")
+    })
+    .await
+    .unwrap();
+    eprintln!("{report}");
     shutdown.cancel();
     running.wait().await.unwrap();
 }
