@@ -89,6 +89,7 @@ async fn offline_devices_get_the_message_stored_and_pushed(backend: Backend) {
             url: format!("{}/hook", mock.url()),
             bearer_token: None,
             hmac_secret: None,
+            ca_file: None,
         }),
         ..PushConfig::default()
     };

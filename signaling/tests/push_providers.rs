@@ -123,6 +123,7 @@ fn apns_setup(mock: &Mock) -> ApnsSetup {
             team_id: "TEAM123456".to_owned(),
             topic: "com.example.tandem".to_owned(),
             base_url: mock.url(),
+            ca_file: None,
         }),
         ..fast_retries()
     };
@@ -218,6 +219,51 @@ async fn apns_voip_and_alert_pushes_over_http2_with_a_verifiable_cached_jwt() {
     assert_eq!(body["aps"]["alert"]["title"], "Bob Smith");
     assert_eq!(body["aps"]["alert"]["body"], excerpt);
     assert_eq!(pusher.counts().delivered, 2);
+}
+
+#[tokio::test]
+async fn apns_over_tls_negotiates_http2_and_trusts_a_configured_ca() {
+    let (mock, ca_pem) = Mock::start_tls().await;
+    let mut s = apns_setup(&mock);
+    let ca_file = s._dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    if let Some(a) = s.cfg.apns.as_mut() {
+        a.base_url = mock.tls_url();
+        a.ca_file = Some(ca_file);
+    }
+    let pusher = Pusher::start(&s.cfg, None, CancellationToken::new()).unwrap();
+    pusher
+        .send_now(
+            &target("apns", APNS_TOKEN, 1),
+            &call_payload(PushKind::IncomingCall),
+        )
+        .await
+        .unwrap();
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].version, axum::http::Version::HTTP_2, "ALPN h2");
+    assert_eq!(reqs[0].header("apns-push-type"), Some("voip"));
+    verify_apns_jwt(reqs[0].header("authorization").unwrap(), &s.public_pem);
+
+    // Without the CA the server is not trusted: nothing is sent, the attempts are
+    // bounded and the error says why.
+    let mut untrusting = s.cfg.clone();
+    if let Some(a) = untrusting.apns.as_mut() {
+        a.ca_file = None;
+    }
+    let pusher = Pusher::start(&untrusting, None, CancellationToken::new()).unwrap();
+    let err = pusher
+        .send_now(
+            &target("apns", APNS_TOKEN, 1),
+            &call_payload(PushKind::IncomingCall),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PushError::GaveUp { attempts: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(mock.requests().len(), 1);
 }
 
 #[tokio::test]
@@ -420,6 +466,7 @@ fn fcm_setup(mock: &Mock) -> (PushConfig, PathBuf) {
             project_id: None,
             token_uri: Some(format!("{}/token", mock.url())),
             base_url: mock.url(),
+            ca_file: None,
         }),
         ..fast_retries()
     };
@@ -627,6 +674,7 @@ async fn webhook_is_signed_and_carries_the_payload() {
             url: format!("{}/hook", mock.url()),
             bearer_token: Some("hook-bearer-token".to_owned()),
             hmac_secret: Some(secret.to_owned()),
+            ca_file: None,
         }),
         ..fast_retries()
     };
@@ -673,6 +721,7 @@ async fn webhook_dead_token(backend: Backend) {
             url: format!("{}/hook", mock.url()),
             bearer_token: None,
             hmac_secret: None,
+            ca_file: None,
         }),
         ..fast_retries()
     };
@@ -704,6 +753,7 @@ async fn notify_queues_without_waiting_and_the_queue_is_bounded() {
             url: format!("{}/hook", mock.url()),
             bearer_token: None,
             hmac_secret: None,
+            ca_file: None,
         }),
         ..fast_retries()
     };
@@ -754,6 +804,7 @@ async fn bad_provider_configuration_fails_at_start_naming_the_key() {
             team_id: "TEAM123456".to_owned(),
             topic: "com.example".to_owned(),
             base_url: "https://api.push.apple.com".to_owned(),
+            ca_file: None,
         }),
         ..PushConfig::default()
     };
@@ -768,6 +819,7 @@ async fn bad_provider_configuration_fails_at_start_naming_the_key() {
             project_id: Some("p".into()),
             token_uri: None,
             base_url: "https://fcm.googleapis.com".into(),
+            ca_file: None,
         }),
         ..PushConfig::default()
     };

@@ -143,6 +143,7 @@ async fn rfc8599_contact_params_give_a_usable_push_target_and_unknown_providers_
         url: format!("{}/hook", mock.url()),
         bearer_token: None,
         hmac_secret: None,
+        ca_file: None,
     });
     let realm = cfg.sip.realm.clone();
     let shutdown = CancellationToken::new();

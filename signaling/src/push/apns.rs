@@ -73,7 +73,13 @@ impl Apns {
             ))
         })?;
         let apns = Apns {
-            http: client(&cfg.base_url, timeout, true)?,
+            http: client(
+                &cfg.base_url,
+                timeout,
+                true,
+                cfg.ca_file.as_deref(),
+                "push.apns.ca_file",
+            )?,
             base_url: cfg.base_url.trim_end_matches('/').to_owned(),
             key,
             key_id: cfg.key_id.clone(),

@@ -68,6 +68,10 @@ pub struct ApnsConfig {
     /// or a test server; `http://` means HTTP/2 over cleartext (prior knowledge).
     #[serde(default = "default_apns_url")]
     pub base_url: String,
+    /// Extra PEM CA certificates to trust (a private gateway or test server), on top
+    /// of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_apns_url() -> String {
@@ -88,6 +92,10 @@ pub struct FcmConfig {
     pub token_uri: Option<String>,
     #[serde(default = "default_fcm_url")]
     pub base_url: String,
+    /// Extra PEM CA certificates to trust (a private gateway or test server), on top
+    /// of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_fcm_url() -> String {
@@ -99,6 +107,10 @@ fn default_fcm_url() -> String {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
+    /// Extra PEM CA certificates to trust (a private gateway or test server), on top
+    /// of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Sent as `Authorization: Bearer <token>`.
     #[serde(default)]
     pub bearer_token: Option<String>,

@@ -100,7 +100,13 @@ impl Fcm {
             .or(sa.token_uri)
             .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned());
         Ok(Fcm {
-            http: client(&cfg.base_url, timeout, false)?,
+            http: client(
+                &cfg.base_url,
+                timeout,
+                false,
+                cfg.ca_file.as_deref(),
+                "push.fcm.ca_file",
+            )?,
             base_url: cfg.base_url.trim_end_matches('/').to_owned(),
             project_id,
             token_uri,

@@ -399,6 +399,8 @@ pub(crate) fn client(
     base_url: &str,
     timeout: Duration,
     h2: bool,
+    ca_file: Option<&std::path::Path>,
+    ca_key: &str,
 ) -> Result<reqwest::Client, PushError> {
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
@@ -407,6 +409,21 @@ pub(crate) fn client(
         .user_agent(concat!("tandem-signaling/", env!("CARGO_PKG_VERSION")));
     if h2 && base_url.starts_with("http://") {
         b = b.http2_prior_knowledge();
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            PushError::Config(format!("{ca_key}: cannot read {}: {e}", path.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| PushError::Config(format!("{ca_key}: not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(PushError::Config(format!(
+                "{ca_key}: no certificate in the file"
+            )));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
     }
     b.build()
         .map_err(|e| PushError::Config(format!("push: cannot build the HTTP client: {e}")))

@@ -47,7 +47,13 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 impl Webhook {
     pub fn new(cfg: &WebhookConfig, timeout: Duration) -> Result<Webhook, PushError> {
         Ok(Webhook {
-            http: client(&cfg.url, timeout, false)?,
+            http: client(
+                &cfg.url,
+                timeout,
+                false,
+                cfg.ca_file.as_deref(),
+                "push.webhook.ca_file",
+            )?,
             url: cfg.url.clone(),
             bearer: cfg.bearer_token.clone(),
             secret: cfg.hmac_secret.as_ref().map(|s| s.as_bytes().to_vec()),
