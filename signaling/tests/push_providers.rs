@@ -875,3 +875,32 @@ fn messages_push_their_type_excerpt_or_nothing() {
 }
 
 on_both_backends!(apns_dead_tokens, fcm_dead_tokens, webhook_dead_token);
+
+#[test]
+fn push_and_messages_config_is_strict_and_names_the_key() {
+    use tandem_signaling::config::SignalingConfig;
+    let path = Path::new("test.toml");
+    let cfg = SignalingConfig::from_toml(
+        "[push]\nmax_attempts = 2\n[push.webhook]\nurl = \"https://gw.example/notify\"\n\
+         [messages]\nttl_secs = 86400\n",
+        path,
+    )
+    .unwrap();
+    assert_eq!(cfg.push.max_attempts, 2);
+    assert_eq!(cfg.messages.ttl_secs, 86400);
+    assert_eq!(
+        cfg.push.webhook.as_ref().map(|w| w.url.as_str()),
+        Some("https://gw.example/notify")
+    );
+    cfg.validate().unwrap();
+    let err = SignalingConfig::from_toml("[push]\nretries = 3\n", path).unwrap_err();
+    assert!(err.to_string().contains("retries"), "{err}");
+    let err = SignalingConfig::from_toml("[push.apns]\nkey_id = \"X\"\n", path).unwrap_err();
+    assert!(err.to_string().contains("key_file"), "{err}");
+    let cfg = SignalingConfig::from_toml("[messages]\nttl_secs = 0\n", path).unwrap();
+    let err = cfg.validate().unwrap_err();
+    assert!(err.to_string().contains("messages.ttl_secs"), "{err}");
+    let cfg = SignalingConfig::from_toml("[push.webhook]\nurl = \"ftp://x\"\n", path).unwrap();
+    let err = cfg.validate().unwrap_err();
+    assert!(err.to_string().contains("push.webhook.url"), "{err}");
+}
