@@ -156,6 +156,19 @@ impl Store {
         let Some(instance) = canonical_instance_id(instance_id) else {
             return Ok(Vec::new());
         };
+        // Most registrations find nothing: answer those without taking a write lock.
+        let any = sqlx::query(
+            "SELECT 1 FROM deferred_messages WHERE account_id = $1 AND instance_id = $2 \
+             AND delivered_at IS NULL AND expires_at > $3 LIMIT 1",
+        )
+        .bind(account)
+        .bind(&instance)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
         // Serialise claimers of one account: SQLite already holds its write lock
         // (BEGIN IMMEDIATE); PostgreSQL locks the account row.
