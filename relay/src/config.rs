@@ -75,6 +75,9 @@ pub struct Config {
     /// Accept only RFC 8656 channel numbers 0x4000-0x4FFF (default: RFC 5766's
     /// 0x4000-0x7FFF, as clients in the field still use it).
     pub strict_channel_range: bool,
+    /// Datapath: `auto` (io_uring when the kernel allows it, else portable),
+    /// `uring` (fail at start without it) or `portable`.
+    pub io: crate::io::IoMode,
 }
 
 impl Default for Config {
@@ -107,6 +110,7 @@ impl Default for Config {
             max_bps: q.bytes_per_sec,
             unauthorized_rate: q.unauthorized_per_sec,
             strict_channel_range: false,
+            io: crate::io::IoMode::Auto,
         }
     }
 }

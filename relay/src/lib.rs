@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod io;
 pub mod pii;
 pub mod stun;
 pub mod turn;

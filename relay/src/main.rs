@@ -58,6 +58,9 @@ struct Args {
     /// range 0x4000-0x7FFF is accepted, as coturn does.
     #[arg(long, env = "TANDEM_STRICT_CHANNEL_RANGE")]
     strict_channel_range: bool,
+    /// Datapath: auto (io_uring when the kernel allows it), uring or portable.
+    #[arg(long, env = "TANDEM_IO", value_enum)]
+    io: Option<tandem_relay::io::IoMode>,
     /// Private address for /metrics and /health.
     #[arg(long, env = "TANDEM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -92,6 +95,7 @@ impl Args {
         set(&mut c.log_level, self.log_level);
         c.log_addresses |= self.log_addresses;
         c.strict_channel_range |= self.strict_channel_range;
+        set(&mut c.io, self.io);
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
         }

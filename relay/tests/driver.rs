@@ -1,6 +1,7 @@
 //! The tokio driver in-process on 127.0.0.1 port 0: Binding, an authenticated
 //! Allocate, a channel to a local UDP peer both ways, Send/Data indications, then
-//! graceful shutdown.
+//! graceful shutdown. Run once per datapath (`io = "portable"` and `io = "uring"`;
+//! the io_uring run is skipped, with a message, where the kernel does not allow it).
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use tandem_relay::io::IoMode;
 use tandem_relay::stun::{attr, method, Message, MessageWriter};
 use tandem_relay::Config;
 use tokio::net::UdpSocket;
@@ -25,18 +27,47 @@ async fn roundtrip(sock: &UdpSocket, to: SocketAddr, p: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn driver_relays_both_ways_and_shuts_down() {
+async fn portable_driver_relays_both_ways_and_shuts_down() {
+    relays_both_ways_and_shuts_down(IoMode::Portable).await;
+}
+
+#[tokio::test]
+async fn uring_driver_relays_both_ways_and_shuts_down() {
+    if let Err(e) = tandem_relay::io::choose(IoMode::Uring) {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    relays_both_ways_and_shuts_down(IoMode::Uring).await;
+}
+
+#[tokio::test]
+async fn auto_falls_back_or_picks_uring() {
+    let choice = tandem_relay::io::choose(IoMode::Auto).unwrap();
+    let uring = tandem_relay::io::choose(IoMode::Uring).is_ok();
+    assert_eq!(choice.mode == IoMode::Uring, uring, "{choice:?}");
+    assert!(choice.reason.starts_with("auto"), "{choice:?}");
+}
+
+async fn relays_both_ways_and_shuts_down(io: IoMode) {
+    let name = match io {
+        IoMode::Uring => "uring",
+        _ => "portable",
+    };
     let cfg: Config = Config::from_toml(
-        r#"
+        &format!(
+            r#"
         listening-ip = ["127.0.0.1"]
         listening-port = 0
         user = ["alice:wonderland"]
         allow-loopback-peers = true
-        "#,
+        io = "{name}"
+        "#
+        ),
         "inline",
     )
     .unwrap();
     let relay = tandem_relay::Relay::bind(&cfg).await.unwrap();
+    assert_eq!(relay.io_mode(), io);
     let server = relay.listening_addrs()[0];
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));

@@ -1,7 +1,10 @@
 //! Interop with coturn's own clients against the real `tandem-relay` binary on
 //! 127.0.0.1: `turnutils_uclient` (long-term and REST credentials, channels and Send
 //! indications, 10 clients each, zero loss) with `turnutils_peer` as the echo peer,
-//! and `turnutils_stunclient` for the mapped address.
+//! and `turnutils_stunclient` for the mapped address. Run once per datapath
+//! (`--io portable` and `--io uring`; the io_uring run is skipped, with a message,
+//! where the kernel does not allow io_uring), checking that the relay logs which
+//! datapath it runs.
 //!
 //! Needs Debian's `coturn` package. Without it the test fails when `CI` is set and is
 //! skipped (with a message) otherwise.
@@ -57,8 +60,9 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// Start tandem-relay on an ephemeral port and read back the bound addresses.
-fn start_relay() -> (Guard, SocketAddr, SocketAddr) {
+/// Start tandem-relay on an ephemeral port with datapath `io` and read back the
+/// bound addresses and the logged datapath line.
+fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
         .args([
             "--listening-ip",
@@ -76,6 +80,8 @@ fn start_relay() -> (Guard, SocketAddr, SocketAddr) {
             "127.0.0.1:0",
             "--log-level",
             "info",
+            "--io",
+            io,
         ])
         .args([
             "--user",
@@ -97,12 +103,15 @@ fn start_relay() -> (Guard, SocketAddr, SocketAddr) {
         }
     });
     let guard = Guard(child);
-    let (mut listen, mut metrics) = (None, None);
+    let (mut listen, mut metrics, mut datapath) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while listen.is_none() || metrics.is_none() {
+    while listen.is_none() || metrics.is_none() || datapath.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("relay reports its addresses");
+            .expect("relay reports its addresses and datapath");
+        if line.contains(" datapath") && line.contains("io=") {
+            datapath = Some(line.clone());
+        }
         for (key, slot) in [("listen=", &mut listen), ("metrics=", &mut metrics)] {
             if let Some(i) = line.find(key) {
                 let a = line[i + key.len()..].split_whitespace().next().unwrap();
@@ -112,7 +121,7 @@ fn start_relay() -> (Guard, SocketAddr, SocketAddr) {
     }
     // Keep draining the relay's output so it never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    (guard, listen.unwrap(), metrics.unwrap())
+    (guard, listen.unwrap(), metrics.unwrap(), datapath.unwrap())
 }
 
 fn run_with_timeout(cmd: &mut Command, limit: Duration) -> String {
@@ -193,12 +202,30 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 }
 
 #[test]
-fn coturn_clients_against_tandem_relay() {
+fn coturn_clients_against_tandem_relay_portable() {
+    coturn_clients_against_tandem_relay("portable");
+}
+
+#[test]
+fn coturn_clients_against_tandem_relay_uring() {
+    if let Err(e) = tandem_relay::io::choose(tandem_relay::io::IoMode::Uring) {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    coturn_clients_against_tandem_relay("uring");
+}
+
+fn coturn_clients_against_tandem_relay(io: &str) {
     if !tools_or_skip() {
         return;
     }
     let started = Instant::now();
-    let (_relay, listen, metrics) = start_relay();
+    let (_relay, listen, metrics, datapath) = start_relay(io);
+    assert!(
+        datapath.contains(&format!("io={io} ")) && datapath.contains("reason="),
+        "datapath log line: {datapath}"
+    );
+    eprintln!("{io}: {}", datapath.trim());
     let peer_port = free_udp_port();
     let _peer = Guard(
         Command::new("turnutils_peer")
@@ -291,5 +318,5 @@ fn coturn_clients_against_tandem_relay() {
         !m.contains("lt1") && !m.contains("rest1"),
         "no per-user labels"
     );
-    eprintln!("interop finished in {:?}", started.elapsed());
+    eprintln!("interop ({io}) finished in {:?}", started.elapsed());
 }

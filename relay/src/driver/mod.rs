@@ -1,38 +1,33 @@
-//! A portable tokio driver for the TURN core.
+//! The driver: runs the TURN core on UDP sockets through a [`crate::io::Datapath`].
 //!
-//! One task per listening socket and one per relayed socket; they share the core behind
-//! a mutex that is held only for the core call, never across an await. Buffers are
-//! owned here: a client datagram is forwarded as a sub-slice of the receive buffer, and
-//! a peer datagram is received at [`PEER_HEADROOM`] so the core can write the
-//! ChannelData or Data indication header in front of it. This driver is the reference
-//! for the batched io_uring datapath, which runs the same core.
+//! A worker thread owns the datapath (io_uring or portable, see [`crate::io`]) with
+//! the listening sockets and every relayed socket. Each turn it waits for a batch of
+//! datagrams, hands each one to the core in place (a ChannelData packet is forwarded
+//! as a sub-slice of its receive buffer; a peer datagram is received at
+//! [`crate::turn::PEER_HEADROOM`] so the core writes the ChannelData or Data
+//! indication header in front of it), and sends the answers as a batch from the same
+//! buffers. The core sits behind a mutex (for the metrics endpoint) that the worker
+//! takes once per batch, not per packet. Timers are served between turns.
 
 mod metrics;
 mod ports;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pii::Pii;
-use crate::turn::{
-    AllocationId, ClientOutput, FiveTuple, Now, PeerOutput, Server, PEER_HEADROOM, PEER_TAILROOM,
-};
+use crate::io::{self, Datapath, IoMode, Received, SocketId, Transmit};
+use crate::turn::{AllocationId, ClientOutput, FiveTuple, Now, PeerOutput, Server};
 use ports::RelayTable;
 
-/// Largest UDP payload handled on a listening socket.
-const MAX_DATAGRAM: usize = 65_535;
-/// Largest datagram relayed from a peer. Each relayed socket has its own buffer, so
-/// this bounds memory per allocation (a full 64 KiB would cost 4 GiB at 65536
-/// allocations); larger datagrams are dropped rather than truncated.
-const MAX_PEER_DATAGRAM: usize = 4096;
-/// Longest sleep of the timer task, so newly scheduled timers are never late by more.
-const TIMER_CAP: Duration = Duration::from_millis(250);
+/// Longest wait of a turn, so timers and shutdown are never late by more.
+const TURN_CAP: Duration = Duration::from_millis(50);
+/// Scratch space for a STUN response (responses are small; see `turn::Server`).
+const RESPONSE_MAX: usize = 1500;
 
 /// Errors that stop the driver.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +40,8 @@ pub enum DriverError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("datapath (`io`): {0}")]
+    Io(#[from] io::IoError),
 }
 
 pub(crate) struct Shared {
@@ -54,15 +51,12 @@ pub(crate) struct Shared {
 
 pub(crate) struct Inner {
     pub(crate) shared: Mutex<Shared>,
-    listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
     shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner")
-            .field("listeners", &self.listeners.keys())
-            .finish_non_exhaustive()
+        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }
 
@@ -83,12 +77,166 @@ fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Shared> {
     inner.shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a registered socket is.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Listener(SocketAddr),
+    Relay(AllocationId),
+}
+
+/// One worker: a datapath and the sockets it serves.
+struct Worker {
+    inner: Arc<Inner>,
+    dp: Box<dyn Datapath>,
+    /// Listening address and its socket id.
+    listeners: Vec<(SocketAddr, SocketId)>,
+    roles: Vec<Option<Role>>,
+    relay_ids: HashMap<AllocationId, SocketId>,
+    response: Vec<u8>,
+    opened: Vec<(AllocationId, StdUdpSocket)>,
+    closed: Vec<AllocationId>,
+}
+
+impl Worker {
+    fn set_role(&mut self, id: SocketId, role: Option<Role>) {
+        if self.roles.len() <= id {
+            self.roles.resize(id + 1, None);
+        }
+        self.roles[id] = role;
+    }
+
+    /// Register relayed sockets opened, and remove those closed, by core calls.
+    fn apply_changes(&mut self, shared: &mut Shared) {
+        shared
+            .relays
+            .take_changes(&mut self.opened, &mut self.closed);
+        for (alloc, sock) in std::mem::take(&mut self.opened) {
+            match self.dp.add(sock) {
+                Ok(sid) => {
+                    self.set_role(sid, Some(Role::Relay(alloc)));
+                    self.relay_ids.insert(alloc, sid);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot add a relayed socket to the datapath"),
+            }
+        }
+        for alloc in std::mem::take(&mut self.closed) {
+            if let Some(sid) = self.relay_ids.remove(&alloc) {
+                self.set_role(sid, None);
+                self.dp.remove(sid);
+            }
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+            let timeout = {
+                let next = lock(&self.inner).server.poll_timeout();
+                let t = Instant::now();
+                next.map_or(TURN_CAP, |n| n.saturating_duration_since(t).min(TURN_CAP))
+            };
+            let Worker {
+                inner,
+                dp,
+                listeners,
+                roles,
+                relay_ids,
+                response,
+                ..
+            } = &mut self;
+            let mut guard = None;
+            let mut at: Option<Now> = None;
+            let mut handler = |r: Received<'_>| -> Option<Transmit> {
+                let g = guard.get_or_insert_with(|| lock(inner));
+                let t = *at.get_or_insert_with(now);
+                let Shared { server, relays } = &mut **g;
+                match roles.get(r.socket).copied().flatten()? {
+                    Role::Listener(local) => {
+                        let tuple = FiveTuple {
+                            local,
+                            client: r.from,
+                        };
+                        let packet = r.buf.get(r.payload.clone())?;
+                        match server.handle_client(t, tuple, packet, response, relays) {
+                            ClientOutput::None => None,
+                            ClientOutput::Reply { len } => {
+                                // STUN answers are written to scratch space; copying
+                                // them into the request's buffer lets them leave in
+                                // the same batch. (Not on the ChannelData/Send path.)
+                                let body = response.get(..len)?;
+                                r.buf.get_mut(..len)?.copy_from_slice(body);
+                                Some(Transmit {
+                                    socket: r.socket,
+                                    to: r.from,
+                                    range: 0..len,
+                                })
+                            }
+                            ClientOutput::Forward {
+                                allocation,
+                                peer,
+                                payload,
+                            } => Some(Transmit {
+                                socket: *relay_ids.get(&allocation)?,
+                                to: peer,
+                                range: r.payload.start + payload.start
+                                    ..r.payload.start + payload.end,
+                            }),
+                        }
+                    }
+                    Role::Relay(alloc) => {
+                        match server.handle_peer(t, alloc, r.from, r.buf, r.payload) {
+                            PeerOutput::None => None,
+                            PeerOutput::ToClient {
+                                local,
+                                client,
+                                range,
+                            } => {
+                                let socket = listeners.iter().find(|(a, _)| *a == local)?.1;
+                                Some(Transmit {
+                                    socket,
+                                    to: client,
+                                    range,
+                                })
+                            }
+                        }
+                    }
+                }
+            };
+            let res = dp.turn(timeout, &mut handler);
+            drop(guard);
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "datapath turn failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let inner = self.inner.clone();
+            let mut g = lock(&inner);
+            if g.server.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+                let Shared { server, relays } = &mut *g;
+                server.handle_timeout(now(), relays);
+            }
+            if g.relays.changed() {
+                self.apply_changes(&mut g);
+            }
+        }
+        let inner = self.inner.clone();
+        let mut g = lock(&inner);
+        let Shared { server, relays } = &mut *g;
+        server.shutdown(relays);
+        relays.close_all();
+        self.apply_changes(&mut g);
+    }
+}
+
 /// A bound, not yet running relay.
 #[derive(Debug)]
 pub struct Relay {
     inner: Arc<Inner>,
     metrics: Option<tokio::net::TcpListener>,
     listening: Vec<SocketAddr>,
+    sockets: Vec<StdUdpSocket>,
+    io: io::Choice,
 }
 
 impl Relay {
@@ -96,18 +244,18 @@ impl Relay {
     pub async fn bind(config: &Config) -> Result<Relay, DriverError> {
         config.validate()?;
         crate::pii::set_show(config.log_addresses);
-        let mut listeners = HashMap::new();
+        let io = io::choose(config.io)?;
+        let mut sockets = Vec::new();
         let mut listening = Vec::new();
         for ip in &config.listening_ip {
             let addr = SocketAddr::new(*ip, config.listening_port);
-            let sock = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| DriverError::Bind { addr, source })?;
+            let sock =
+                StdUdpSocket::bind(addr).map_err(|source| DriverError::Bind { addr, source })?;
             let local = sock
                 .local_addr()
                 .map_err(|source| DriverError::Bind { addr, source })?;
             listening.push(local);
-            listeners.insert(local, Arc::new(sock));
+            sockets.push(sock);
         }
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
@@ -123,19 +271,25 @@ impl Relay {
         let relays = RelayTable::new(config.relay_ips(), config.min_port, config.max_port);
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared { server, relays }),
-            listeners,
             shutdown: CancellationToken::new(),
         });
         Ok(Relay {
             inner,
             metrics,
             listening,
+            sockets,
+            io,
         })
     }
 
     /// The bound listening addresses (useful with port 0).
     pub fn listening_addrs(&self) -> &[SocketAddr] {
         &self.listening
+    }
+
+    /// Which datapath runs (io_uring or portable), and why.
+    pub fn io_mode(&self) -> IoMode {
+        self.io.mode
     }
 
     /// The bound metrics address, if enabled.
@@ -146,11 +300,56 @@ impl Relay {
     /// Serve until `shutdown` is cancelled, then close every allocation.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = self.inner;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (local, sock) in &inner.listeners {
-            tasks.spawn(client_loop(inner.clone(), *local, sock.clone()));
+        let name = match self.io.mode {
+            IoMode::Uring => "uring",
+            _ => "portable",
+        };
+        tracing::info!(io = %name, reason = %self.io.reason, "datapath");
+        let mut dp = match io::create(self.io.mode) {
+            Ok(dp) => dp,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the datapath");
+                return;
+            }
+        };
+        let mut listeners = Vec::new();
+        let mut roles = Vec::new();
+        for (sock, local) in self.sockets.into_iter().zip(&self.listening) {
+            match dp.add(sock) {
+                Ok(sid) => {
+                    listeners.push((*local, sid));
+                    if roles.len() <= sid {
+                        roles.resize(sid + 1, None);
+                    }
+                    roles[sid] = Some(Role::Listener(*local));
+                }
+                Err(e) => {
+                    tracing::error!(listen = %local, error = %e, "cannot add the listening socket");
+                    return;
+                }
+            }
         }
-        tasks.spawn(timer_loop(inner.clone()));
+        let worker = Worker {
+            inner: inner.clone(),
+            dp,
+            listeners,
+            roles,
+            relay_ids: HashMap::new(),
+            response: vec![0u8; RESPONSE_MAX],
+            opened: Vec::new(),
+            closed: Vec::new(),
+        };
+        let thread = match std::thread::Builder::new()
+            .name("relay-worker-0".into())
+            .spawn(move || worker.run())
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the worker thread");
+                return;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = self.metrics {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(metrics = %a, "serving /metrics and /health");
@@ -163,11 +362,8 @@ impl Relay {
         shutdown.cancelled().await;
         tracing::info!("shutting down");
         inner.shutdown.cancel();
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         while tasks.join_next().await.is_some() {}
-        let mut g = lock(&inner);
-        let Shared { server, relays } = &mut *g;
-        server.shutdown(relays);
-        relays.close_all();
     }
 }
 
@@ -175,113 +371,4 @@ impl Relay {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DriverError> {
     Relay::bind(&config).await?.run(shutdown).await;
     Ok(())
-}
-
-/// Start the tasks for relayed sockets opened during a core call.
-fn spawn_pending(
-    inner: &Arc<Inner>,
-    pending: Vec<(AllocationId, Arc<UdpSocket>, CancellationToken)>,
-) {
-    for (id, sock, cancel) in pending {
-        tokio::spawn(peer_loop(inner.clone(), id, sock, cancel));
-    }
-}
-
-async fn client_loop(inner: Arc<Inner>, local: SocketAddr, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = vec![0u8; 1500];
-    loop {
-        let (n, from) = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors surface here on some platforms; keep serving.
-                    tracing::debug!(error = %e, "recv on listening socket");
-                    continue;
-                }
-            },
-        };
-        let tuple = FiveTuple {
-            local,
-            client: from,
-        };
-        let (action, relay_sock, pending) = {
-            let mut g = lock(&inner);
-            let Shared { server, relays } = &mut *g;
-            let action = server.handle_client(now(), tuple, &buf[..n], &mut out, relays);
-            let relay_sock = match &action {
-                ClientOutput::Forward { allocation, .. } => relays.socket(*allocation),
-                _ => None,
-            };
-            (action, relay_sock, relays.take_pending())
-        };
-        spawn_pending(&inner, pending);
-        let res = match action {
-            ClientOutput::None => Ok(0),
-            ClientOutput::Reply { len } => sock.send_to(&out[..len], from).await,
-            ClientOutput::Forward { peer, payload, .. } => match relay_sock {
-                Some(s) => s.send_to(&buf[payload], peer).await,
-                None => Ok(0),
-            },
-        };
-        if let Err(e) = res {
-            tracing::debug!(client = %Pii(from), error = %e, "send failed");
-        }
-    }
-}
-
-async fn peer_loop(
-    inner: Arc<Inner>,
-    id: AllocationId,
-    sock: Arc<UdpSocket>,
-    cancel: CancellationToken,
-) {
-    // One spare byte tells a datagram that did not fit from one that filled the buffer.
-    let mut buf = vec![0u8; PEER_HEADROOM + MAX_PEER_DATAGRAM + 1 + PEER_TAILROOM];
-    loop {
-        let (n, from) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = inner.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_DATAGRAM + 1]) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "recv on relayed socket");
-                    continue;
-                }
-            },
-        };
-        let action = {
-            let mut g = lock(&inner);
-            g.server
-                .handle_peer(now(), id, from, &mut buf, PEER_HEADROOM..PEER_HEADROOM + n)
-        };
-        if let PeerOutput::ToClient {
-            local,
-            client,
-            range,
-        } = action
-        {
-            if let Some(l) = inner.listeners.get(&local) {
-                if let Err(e) = l.send_to(&buf[range], client).await {
-                    tracing::debug!(client = %Pii(client), error = %e, "send to client failed");
-                }
-            }
-        }
-    }
-}
-
-async fn timer_loop(inner: Arc<Inner>) {
-    loop {
-        let next = lock(&inner).server.poll_timeout();
-        let cap = Instant::now() + TIMER_CAP;
-        let at = next.map_or(cap, |t| t.min(cap));
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(at.into()) => {}
-        }
-        let mut g = lock(&inner);
-        let Shared { server, relays } = &mut *g;
-        server.handle_timeout(now(), relays);
-    }
 }

@@ -1,13 +1,10 @@
-//! Relayed UDP sockets for the tokio driver: the port range, EVEN-PORT pairs and
+//! Relayed UDP sockets for the driver: the port range, EVEN-PORT pairs and
 //! reservations.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
 
 use rand::Rng;
-use tokio::net::UdpSocket;
-use tokio_util::sync::CancellationToken;
 
 use crate::turn::{AllocationId, Family, OpenedPort, PortError, PortRequest, RelayPorts};
 
@@ -42,10 +39,14 @@ pub(crate) struct RelayTable {
     ips: Vec<IpAddr>,
     min: u16,
     max: u16,
-    open: HashMap<AllocationId, (Arc<UdpSocket>, CancellationToken, SocketAddr)>,
+    /// Relayed address of every open allocation.
+    open: HashMap<AllocationId, SocketAddr>,
     reserved: HashMap<SocketAddr, StdUdpSocket>,
     used: HashSet<SocketAddr>,
-    pending: Vec<(AllocationId, Arc<UdpSocket>, CancellationToken)>,
+    /// Sockets opened during core calls, for the worker to add to its datapath.
+    pending: Vec<(AllocationId, StdUdpSocket)>,
+    /// Allocations closed during core calls whose sockets the datapath holds.
+    closed: Vec<AllocationId>,
 }
 
 impl RelayTable {
@@ -58,17 +59,29 @@ impl RelayTable {
             reserved: HashMap::new(),
             used: HashSet::new(),
             pending: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
-    pub(crate) fn socket(&self, id: AllocationId) -> Option<Arc<UdpSocket>> {
-        self.open.get(&id).map(|(s, _, _)| s.clone())
+    /// A socket opened but not yet taken by the worker.
+    #[cfg(test)]
+    pub(crate) fn socket(&self, id: AllocationId) -> Option<&StdUdpSocket> {
+        self.pending.iter().find(|(p, _)| *p == id).map(|(_, s)| s)
     }
 
-    pub(crate) fn take_pending(
+    /// Whether sockets were opened or closed since the last [`RelayTable::take_changes`].
+    pub(crate) fn changed(&self) -> bool {
+        !self.pending.is_empty() || !self.closed.is_empty()
+    }
+
+    /// Sockets opened and allocations closed since the last call.
+    pub(crate) fn take_changes(
         &mut self,
-    ) -> Vec<(AllocationId, Arc<UdpSocket>, CancellationToken)> {
-        std::mem::take(&mut self.pending)
+        opened: &mut Vec<(AllocationId, StdUdpSocket)>,
+        closed: &mut Vec<AllocationId>,
+    ) {
+        opened.append(&mut self.pending);
+        closed.append(&mut self.closed);
     }
 
     pub(crate) fn open_count(&self) -> usize {
@@ -76,9 +89,10 @@ impl RelayTable {
     }
 
     pub(crate) fn close_all(&mut self) {
-        for (_, (_, c, _)) in self.open.drain() {
-            c.cancel();
+        for (id, _) in self.open.drain() {
+            self.closed.push(id);
         }
+        self.pending.clear();
         self.reserved.clear();
         self.used.clear();
     }
@@ -158,12 +172,9 @@ impl RelayPorts for RelayTable {
             set_dont_fragment(&std_sock, family).map_err(|_| PortError::DontFragment)?;
         }
         let addr = std_sock.local_addr().map_err(|_| PortError::Exhausted)?;
-        let sock = UdpSocket::from_std(std_sock).map_err(|_| PortError::Exhausted)?;
-        let sock = Arc::new(sock);
-        let cancel = CancellationToken::new();
         self.used.insert(addr);
-        self.open.insert(id, (sock.clone(), cancel.clone(), addr));
-        self.pending.push((id, sock, cancel));
+        self.open.insert(id, addr);
+        self.pending.push((id, std_sock));
         let reserved_addr = reserved.map(|(a, s)| {
             self.used.insert(a);
             self.reserved.insert(a, s);
@@ -176,11 +187,14 @@ impl RelayPorts for RelayTable {
     }
 
     fn close(&mut self, id: AllocationId) {
-        if let Some((_, cancel, addr)) = self.open.remove(&id) {
-            cancel.cancel();
+        if let Some(addr) = self.open.remove(&id) {
             self.used.remove(&addr);
+            let before = self.pending.len();
+            self.pending.retain(|(p, _)| *p != id);
+            if self.pending.len() == before {
+                self.closed.push(id);
+            }
         }
-        self.pending.retain(|(p, _, _)| *p != id);
     }
 
     fn release_reservation(&mut self, addr: SocketAddr) {
@@ -201,8 +215,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn dont_fragment_sets_path_mtu_discovery_do() {
+    #[test]
+    fn dont_fragment_sets_path_mtu_discovery_do() {
         let mut table = RelayTable::new(vec!["127.0.0.1".parse().unwrap()], 40000, 60000);
         let opened = table
             .open(id(), Family::V4, PortRequest::Any, true)
@@ -210,7 +224,7 @@ mod tests {
         let sock = table.socket(id()).expect("socket");
         assert_eq!(sock.local_addr().unwrap(), opened.addr);
         assert_eq!(
-            sockopt::ip_mtu_discover(&*sock).unwrap(),
+            sockopt::ip_mtu_discover(sock).unwrap(),
             sockopt::Ipv4PathMtuDiscovery::DO
         );
         // Without DONT-FRAGMENT the kernel default stays (not "do").
@@ -223,7 +237,7 @@ mod tests {
             .unwrap();
         let sock = table.socket(other).unwrap();
         assert_ne!(
-            sockopt::ip_mtu_discover(&*sock).unwrap(),
+            sockopt::ip_mtu_discover(sock).unwrap(),
             sockopt::Ipv4PathMtuDiscovery::DO
         );
     }
