@@ -19,6 +19,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::time::Duration;
 
+#[doc(hidden)]
+pub mod alloc_count;
 pub mod portable;
 #[cfg(target_os = "linux")]
 pub mod uring;
