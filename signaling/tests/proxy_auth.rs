@@ -594,3 +594,154 @@ async fn offnet_calls_follow_the_dial_plan_for_our_callers_only() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+async fn register_device(sip: SocketAddr, dev: &UdpSocket, login: &str, inst: &str) {
+    let dme = dev.local_addr().unwrap();
+    let call = r();
+    let reg = |cseq: u32, auth: Option<String>| {
+        format!(
+            "REGISTER sip:{REALM} SIP/2.0\r\nVia: SIP/2.0/UDP {dme};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:{login}@{REALM}>;tag=r\r\nTo: <sip:{login}@{REALM}>\r\nCall-ID: reg-{call}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{login}@{dme}>;+sip.instance=\"<{inst}>\"\r\nExpires: 600\r\n{}Content-Length: 0\r\n\r\n",
+            r(),
+            auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default()
+        )
+    };
+    let first = exchange(dev, sip, &reg(1, None)).await;
+    let n = nonce(&challenge(&first, "WWW-Authenticate", "MD5"));
+    let a = client_response(
+        Algorithm::Md5,
+        login,
+        REALM,
+        PASSWORD,
+        "REGISTER",
+        &format!("sip:{REALM}"),
+        &n,
+        1,
+        "cn",
+    );
+    assert_eq!(status(&exchange(dev, sip, &reg(2, Some(a))).await), 200);
+}
+
+/// A response to a request a device received, built the way a UAS does.
+fn answer(req: &str, code: u16, reason: &str, to_tag: &str) -> String {
+    let m = Message::parse(req.as_bytes()).unwrap();
+    let vias: String = m
+        .headers_named(HeaderName::Via)
+        .map(|h| format!("Via: {}\r\n", h.value))
+        .collect();
+    format!(
+        "SIP/2.0 {code} {reason}\r\n{vias}From: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        m.header(HeaderName::From).unwrap(),
+        m.header(HeaderName::To).unwrap(),
+        m.call_id().unwrap(),
+        m.header(HeaderName::CSeq).unwrap()
+    )
+}
+
+#[tokio::test]
+async fn a_device_that_registers_while_the_call_rings_gets_it_as_a_new_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalingConfig {
+        data_dir: dir.path().to_path_buf(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: None,
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        ..SignalingConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    api(
+        &client,
+        &base,
+        "/accounts",
+        None,
+        json!({"login": "bob", "password": PASSWORD}),
+    )
+    .await;
+    let insts = [
+        "urn:uuid:00000000-0000-4000-8000-0000000b0b01",
+        "urn:uuid:00000000-0000-4000-8000-0000000b0b02",
+    ];
+    for (i, inst) in insts.iter().enumerate() {
+        api(
+            &client,
+            &base,
+            "/me/devices",
+            Some("bob"),
+            json!({"instance_id": inst, "class": "mobile", "name": format!("phone {i}")}),
+        )
+        .await;
+    }
+    let d1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    register_device(sip, &d1, "bob", insts[0]).await;
+
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let inv = Invite::new(me, "sip:carol@example.org", &format!("sip:bob@{REALM}"));
+    caller
+        .send_to(inv.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    let got1 = recv(&d1, Duration::from_secs(5))
+        .await
+        .expect("INVITE at phone 0");
+    d1.send_to(answer(&got1, 180, "Ringing", "d1").as_bytes(), sip)
+        .await
+        .unwrap();
+
+    // Phone 1 comes online while it rings: it gets the INVITE at once.
+    let d2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    register_device(sip, &d2, "bob", insts[1]).await;
+    let got2 = recv(&d2, Duration::from_secs(2))
+        .await
+        .expect("INVITE at phone 1");
+    let m2 = Message::parse(got2.as_bytes()).unwrap();
+    assert_eq!(m2.method(), Some("INVITE"));
+    assert_eq!(m2.call_id(), Some(inv.call_id.as_str()));
+    // A refresh of phone 1's registration does not ring it twice.
+    register_device(sip, &d2, "bob", insts[1]).await;
+    let again = recv(&d2, Duration::from_millis(300)).await;
+    assert!(
+        again.as_deref().is_none_or(|m| !m.starts_with("INVITE")),
+        "{again:?}"
+    );
+
+    // Phone 1 answers: the caller gets 200, phone 0 gets CANCEL with the Reason.
+    d2.send_to(answer(&got2, 200, "OK", "d2").as_bytes(), sip)
+        .await
+        .unwrap();
+    let resp = loop {
+        let r = recv(&caller, Duration::from_secs(5)).await.unwrap();
+        if !r.starts_with("SIP/2.0 1") {
+            break r;
+        }
+    };
+    assert_eq!(status(&resp), 200, "{resp}");
+    let cancel = loop {
+        let m = recv(&d1, Duration::from_secs(5))
+            .await
+            .expect("CANCEL at phone 0");
+        if m.starts_with("CANCEL") {
+            break m;
+        }
+    };
+    let c = Message::parse(cancel.as_bytes()).unwrap();
+    assert_eq!(
+        c.header(HeaderName::Other("Reason")),
+        Some("SIP;cause=200;text=\"Call completed elsewhere\"")
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

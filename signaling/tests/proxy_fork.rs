@@ -292,6 +292,30 @@ fn caller_cancel_answers_487_at_once_for_silent_branches_and_cancels_them_later(
 }
 
 #[test]
+fn a_branch_added_while_ringing_takes_part_in_the_fork() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 1, true, RING);
+    f.handle_response(t0, 0, 180);
+    drain(&mut f);
+    assert_eq!(f.add_branch(), Some(1));
+    f.handle_response(t0, 0, 486);
+    assert!(drain(&mut f).is_empty(), "the new branch is still open");
+    f.handle_response(t0, 1, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: 1,
+            code: 200
+        }]
+    );
+    assert_eq!(f.add_branch(), None, "answered: no more branches");
+
+    let mut f = Fork::new(t0, 1, true, RING);
+    f.handle_cancel(t0);
+    assert_eq!(f.add_branch(), None, "cancelled: no more branches");
+}
+
+#[test]
 fn no_branch_is_480_and_non_invite_never_cancels() {
     let t0 = Instant::now();
     let mut f = Fork::new(t0, 0, true, RING);

@@ -103,6 +103,17 @@ impl Fork {
         f
     }
 
+    /// Adds a branch to a request still in progress (a device that registered while
+    /// the call rings, for example after a push). Returns its index, or `None` once
+    /// the request is answered or cancelled.
+    pub fn add_branch(&mut self) -> Option<usize> {
+        if self.answered || self.caller_cancelled {
+            return None;
+        }
+        self.branches.push(BranchState::Calling { cancel: None });
+        Some(self.branches.len() - 1)
+    }
+
     /// Next action for the glue.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

@@ -80,8 +80,29 @@ struct Hop {
 }
 
 enum Input {
-    Response { branch: usize, bytes: Vec<u8> },
+    Response {
+        branch: usize,
+        bytes: Vec<u8>,
+    },
     Cancel,
+    /// A device of the called account registered while the call rings.
+    Registered(Box<Binding>),
+}
+
+/// A request in progress, as the proxy finds it again.
+#[derive(Clone)]
+struct CallEntry {
+    tx: mpsc::Sender<Input>,
+    /// The called account, for INVITEs forked to an account's bindings: a device of
+    /// it that registers while the call rings becomes a new branch.
+    account: Option<AccountId>,
+}
+
+/// How to build one more branch of a forked INVITE.
+struct BranchTemplate {
+    hash: String,
+    max_forwards: u32,
+    caller: Hop,
 }
 
 /// The proxy shared by every connection of the SIP server.
@@ -98,7 +119,7 @@ pub(crate) struct Proxy {
     /// Our branch parameter -> the task of its forked request and the branch index.
     routes: Mutex<HashMap<String, (mpsc::Sender<Input>, usize)>>,
     /// Server INVITE transaction key -> its task, for the caller's CANCEL.
-    calls: Mutex<HashMap<String, mpsc::Sender<Input>>>,
+    calls: Mutex<HashMap<String, CallEntry>>,
     /// Outgoing calls of authenticated callers, for the per-account limit.
     outgoing: Mutex<Outgoing>,
 }
@@ -375,7 +396,7 @@ impl Proxy {
             .calls
             .lock()
             .ok()
-            .and_then(|c| c.get(invite_key).cloned());
+            .and_then(|c| c.get(invite_key).map(|e| e.tx.clone()));
         match tx {
             Some(tx) => {
                 let _ = tx.try_send(Input::Cancel);
@@ -513,6 +534,7 @@ impl Proxy {
                 method == "INVITE",
                 vec![(hop, branch, bytes)],
                 None,
+                None,
             );
         }
 
@@ -643,6 +665,22 @@ impl Proxy {
             return release(reply(code, reason));
         }
         let outgoing = counted_call.clone();
+        let template = (method == "INVITE").then(|| {
+            (
+                account.id,
+                BranchTemplate {
+                    hash: hash.clone(),
+                    max_forwards: max_forwards - 1,
+                    caller: Hop {
+                        transport: origin.transport,
+                        addr: origin.source,
+                        local: self
+                            .local_on(origin.transport, origin.local)
+                            .unwrap_or(origin.local),
+                    },
+                },
+            )
+        });
         release(self.start_fork(
             raw,
             top_via,
@@ -651,7 +689,42 @@ impl Proxy {
             method == "INVITE",
             branches,
             outgoing,
+            template,
         ))
+    }
+
+    /// Devices that register while a call to their account rings join it as new
+    /// branches (the park-and-push flow relies on this).
+    pub(crate) async fn registration_loop(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<crate::registrar::Registered>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = events.recv() => ev,
+            };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "registration events lagged");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let targets: Vec<mpsc::Sender<Input>> = match self.calls.lock() {
+                Ok(c) => c
+                    .values()
+                    .filter(|e| e.account == Some(ev.account))
+                    .map(|e| e.tx.clone())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            for t in targets {
+                let _ = t.try_send(Input::Registered(Box::new(ev.binding.clone())));
+            }
+        }
     }
 
     /// Sends a request for a number that is not ours to the gateway or server the dial
@@ -736,6 +809,7 @@ impl Proxy {
             msg.method() == Some("INVITE"),
             vec![(hop, branch, bytes)],
             outgoing,
+            None,
         )
     }
 
@@ -749,6 +823,7 @@ impl Proxy {
         invite: bool,
         branches: Vec<(Hop, String, Vec<u8>)>,
         outgoing_call: Option<String>,
+        template: Option<(AccountId, BranchTemplate)>,
     ) -> Handled {
         let (tx, rx) = mpsc::channel(64);
         {
@@ -766,7 +841,13 @@ impl Proxy {
                         .finish(),
                 );
             }
-            calls.insert(invite_key.to_owned(), tx.clone());
+            calls.insert(
+                invite_key.to_owned(),
+                CallEntry {
+                    tx: tx.clone(),
+                    account: template.as_ref().map(|(a, _)| *a),
+                },
+            );
         }
         if let Ok(mut r) = self.routes.lock() {
             for (i, (_, branch, _)) in branches.iter().enumerate() {
@@ -785,6 +866,7 @@ impl Proxy {
             fork: Fork::new(now, branches.len(), invite, ring),
             outgoing_call,
             answered_2xx: false,
+            template: template.map(|(_, t)| t),
             branches: branches
                 .into_iter()
                 .map(|(hop, id, bytes)| {
@@ -807,6 +889,7 @@ impl Proxy {
                     BranchCtx {
                         hop,
                         id,
+                        instance: None,
                         request: bytes,
                         tx,
                         cancel: None,
@@ -816,6 +899,7 @@ impl Proxy {
                 })
                 .collect(),
             rx,
+            self_tx: tx.clone(),
         };
         if invite {
             // RFC 3261 16.2: a stateful proxy answers an INVITE with 100 at once.
@@ -935,6 +1019,8 @@ impl ClientTx {
 struct BranchCtx {
     hop: Hop,
     id: String,
+    /// The device's instance, for branches to bindings.
+    instance: Option<String>,
     request: Vec<u8>,
     tx: ClientTx,
     cancel: Option<ClientNonInvite>,
@@ -957,8 +1043,12 @@ struct Call {
     /// 2xx established the call (then its BYE releases it).
     outgoing_call: Option<String>,
     answered_2xx: bool,
+    /// Set for INVITEs to an account's bindings: more branches can join.
+    template: Option<BranchTemplate>,
     branches: Vec<BranchCtx>,
     rx: mpsc::Receiver<Input>,
+    /// Our own input, for the routes of branches added later.
+    self_tx: mpsc::Sender<Input>,
 }
 
 impl Call {
@@ -996,6 +1086,7 @@ impl Call {
                 input = self.rx.recv() => match input {
                     Some(Input::Response { branch, bytes }) => self.on_response(Instant::now(), branch, bytes),
                     Some(Input::Cancel) => self.fork.handle_cancel(Instant::now()),
+                    Some(Input::Registered(b)) => self.add_binding(Instant::now(), &b),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -1025,6 +1116,61 @@ impl Call {
         if let (Some(c), false) = (&self.outgoing_call, self.answered_2xx) {
             self.proxy.release_call(c);
         }
+    }
+
+    /// A device of the called account registered while the call rings: it gets the
+    /// INVITE as a new branch, unless one of its bindings already has it.
+    fn add_binding(&mut self, now: Instant, b: &Binding) {
+        let Some(t) = &self.template else { return };
+        let Some(hop) = hop_of(b) else { return };
+        if self
+            .branches
+            .iter()
+            .any(|x| x.instance.as_deref() == Some(b.instance_id.as_str()) || x.hop == hop)
+        {
+            return;
+        }
+        let Ok(req) = Message::parse(&self.request) else {
+            return;
+        };
+        let Some(idx) = self.fork.add_branch() else {
+            return;
+        };
+        let id = format!("z9hG4bK{}.{}", t.hash, new_tag());
+        let rr = vec![
+            self.proxy.record_route(hop, (hop.transport, hop.addr)),
+            self.proxy
+                .record_route(t.caller, (t.caller.transport, t.caller.addr)),
+        ];
+        let bytes = msg::forward_request(
+            &req,
+            &msg::Forward {
+                request_uri: Some(&b.contact_uri),
+                via: &self.proxy.via(hop, &id),
+                record_route: &rr,
+                pop_routes: 0,
+                max_forwards: t.max_forwards,
+                extra: &[],
+            },
+        );
+        if let Ok(mut r) = self.proxy.routes.lock() {
+            r.insert(id.clone(), (self.self_tx.clone(), idx));
+        }
+        self.branches.push(BranchCtx {
+            hop,
+            id,
+            instance: Some(b.instance_id.clone()),
+            tx: ClientTx::Invite(ClientInvite::new(
+                now,
+                bytes.clone(),
+                hop.transport.reliable(),
+                self.proxy.timers,
+            )),
+            request: bytes,
+            cancel: None,
+            last: None,
+            challenges: Vec::new(),
+        });
     }
 
     fn all_terminated(&self) -> bool {

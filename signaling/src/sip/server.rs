@@ -257,6 +257,12 @@ impl SipServer {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         });
+        tracker.spawn(
+            server
+                .proxy
+                .clone()
+                .registration_loop(registrar.subscribe_registrations(), shutdown.clone()),
+        );
         if let Some((sock, local)) = udp {
             tracker.spawn(server.clone().udp_loop(sock, local));
         }
