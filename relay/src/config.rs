@@ -78,6 +78,9 @@ pub struct Config {
     /// Datapath: `auto` (io_uring when the kernel allows it, else portable),
     /// `uring` (fail at start without it) or `portable`.
     pub io: crate::io::IoMode,
+    /// Worker threads, each with its own datapath, listening socket (SO_REUSEPORT)
+    /// and share of the allocations; 0 (the default) = one per available core.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             unauthorized_rate: q.unauthorized_per_sec,
             strict_channel_range: false,
             io: crate::io::IoMode::Auto,
+            workers: 0,
         }
     }
 }
@@ -186,7 +190,18 @@ impl Config {
                 "expected a level (error, warn, info, debug, trace, off) or target=level list",
             ));
         }
+        if self.workers > 1024 {
+            return Err(invalid("workers", "at most 1024"));
+        }
         Ok(())
+    }
+
+    /// The number of workers to run (`workers`, or one per available core).
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// Where relayed sockets bind.

@@ -61,6 +61,9 @@ struct Args {
     /// Datapath: auto (io_uring when the kernel allows it), uring or portable.
     #[arg(long, env = "TANDEM_IO", value_enum)]
     io: Option<tandem_relay::io::IoMode>,
+    /// Worker threads (default: one per available core).
+    #[arg(long, env = "TANDEM_WORKERS")]
+    workers: Option<usize>,
     /// Private address for /metrics and /health.
     #[arg(long, env = "TANDEM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -96,6 +99,7 @@ impl Args {
         c.log_addresses |= self.log_addresses;
         c.strict_channel_range |= self.strict_channel_range;
         set(&mut c.io, self.io);
+        set(&mut c.workers, self.workers);
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
         }

@@ -3,8 +3,8 @@
 //! indications, 10 clients each, zero loss) with `turnutils_peer` as the echo peer,
 //! and `turnutils_stunclient` for the mapped address. Run once per datapath
 //! (`--io portable` and `--io uring`; the io_uring run is skipped, with a message,
-//! where the kernel does not allow io_uring), checking that the relay logs which
-//! datapath it runs.
+//! where the kernel does not allow io_uring), with two workers, checking that the
+//! relay logs which datapath it runs.
 //!
 //! Needs Debian's `coturn` package. Without it the test fails when `CI` is set and is
 //! skipped (with a message) otherwise.
@@ -82,6 +82,11 @@ fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, String) {
             "info",
             "--io",
             io,
+            // Two workers sharing the port (SO_REUSEPORT) even on a one-core machine:
+            // uclient's RTCP Allocate carries the RESERVATION-TOKEN from another
+            // client port, which may hash to the other worker.
+            "--workers",
+            "2",
         ])
         .args([
             "--user",

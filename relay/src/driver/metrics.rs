@@ -27,14 +27,14 @@ pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) 
 }
 
 async fn metrics(State(inner): State<Arc<Inner>>) -> impl IntoResponse {
-    let (s, live, sockets) = {
-        let g = lock(&inner);
-        (
-            g.server.stats().clone(),
-            g.server.allocation_count(),
-            g.relays.open_count(),
-        )
-    };
+    let mut s = crate::turn::Stats::default();
+    let (mut live, mut sockets) = (0, 0);
+    for shard in &inner.shards {
+        let g = lock(shard);
+        s.merge(g.server.stats());
+        live += g.server.allocation_count();
+        sockets += g.relays.open_count();
+    }
     let mut o = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

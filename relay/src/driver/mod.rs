@@ -50,7 +50,9 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct Inner {
-    pub(crate) shared: Mutex<Shared>,
+    /// One shard of allocation state per worker. Only that worker and the metrics
+    /// endpoint take its lock, so packets never wait for another worker.
+    pub(crate) shards: Vec<Mutex<Shared>>,
     shutdown: CancellationToken,
 }
 
@@ -72,9 +74,9 @@ pub fn now() -> Now {
     }
 }
 
-fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Shared> {
+fn lock(shard: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding the lock is a bug; keep serving rather than cascade.
-    inner.shared.lock().unwrap_or_else(|p| p.into_inner())
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a registered socket is.
@@ -87,6 +89,8 @@ enum Role {
 /// One worker: a datapath and the sockets it serves.
 struct Worker {
     inner: Arc<Inner>,
+    /// Index of this worker's shard in `inner.shards`.
+    shard: usize,
     dp: Box<dyn Datapath>,
     /// Listening address and its socket id.
     listeners: Vec<(SocketAddr, SocketId)>,
@@ -133,12 +137,13 @@ impl Worker {
                 break;
             }
             let timeout = {
-                let next = lock(&self.inner).server.poll_timeout();
+                let next = lock(&self.inner.shards[self.shard]).server.poll_timeout();
                 let t = Instant::now();
                 next.map_or(TURN_CAP, |n| n.saturating_duration_since(t).min(TURN_CAP))
             };
             let Worker {
                 inner,
+                shard,
                 dp,
                 listeners,
                 roles,
@@ -149,7 +154,7 @@ impl Worker {
             let mut guard = None;
             let mut at: Option<Now> = None;
             let mut handler = |r: Received<'_>| -> Option<Transmit> {
-                let g = guard.get_or_insert_with(|| lock(inner));
+                let g = guard.get_or_insert_with(|| lock(&inner.shards[*shard]));
                 let t = *at.get_or_insert_with(now);
                 let Shared { server, relays } = &mut **g;
                 match roles.get(r.socket).copied().flatten()? {
@@ -211,7 +216,7 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let inner = self.inner.clone();
-            let mut g = lock(&inner);
+            let mut g = lock(&inner.shards[self.shard]);
             if g.server.poll_timeout().is_some_and(|t| t <= Instant::now()) {
                 let Shared { server, relays } = &mut *g;
                 server.handle_timeout(now(), relays);
@@ -221,7 +226,7 @@ impl Worker {
             }
         }
         let inner = self.inner.clone();
-        let mut g = lock(&inner);
+        let mut g = lock(&inner.shards[self.shard]);
         let Shared { server, relays } = &mut *g;
         server.shutdown(relays);
         relays.close_all();
@@ -235,7 +240,8 @@ pub struct Relay {
     inner: Arc<Inner>,
     metrics: Option<tokio::net::TcpListener>,
     listening: Vec<SocketAddr>,
-    sockets: Vec<StdUdpSocket>,
+    /// Listening sockets of each worker (one per listening address).
+    sockets: Vec<Vec<StdUdpSocket>>,
     io: io::Choice,
 }
 
@@ -245,17 +251,24 @@ impl Relay {
         config.validate()?;
         crate::pii::set_show(config.log_addresses);
         let io = io::choose(config.io)?;
-        let mut sockets = Vec::new();
+        let workers = config.worker_count();
+        let mut sockets: Vec<Vec<StdUdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
         for ip in &config.listening_ip {
-            let addr = SocketAddr::new(*ip, config.listening_port);
-            let sock =
-                StdUdpSocket::bind(addr).map_err(|source| DriverError::Bind { addr, source })?;
-            let local = sock
-                .local_addr()
-                .map_err(|source| DriverError::Bind { addr, source })?;
-            listening.push(local);
-            sockets.push(sock);
+            let mut addr = SocketAddr::new(*ip, config.listening_port);
+            for (w, per_worker) in sockets.iter_mut().enumerate() {
+                let sock = bind_listener(addr, workers > 1)
+                    .map_err(|source| DriverError::Bind { addr, source })?;
+                if w == 0 {
+                    // The first worker's socket fixes the port (port 0 picks one); the
+                    // others share it through SO_REUSEPORT.
+                    addr = sock
+                        .local_addr()
+                        .map_err(|source| DriverError::Bind { addr, source })?;
+                    listening.push(addr);
+                }
+                per_worker.push(sock);
+            }
         }
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
@@ -265,12 +278,29 @@ impl Relay {
             ),
             None => None,
         };
-        let core = config.core(&listening);
-        let seed: [u8; 32] = rand::random();
-        let server = Server::new(core, now(), seed);
-        let relays = RelayTable::new(config.relay_ips(), config.min_port, config.max_port);
+        let mut core = config.core(&listening);
+        if core.quotas.total_allocations != 0 {
+            // Each worker enforces its share, so the total is never exceeded.
+            let share = core.quotas.total_allocations / workers as u32;
+            core.quotas.total_allocations = share.max(1);
+        }
+        // One nonce key for all workers, so a nonce is good on any of them.
+        let nonce_key: [u8; 32] = rand::random();
+        let reservations = ports::SharedReservations::default();
+        let shards = (0..workers)
+            .map(|_| {
+                let server = Server::with_nonce_key(core.clone(), now(), rand::random(), nonce_key);
+                let relays = RelayTable::new(
+                    config.relay_ips(),
+                    config.min_port,
+                    config.max_port,
+                    reservations.clone(),
+                );
+                Mutex::new(Shared { server, relays })
+            })
+            .collect();
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared { server, relays }),
+            shards,
             shutdown: CancellationToken::new(),
         });
         Ok(Relay {
@@ -305,50 +335,19 @@ impl Relay {
             _ => "portable",
         };
         tracing::info!(io = %name, reason = %self.io.reason, "datapath");
-        let mut dp = match io::create(self.io.mode) {
-            Ok(dp) => dp,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create the datapath");
-                return;
-            }
-        };
-        let mut listeners = Vec::new();
-        let mut roles = Vec::new();
-        for (sock, local) in self.sockets.into_iter().zip(&self.listening) {
-            match dp.add(sock) {
-                Ok(sid) => {
-                    listeners.push((*local, sid));
-                    if roles.len() <= sid {
-                        roles.resize(sid + 1, None);
-                    }
-                    roles[sid] = Some(Role::Listener(*local));
-                }
+        let workers = self.sockets.len();
+        tracing::info!(workers, "starting workers");
+        let mut threads = Vec::new();
+        for (index, socks) in self.sockets.into_iter().enumerate() {
+            match start_worker(&inner, index, socks, &self.listening, self.io.mode) {
+                Ok(t) => threads.push(t),
                 Err(e) => {
-                    tracing::error!(listen = %local, error = %e, "cannot add the listening socket");
-                    return;
+                    tracing::error!(worker = index, error = %e, "cannot start a worker");
+                    inner.shutdown.cancel();
+                    break;
                 }
             }
         }
-        let worker = Worker {
-            inner: inner.clone(),
-            dp,
-            listeners,
-            roles,
-            relay_ids: HashMap::new(),
-            response: vec![0u8; RESPONSE_MAX],
-            opened: Vec::new(),
-            closed: Vec::new(),
-        };
-        let thread = match std::thread::Builder::new()
-            .name("relay-worker-0".into())
-            .spawn(move || worker.run())
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the worker thread");
-                return;
-            }
-        };
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = self.metrics {
             if let Ok(a) = l.local_addr() {
@@ -362,9 +361,71 @@ impl Relay {
         shutdown.cancelled().await;
         tracing::info!("shutting down");
         inner.shutdown.cancel();
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// A listening socket; with `reuse_port` several workers bind the same address and
+/// the kernel spreads clients over them by a hash of the 4-tuple, so a client's
+/// datagrams always reach the same worker.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdUdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    #[cfg(unix)]
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// Create worker `index`'s datapath with its listening sockets and start its thread.
+fn start_worker(
+    inner: &Arc<Inner>,
+    index: usize,
+    socks: Vec<StdUdpSocket>,
+    listening: &[SocketAddr],
+    mode: IoMode,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let mut dp = io::create(mode).map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    let mut roles = Vec::new();
+    for (sock, local) in socks.into_iter().zip(listening) {
+        let sid = dp
+            .add(sock)
+            .map_err(|e| format!("adding the listening socket: {e}"))?;
+        listeners.push((*local, sid));
+        if roles.len() <= sid {
+            roles.resize(sid + 1, None);
+        }
+        roles[sid] = Some(Role::Listener(*local));
+    }
+    let worker = Worker {
+        inner: inner.clone(),
+        shard: index,
+        dp,
+        listeners,
+        roles,
+        relay_ids: HashMap::new(),
+        response: vec![0u8; RESPONSE_MAX],
+        opened: Vec::new(),
+        closed: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name(format!("relay-worker-{index}"))
+        .spawn(move || worker.run())
+        .map_err(|e| e.to_string())
 }
 
 /// Run a relay with `config` until `shutdown` is cancelled.

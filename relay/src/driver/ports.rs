@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
@@ -35,13 +36,35 @@ fn set_dont_fragment(_sock: &StdUdpSocket, _family: Family) -> std::io::Result<(
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
+/// EVEN-PORT reservations of every worker: the held sockets and their tokens. Locked
+/// only by Allocate with EVEN-PORT or RESERVATION-TOKEN and by reservation expiry,
+/// never on the relay path.
+#[derive(Debug, Default)]
+pub(crate) struct Reservations {
+    sockets: HashMap<SocketAddr, StdUdpSocket>,
+    tokens: HashMap<[u8; 8], SocketAddr>,
+}
+
+impl Reservations {
+    fn take(&mut self, addr: &SocketAddr) -> Option<StdUdpSocket> {
+        self.tokens.retain(|_, a| a != addr);
+        self.sockets.remove(addr)
+    }
+}
+
+pub(crate) type SharedReservations = Arc<Mutex<Reservations>>;
+
+fn lock(r: &SharedReservations) -> std::sync::MutexGuard<'_, Reservations> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) struct RelayTable {
     ips: Vec<IpAddr>,
     min: u16,
     max: u16,
     /// Relayed address of every open allocation.
     open: HashMap<AllocationId, SocketAddr>,
-    reserved: HashMap<SocketAddr, StdUdpSocket>,
+    reserved: SharedReservations,
     used: HashSet<SocketAddr>,
     /// Sockets opened during core calls, for the worker to add to its datapath.
     pending: Vec<(AllocationId, StdUdpSocket)>,
@@ -50,13 +73,13 @@ pub(crate) struct RelayTable {
 }
 
 impl RelayTable {
-    pub(crate) fn new(ips: Vec<IpAddr>, min: u16, max: u16) -> Self {
+    pub(crate) fn new(ips: Vec<IpAddr>, min: u16, max: u16, reserved: SharedReservations) -> Self {
         RelayTable {
             ips,
             min,
             max,
             open: HashMap::new(),
-            reserved: HashMap::new(),
+            reserved,
             used: HashSet::new(),
             pending: Vec::new(),
             closed: Vec::new(),
@@ -93,7 +116,11 @@ impl RelayTable {
             self.closed.push(id);
         }
         self.pending.clear();
-        self.reserved.clear();
+        let mut r = lock(&self.reserved);
+        for addr in &self.used {
+            r.take(addr);
+        }
+        drop(r);
         self.used.clear();
     }
 
@@ -158,7 +185,9 @@ impl RelayPorts for RelayTable {
             .ok_or(PortError::Family)?;
         let (std_sock, reserved) = match request {
             PortRequest::Reserved(addr) => (
-                self.reserved.remove(&addr).ok_or(PortError::Exhausted)?,
+                lock(&self.reserved)
+                    .take(&addr)
+                    .ok_or(PortError::Exhausted)?,
                 None,
             ),
             PortRequest::Any => self.find(ip, false, false).ok_or(PortError::Exhausted)?,
@@ -177,7 +206,7 @@ impl RelayPorts for RelayTable {
         self.pending.push((id, std_sock));
         let reserved_addr = reserved.map(|(a, s)| {
             self.used.insert(a);
-            self.reserved.insert(a, s);
+            lock(&self.reserved).sockets.insert(a, s);
             a
         });
         Ok(OpenedPort {
@@ -198,8 +227,16 @@ impl RelayPorts for RelayTable {
     }
 
     fn release_reservation(&mut self, addr: SocketAddr) {
-        self.reserved.remove(&addr);
+        lock(&self.reserved).take(&addr);
         self.used.remove(&addr);
+    }
+
+    fn share_reservation(&mut self, token: [u8; 8], addr: SocketAddr) {
+        lock(&self.reserved).tokens.insert(token, addr);
+    }
+
+    fn claim_reservation(&mut self, token: &[u8; 8]) -> Option<SocketAddr> {
+        lock(&self.reserved).tokens.remove(token)
     }
 }
 
@@ -217,7 +254,12 @@ mod tests {
 
     #[test]
     fn dont_fragment_sets_path_mtu_discovery_do() {
-        let mut table = RelayTable::new(vec!["127.0.0.1".parse().unwrap()], 40000, 60000);
+        let mut table = RelayTable::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            40000,
+            60000,
+            SharedReservations::default(),
+        );
         let opened = table
             .open(id(), Family::V4, PortRequest::Any, true)
             .expect("open with DF");

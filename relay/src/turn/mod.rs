@@ -210,6 +210,17 @@ pub trait RelayPorts {
     fn close(&mut self, id: AllocationId);
     /// Free a port held for a reservation that expired unused.
     fn release_reservation(&mut self, addr: SocketAddr);
+    /// A reservation was made under `token` for `addr`. A driver that runs several
+    /// cores (one per worker) publishes it, so an Allocate carrying the token that
+    /// reaches another worker (a different 5-tuple may hash elsewhere) finds it.
+    fn share_reservation(&mut self, token: [u8; 8], addr: SocketAddr) {
+        let _ = (token, addr);
+    }
+    /// The address reserved under `token` by another core, taken (once).
+    fn claim_reservation(&mut self, token: &[u8; 8]) -> Option<SocketAddr> {
+        let _ = token;
+        None
+    }
 }
 
 /// Result of [`Server::handle_client`].
@@ -261,6 +272,38 @@ pub struct Stats {
     pub dropped_bandwidth: u64,
     pub amplification_dropped: u64,
 }
+
+macro_rules! stats_merge {
+    ($($f:ident),*) => {
+        impl Stats {
+            /// Add `other` to these counters (one set per worker, summed for metrics).
+            pub fn merge(&mut self, other: &Stats) {
+                $(self.$f += other.$f;)*
+            }
+        }
+    };
+}
+
+stats_merge!(
+    allocations_created,
+    allocations_expired,
+    allocations_deleted,
+    binding_requests,
+    unauthorized,
+    unauthorized_rate_limited,
+    auth_failures,
+    error_responses,
+    malformed,
+    peer_refused,
+    quota_refused,
+    to_peer_packets,
+    to_peer_bytes,
+    to_client_packets,
+    to_client_bytes,
+    dropped_no_permission,
+    dropped_bandwidth,
+    amplification_dropped
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -326,6 +369,15 @@ impl Server {
         let mut rng = rand::rngs::StdRng::from_seed(seed);
         let mut nonce_key = [0u8; 32];
         rng.fill_bytes(&mut nonce_key);
+        Self::with_nonce_key(cfg, now, seed, nonce_key)
+    }
+
+    /// As [`Server::new`], with the key of the stateless nonces given: servers that
+    /// share it (one per worker) accept each other's nonces.
+    pub fn with_nonce_key(cfg: Config, now: Now, seed: [u8; 32], nonce_key: [u8; 32]) -> Self {
+        let mut rng = rand::rngs::StdRng::from_seed(seed);
+        let mut skip = [0u8; 32];
+        rng.fill_bytes(&mut skip);
         let creds = Credentials::new(&cfg.realm, &cfg.users, &cfg.auth_secrets);
         let nonces = Nonces::new(nonce_key, cfg.nonce_lifetime, now.mono);
         let limiter = RateLimiter::new(
@@ -921,8 +973,9 @@ impl Server {
             return self.auth_error(req, out, auth, 508, &[]);
         }
         let port_req = if let Some(tok) = req.reservation_token {
-            match self.reservations.remove(&tok) {
-                Some((addr, _)) => PortRequest::Reserved(addr),
+            let local = self.reservations.remove(&tok).map(|(addr, _)| addr);
+            match local.or_else(|| ports.claim_reservation(&tok)) {
+                Some(addr) => PortRequest::Reserved(addr),
                 None => return self.auth_error(req, out, auth, 508, &[]),
             }
         } else if let Some(r) = req.even_port {
@@ -961,6 +1014,7 @@ impl Server {
             self.rng.fill_bytes(&mut t);
             let exp = now.mono + RESERVATION_LIFETIME;
             self.reservations.insert(t, (addr, exp));
+            ports.share_reservation(t, addr);
             self.timers.push(Reverse((exp, Timer::Reservation(t))));
             t
         });
