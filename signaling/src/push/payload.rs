@@ -225,6 +225,44 @@ mod tests {
     }
 
     #[test]
+    fn excerpt_of_random_text_is_a_char_prefix() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        for _ in 0..2000 {
+            let len = rng.random_range(0..120);
+            let text: String = (0..len)
+                .map(|_| match rng.random_range(0..4) {
+                    0 => rng.random_range('a'..='z'),
+                    1 => rng.random_range('\u{80}'..='\u{7ff}'),
+                    2 => rng.random_range('\u{800}'..='\u{d7ff}'),
+                    _ => rng.random_range('\u{10000}'..='\u{10ffff}'),
+                })
+                .collect();
+            let e = excerpt(&text, EXCERPT_CHARS);
+            let n = text.chars().count();
+            if n <= EXCERPT_CHARS {
+                assert_eq!(e, text);
+            } else {
+                assert_eq!(e.chars().count(), EXCERPT_CHARS + 1);
+                let kept = e.strip_suffix('\u{2026}').unwrap();
+                assert!(text.starts_with(kept));
+            }
+            // Arbitrary bytes as a body never panic either.
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let _ = PushPayload::for_message(
+                "text/plain",
+                &bytes,
+                DEFAULT_SYSTEM_COMMAND_TYPE,
+                "a",
+                "",
+                "c",
+                0,
+            );
+            let _ = PushKind::for_message(&text, DEFAULT_SYSTEM_COMMAND_TYPE);
+        }
+    }
+
+    #[test]
     fn kinds_by_content_type() {
         let sys = DEFAULT_SYSTEM_COMMAND_TYPE;
         assert_eq!(
