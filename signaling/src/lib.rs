@@ -83,6 +83,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// Installs the proxy's hooks for accounts whose devices are offline (push,
+    /// deferred messages).
+    pub fn set_offline_targets(&self, hooks: std::sync::Arc<dyn proxy::OfflineTargets>) {
+        self.sip_server.set_offline_targets(hooks);
+    }
+
     /// Resolves when every part has stopped after `shutdown` was cancelled.
     pub async fn wait(self) -> Result<(), StartError> {
         let api = self.api_task.await;

@@ -745,3 +745,135 @@ async fn a_device_that_registers_while_the_call_rings_gets_it_as_a_new_branch() 
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// Records what the proxy hands to the offline hooks and stores MESSAGEs (202).
+/// (what, live instances, body)
+type Seen = (String, Vec<String>, Vec<u8>);
+
+#[derive(Default)]
+struct Hooks {
+    seen: std::sync::Mutex<Vec<Seen>>,
+}
+
+impl tandem_signaling::proxy::OfflineTargets for Hooks {
+    fn no_live_binding<'a>(
+        &'a self,
+        req: &'a tandem_signaling::proxy::ForkedRequest,
+    ) -> tandem_signaling::proxy::HookFuture<'a, (u16, &'static str)> {
+        self.seen.lock().unwrap().push((
+            format!("offline {}", req.method),
+            req.live_instances.clone(),
+            req.body.clone(),
+        ));
+        Box::pin(async { (202, "Accepted") })
+    }
+    fn forked<'a>(
+        &'a self,
+        req: &'a tandem_signaling::proxy::ForkedRequest,
+    ) -> tandem_signaling::proxy::HookFuture<'a, ()> {
+        self.seen.lock().unwrap().push((
+            format!("forked {}", req.method),
+            req.live_instances.clone(),
+            req.body.clone(),
+        ));
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn offline_hooks_see_forked_and_unroutable_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalingConfig {
+        data_dir: dir.path().to_path_buf(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: None,
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        ..SignalingConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let hooks = std::sync::Arc::new(Hooks::default());
+    running.set_offline_targets(hooks.clone());
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    api(
+        &client,
+        &base,
+        "/accounts",
+        None,
+        json!({"login": "bob", "password": PASSWORD}),
+    )
+    .await;
+    let inst = "urn:uuid:00000000-0000-4000-8000-0000000b0b09";
+    api(
+        &client,
+        &base,
+        "/me/devices",
+        Some("bob"),
+        json!({"instance_id": inst, "class": "mobile", "name": "p"}),
+    )
+    .await;
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let mut m = Invite::new(me, "sip:carol@example.org", &format!("sip:bob@{REALM}"));
+    let text = m.build("MESSAGE").replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    // Nobody registered: the hook answers (202 here).
+    let resp = exchange(&caller, sip, &text).await;
+    assert_eq!(status(&resp), 202, "{resp}");
+
+    // One device registered: forked to it, the hook is told which devices got it.
+    let d = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    register_device(sip, &d, "bob", inst).await;
+    m.call_id = format!("c{}", r());
+    m.branch = format!("z9hG4bK{}", r());
+    let text = m.build("MESSAGE").replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    caller.send_to(text.as_bytes(), sip).await.unwrap();
+    let got = recv(&d, Duration::from_secs(5)).await.unwrap();
+    assert!(got.starts_with("MESSAGE "), "{got}");
+    assert!(got.ends_with("hi"));
+    d.send_to(answer(&got, 200, "OK", "d").as_bytes(), sip)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&recv(&caller, Duration::from_secs(5)).await.unwrap()),
+        200
+    );
+    // The `forked` hook runs in its own task, next to the fork.
+    for _ in 0..100 {
+        if hooks.seen.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = hooks.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            ("offline MESSAGE".to_owned(), vec![], b"hi".to_vec()),
+            (
+                "forked MESSAGE".to_owned(),
+                vec![inst.to_owned()],
+                b"hi".to_vec()
+            ),
+        ]
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

@@ -44,17 +44,43 @@ use fork::{Action, CancelReason, Final, Fork};
 const DEFAULT_MAX_FORWARDS: u32 = 70;
 const REASON_COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 
-/// What happens to a request for an account that has no live binding. Today the
-/// answer is 480; deferred messages and push notifications (park the call, push the
-/// device, add it as a branch when it registers) hook in by implementing this.
+/// A request for one of our accounts, as the offline hooks see it.
+#[derive(Debug, Clone)]
+pub struct ForkedRequest {
+    /// The called account.
+    pub account: AccountId,
+    /// `INVITE` or `MESSAGE`.
+    pub method: String,
+    pub call_id: String,
+    /// The From header value (display name and URI).
+    pub from: String,
+    pub content_type: Option<String>,
+    /// The Date header, when the sender put one.
+    pub date: Option<String>,
+    pub body: Vec<u8>,
+    /// Instances of the devices that got the request live (empty when none did).
+    pub live_instances: Vec<String>,
+}
+
+/// Boxed future returned by [`OfflineTargets`] hooks.
+pub type HookFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where push notifications and deferred messages hook into the proxy. The proxy
+/// itself only forks to live bindings; a device that registers while a call rings
+/// joins it as a new branch on its own (see `Proxy::registration_loop`).
 pub trait OfflineTargets: Send + Sync + 'static {
-    /// The status to answer an INVITE or MESSAGE for `account` with when none of its
-    /// devices is registered.
-    fn no_live_binding(
-        &self,
-        account: crate::model::AccountId,
-        method: &str,
-    ) -> (u16, &'static str);
+    /// No device of the account is registered: the status to answer with (for
+    /// example 202 after a MESSAGE was stored, or a parked INVITE's final answer).
+    fn no_live_binding<'a>(&'a self, req: &'a ForkedRequest)
+        -> HookFuture<'a, (u16, &'static str)>;
+
+    /// The request was forked to the live devices in `req.live_instances` (called
+    /// once, when the fork starts): the place to push devices that are offline or
+    /// store a MESSAGE for them.
+    fn forked<'a>(&'a self, req: &'a ForkedRequest) -> HookFuture<'a, ()> {
+        let _ = req;
+        Box::pin(async {})
+    }
 }
 
 /// The behaviour without push or message storage: 480 Temporarily Unavailable.
@@ -62,12 +88,11 @@ pub trait OfflineTargets: Send + Sync + 'static {
 pub struct Unavailable;
 
 impl OfflineTargets for Unavailable {
-    fn no_live_binding(
-        &self,
-        _account: crate::model::AccountId,
-        _method: &str,
-    ) -> (u16, &'static str) {
-        (480, "Temporarily Unavailable")
+    fn no_live_binding<'a>(
+        &'a self,
+        _req: &'a ForkedRequest,
+    ) -> HookFuture<'a, (u16, &'static str)> {
+        Box::pin(async { (480, "Temporarily Unavailable") })
     }
 }
 
@@ -115,7 +140,7 @@ pub(crate) struct Proxy {
     addrs: SipAddrs,
     timers: TimerConfig,
     token_key: [u8; 32],
-    offline: Arc<dyn OfflineTargets>,
+    offline: std::sync::RwLock<Arc<dyn OfflineTargets>>,
     /// Our branch parameter -> the task of its forked request and the branch index.
     routes: Mutex<HashMap<String, (mpsc::Sender<Input>, usize)>>,
     /// Server INVITE transaction key -> its task, for the caller's CANCEL.
@@ -147,6 +172,12 @@ enum Caller {
     Account(AccountId),
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
 /// A decision for a new request.
 pub(crate) enum Handled {
     /// Answer now with these bytes through the server transaction.
@@ -174,7 +205,7 @@ impl Proxy {
             addrs,
             timers,
             token_key: rand::random(),
-            offline: Arc::new(Unavailable),
+            offline: std::sync::RwLock::new(Arc::new(Unavailable)),
             routes: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(Outgoing::default()),
@@ -296,6 +327,20 @@ impl Proxy {
     fn release_call(&self, call_id: &str) {
         if let Ok(mut o) = self.outgoing.lock() {
             o.by_call.remove(call_id);
+        }
+    }
+
+    /// Installs the push / deferred-message hooks.
+    pub(crate) fn set_offline(&self, hooks: Arc<dyn OfflineTargets>) {
+        if let Ok(mut g) = self.offline.write() {
+            *g = hooks;
+        }
+    }
+
+    fn offline(&self) -> Arc<dyn OfflineTargets> {
+        match self.offline.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -619,7 +664,8 @@ impl Proxy {
         };
         let bindings = self.registrar.bindings(account.id);
         if bindings.is_empty() {
-            let (code, reason) = self.offline.no_live_binding(account.id, method);
+            let req = forked_request(msg, account.id, Vec::new());
+            let (code, reason) = self.offline().no_live_binding(&req).await;
             return release(reply(code, reason));
         }
         let record = method == "INVITE";
@@ -661,9 +707,14 @@ impl Proxy {
             branches.push((hop, branch, bytes));
         }
         if branches.is_empty() {
-            let (code, reason) = self.offline.no_live_binding(account.id, method);
+            let req = forked_request(msg, account.id, Vec::new());
+            let (code, reason) = self.offline().no_live_binding(&req).await;
             return release(reply(code, reason));
         }
+        let live: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
+        let req = forked_request(msg, account.id, live);
+        let hooks = self.offline();
+        tokio::spawn(async move { hooks.forked(&req).await });
         let outgoing = counted_call.clone();
         let template = (method == "INVITE").then(|| {
             (
@@ -966,6 +1017,19 @@ impl Proxy {
             },
         );
         self.flows.send(transport, addr, bytes).await;
+    }
+}
+
+fn forked_request(msg: &Message<'_>, account: AccountId, live: Vec<String>) -> ForkedRequest {
+    ForkedRequest {
+        account,
+        method: msg.method().unwrap_or("").to_owned(),
+        call_id: msg.call_id().unwrap_or("").to_owned(),
+        from: msg.header(HeaderName::From).unwrap_or("").to_owned(),
+        content_type: msg.header(HeaderName::ContentType).map(str::to_owned),
+        date: msg.header(HeaderName::Other("Date")).map(str::to_owned),
+        body: msg.body.to_vec(),
+        live_instances: live,
     }
 }
 

@@ -58,6 +58,7 @@ pub struct SipAddrs {
 pub struct SipServer {
     addrs: SipAddrs,
     registrar: RegistrarHandle,
+    proxy: Arc<Proxy>,
     tracker: TaskTracker,
 }
 
@@ -279,8 +280,15 @@ impl SipServer {
         Ok(SipServer {
             addrs,
             registrar,
+            proxy: server.proxy.clone(),
             tracker,
         })
+    }
+
+    /// Installs the hooks for accounts whose devices are offline (push, deferred
+    /// messages); without them such requests get 480.
+    pub fn set_offline_targets(&self, hooks: Arc<dyn crate::proxy::OfflineTargets>) {
+        self.proxy.set_offline(hooks);
     }
 
     pub fn registrar(&self) -> RegistrarHandle {
