@@ -57,6 +57,10 @@ pub struct CompareArgs {
     /// Where the report goes.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
+    /// Run contenders and generator at this niceness (e.g. -10 as root on a machine
+    /// shared with other work, so that they are not preempted by it; 0 leaves it).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    nice: i32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,8 +140,7 @@ const REALM: &str = "bench";
 fn start(c: &Contender, self_exe: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
     let dir = TempDir::new(&c.name)?;
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"]);
+    let mut cmd = pinned("0");
     match &c.kind {
         Kind::Tandem { io } => {
             // Quotas sized for the benchmark: the per-user allocation quota (64 by
@@ -246,6 +249,23 @@ fn start(c: &Contender, self_exe: &Path) -> anyhow::Result<Server> {
     Ok(s)
 }
 
+/// Niceness for every process of the run (0: unchanged; negative needs root).
+static NICE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// `[nice -n N] taskset -c CPU ...`
+fn pinned(cpu: &str) -> Command {
+    let nice = NICE.get().copied().unwrap_or(0);
+    let mut c = if nice != 0 {
+        let mut c = Command::new("nice");
+        c.args(["-n", &nice.to_string(), "taskset"]);
+        c
+    } else {
+        Command::new("taskset")
+    };
+    c.args(["-c", cpu]);
+    c
+}
+
 fn help_has(bin: &Path, flag: &str) -> bool {
     Command::new(bin)
         .arg("--help")
@@ -267,8 +287,7 @@ fn child_json<T: serde::de::DeserializeOwned>(
     self_exe: &Path,
     args: &[String],
 ) -> anyhow::Result<T> {
-    let out = Command::new("taskset")
-        .args(["-c", "1"])
+    let out = pinned("1")
         .arg(self_exe)
         .args(args)
         .env("RUST_LIB_BACKTRACE", "0")
@@ -415,6 +434,7 @@ pub fn run(mut a: CompareArgs) -> anyhow::Result<()> {
         a.search_steps = a.search_steps.min(2);
         a.alloc_count = a.alloc_count.min(500);
     }
+    let _ = NICE.set(a.nice);
     if a.rounds == 0 || a.allocations == 0 || a.allocations % 2 != 0 {
         bail!("--rounds must be positive and --allocations even");
     }
@@ -720,6 +740,7 @@ pub struct Report {
     pub duration_s: f64,
     pub allocations: usize,
     pub size: usize,
+    pub nice: i32,
     pub elapsed_s: f64,
     pub floor_limit: BTreeMap<String, f64>,
     pub rows: Vec<Row>,
@@ -818,6 +839,7 @@ impl Report {
             duration_s: a.duration,
             allocations: a.allocations,
             size: a.size,
+            nice: a.nice,
             elapsed_s: elapsed,
             floor_limit: limit
                 .iter()
@@ -929,7 +951,7 @@ impl Report {
             s,
             "{}{} round(s), {} s per point, {} allocations, {}-byte ChannelData payload; \
              servers pinned to CPU 0 with one worker, load generator and echo peer on CPU 1; \
-             medians over rounds. Run took {:.0} s.\n",
+             niceness {}; medians over rounds. Run took {:.0} s.\n",
             if self.quick {
                 "**Quick run** (smoke settings, not for conclusions): "
             } else {
@@ -939,6 +961,7 @@ impl Report {
             self.duration_s,
             self.allocations,
             self.size,
+            self.nice,
             self.elapsed_s
         );
         for (m, v) in &self.floor_limit {
