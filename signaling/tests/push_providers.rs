@@ -709,6 +709,17 @@ async fn webhook_is_signed_and_carries_the_payload() {
     assert_eq!(body["instance_id"], INSTANCE);
     assert_eq!(body["payload"]["type"], "incoming_call");
     assert_eq!(body["payload"]["media"], "video");
+    // Prometheus counters by provider and outcome.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("tandem_signaling");
+    pusher.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "tandem_signaling_push_notifications_total{provider=\"webhook\",outcome=\"retried\"} 1",
+        "tandem_signaling_push_notifications_total{provider=\"webhook\",outcome=\"delivered\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 }
 
 async fn webhook_dead_token(backend: Backend) {

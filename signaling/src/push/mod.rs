@@ -127,6 +127,12 @@ pub struct PushStats {
     pub queue_full: AtomicU64,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OutcomeLabels {
+    provider: String,
+    outcome: &'static str,
+}
+
 /// A snapshot of [`PushStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushCounts {
@@ -144,6 +150,24 @@ struct Inner {
     store: Option<Store>,
     cfg: PushConfig,
     stats: PushStats,
+    /// `push_notifications{provider, outcome}`: queued, queue_full, delivered,
+    /// retried, failed, dead_token.
+    outcomes: prometheus_client::metrics::family::Family<
+        OutcomeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Inner {
+    fn count(&self, counter: &AtomicU64, provider: &str, outcome: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                provider: provider.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
 }
 
 type Job = (PushTarget, PushPayload);
@@ -190,6 +214,7 @@ impl Pusher {
             store,
             cfg: cfg.clone(),
             stats: PushStats::default(),
+            outcomes: Default::default(),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
         tokio::spawn(send_loop(inner.clone(), rx, shutdown));
@@ -224,11 +249,13 @@ impl Pusher {
         }
         match self.queue.try_send((target.clone(), payload.clone())) {
             Ok(()) => {
-                self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .count(&self.inner.stats.queued, &target.provider, "queued");
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .count(&self.inner.stats.queue_full, &target.provider, "queue_full");
                 tracing::warn!(provider = %target.provider, "push queue full: notification dropped");
                 Err(PushError::QueueFull)
             }
@@ -243,6 +270,17 @@ impl Pusher {
         payload: &PushPayload,
     ) -> Result<(), PushError> {
         deliver(&self.inner, target, payload).await
+    }
+
+    /// Registers `push_notifications{provider, outcome}` (outcome: queued,
+    /// queue_full, delivered, retried, failed, dead_token) in a Prometheus registry.
+    /// The provider label only takes configured provider names (bounded).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "push_notifications",
+            "Push notifications by provider and outcome",
+            self.inner.outcomes.clone(),
+        );
     }
 
     pub fn counts(&self) -> PushCounts {
@@ -304,7 +342,7 @@ async fn deliver(
         n += 1;
         match provider.attempt(target, payload).await {
             Attempt::Delivered => {
-                inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                inner.count(&inner.stats.delivered, provider.name(), "delivered");
                 tracing::debug!(
                     provider = provider.name(),
                     kind = payload.kind.as_str(),
@@ -313,7 +351,7 @@ async fn deliver(
                 return Ok(());
             }
             Attempt::DeadToken => {
-                inner.stats.dead_tokens.fetch_add(1, Ordering::Relaxed);
+                inner.count(&inner.stats.dead_tokens, provider.name(), "dead_token");
                 tracing::info!(
                     provider = provider.name(),
                     token = %target.redacted_token(),
@@ -336,20 +374,20 @@ async fn deliver(
                 return Err(PushError::DeadToken);
             }
             Attempt::Failed(why) => {
-                inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                inner.count(&inner.stats.failed, provider.name(), "failed");
                 tracing::warn!(provider = provider.name(), %why, "push refused");
                 return Err(PushError::Rejected(why));
             }
             Attempt::Retry { after, why } => {
                 if n >= max {
-                    inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    inner.count(&inner.stats.failed, provider.name(), "failed");
                     tracing::warn!(provider = provider.name(), %why, attempts = n, "push given up");
                     return Err(PushError::GaveUp {
                         attempts: n,
                         last: why,
                     });
                 }
-                inner.stats.retried.fetch_add(1, Ordering::Relaxed);
+                inner.count(&inner.stats.retried, provider.name(), "retried");
                 let wait = backoff(&inner.cfg, n, after);
                 tracing::debug!(provider = provider.name(), %why, ?wait, "push retry");
                 tokio::time::sleep(wait).await;
