@@ -144,7 +144,15 @@ pub fn choose(mode: IoMode) -> Result<Choice, IoError> {
 fn probe_uring() -> Result<(), String> {
     #[cfg(target_os = "linux")]
     {
-        uring::probe()
+        // On a thread of its own: when a ring closes, the kernel queues clean-up work
+        // to every thread that submitted to it, which interrupts a blocking call on
+        // that thread (EINTR). The probe's thread is gone by then.
+        std::thread::Builder::new()
+            .name("io-uring-probe".into())
+            .spawn(uring::probe)
+            .map_err(|e| format!("probe thread: {e}"))?
+            .join()
+            .map_err(|_| "probe panicked".to_string())?
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -164,6 +172,7 @@ pub fn create(mode: IoMode) -> Result<Box<dyn Datapath>, IoError> {
 }
 
 /// A socket address as the kernel wants it.
+#[cfg(target_os = "linux")]
 pub(crate) fn sockaddr_from(addr: &SocketAddr, storage: &mut libc::sockaddr_in6) -> u32 {
     match addr {
         SocketAddr::V4(a) => {
@@ -201,6 +210,7 @@ pub(crate) fn sockaddr_from(addr: &SocketAddr, storage: &mut libc::sockaddr_in6)
 }
 
 /// Decode a socket address the kernel wrote (`bytes` are the sockaddr's bytes).
+#[cfg(target_os = "linux")]
 pub(crate) fn sockaddr_to(bytes: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]);
     let port = u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]);
@@ -224,7 +234,7 @@ pub(crate) fn sockaddr_to(bytes: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
