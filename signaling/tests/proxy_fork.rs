@@ -435,3 +435,80 @@ fn forwarded_request_gets_our_via_record_route_and_lower_max_forwards() {
         msg::loop_hash(&Message::parse(changed.as_bytes()).unwrap())
     );
 }
+
+/// Random sequences of responses, cancels and timeouts: never a panic, at most one
+/// non-2xx final response upstream and never after a 2xx, and every request
+/// answered once all branches are done.
+#[test]
+fn random_event_sequences_keep_the_invariants() {
+    let t0 = Instant::now();
+    let codes = [
+        100u16, 180, 183, 200, 202, 302, 401, 404, 407, 486, 487, 500, 503, 600, 603, 699,
+    ];
+    for seed in 0..3000u64 {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let n = next(5) as usize;
+        let invite = next(4) != 0;
+        let mut f = Fork::new(t0, n, invite, RING);
+        let mut finals = 0;
+        let mut final_code = 0u16;
+        let mut now = t0;
+        for _ in 0..next(30) {
+            match next(10) {
+                0 => f.handle_cancel(now),
+                1 => {
+                    now += Duration::from_secs(next(90));
+                    f.handle_timeout(now);
+                }
+                2 => {
+                    let _ = f.add_branch();
+                }
+                _ => {
+                    let b = next(6) as usize;
+                    let c = codes[next(codes.len() as u64) as usize];
+                    f.handle_response(now, b, c);
+                }
+            }
+            for a in drain(&mut f) {
+                match a {
+                    Action::Respond(Final::Branch { code, .. })
+                    | Action::Respond(Final::Generated { code, .. }) => {
+                        assert!(
+                            !(200..300).contains(&final_code),
+                            "seed {seed}: {code} after a 2xx"
+                        );
+                        finals += 1;
+                        final_code = code;
+                    }
+                    Action::Forward { code, .. } if code >= 200 => {
+                        if !(200..300).contains(&code) {
+                            finals += 1;
+                        }
+                        // A 2xx may follow anything (RFC 3261 16.7 step 5: every 2xx
+                        // to an INVITE goes upstream); a non-2xx never follows a 2xx.
+                        if !(200..300).contains(&code) {
+                            assert!(
+                                !(200..300).contains(&final_code),
+                                "seed {seed}: {code} after a 2xx"
+                            );
+                        }
+                        final_code = code;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(finals <= 1, "seed {seed}: two non-2xx finals");
+        }
+        if f.all_done() {
+            assert!(f.is_answered(), "seed {seed}: all branches done, no answer");
+        }
+    }
+}

@@ -829,6 +829,17 @@ impl Upstream {
             let mut remove = false;
             let mut next = None;
             match t.entries.get_mut(&self.key) {
+                // A 2xx racing a final already sent (a device answered as the caller
+                // cancelled): forwarded all the same (RFC 3261 16.7 step 5), the caller
+                // ACKs and hangs up.
+                Some(TxEntry {
+                    tx: ServerTx::Invite(x),
+                    ..
+                }) if (200..300).contains(&code)
+                    && x.state() != crate::sip::transaction::State::Proceeding =>
+                {
+                    out.push(bytes)
+                }
                 Some(e) => {
                     let (o, term, nt) = drive(&mut e.tx, |tx| match tx {
                         ServerTx::NonInvite(x) => x.send_response(now, code, bytes),
