@@ -358,7 +358,11 @@ impl Relay {
         for l in &self.listening {
             tracing::info!(listen = %l, "tandem-relay serving STUN/TURN over UDP");
         }
-        shutdown.cancelled().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            // A worker that could not start.
+            _ = inner.shutdown.cancelled() => {}
+        }
         tracing::info!("shutting down");
         inner.shutdown.cancel();
         let _ = tokio::task::spawn_blocking(move || {
@@ -390,42 +394,64 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdUdpSo
     Ok(sock.into())
 }
 
-/// Create worker `index`'s datapath with its listening sockets and start its thread.
+/// Start worker `index`'s thread, which creates its datapath (so every io_uring
+/// submission comes from the thread that owns the ring) with its listening sockets.
+/// A worker that cannot start logs why and stops the relay.
 fn start_worker(
     inner: &Arc<Inner>,
     index: usize,
     socks: Vec<StdUdpSocket>,
     listening: &[SocketAddr],
     mode: IoMode,
-) -> Result<std::thread::JoinHandle<()>, String> {
-    let mut dp = io::create(mode).map_err(|e| e.to_string())?;
-    let mut listeners = Vec::new();
-    let mut roles = Vec::new();
-    for (sock, local) in socks.into_iter().zip(listening) {
-        let sid = dp
-            .add(sock)
-            .map_err(|e| format!("adding the listening socket: {e}"))?;
-        listeners.push((*local, sid));
-        if roles.len() <= sid {
-            roles.resize(sid + 1, None);
-        }
-        roles[sid] = Some(Role::Listener(*local));
-    }
-    let worker = Worker {
-        inner: inner.clone(),
-        shard: index,
-        dp,
-        listeners,
-        roles,
-        relay_ids: HashMap::new(),
-        response: vec![0u8; RESPONSE_MAX],
-        opened: Vec::new(),
-        closed: Vec::new(),
-    };
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let inner = inner.clone();
+    let listening = listening.to_vec();
     std::thread::Builder::new()
         .name(format!("relay-worker-{index}"))
-        .spawn(move || worker.run())
-        .map_err(|e| e.to_string())
+        .spawn(
+            move || match Worker::new(inner.clone(), index, socks, &listening, mode) {
+                Ok(w) => w.run(),
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot start a worker");
+                    inner.shutdown.cancel();
+                }
+            },
+        )
+}
+
+impl Worker {
+    fn new(
+        inner: Arc<Inner>,
+        index: usize,
+        socks: Vec<StdUdpSocket>,
+        listening: &[SocketAddr],
+        mode: IoMode,
+    ) -> Result<Worker, String> {
+        let mut dp = io::create(mode).map_err(|e| e.to_string())?;
+        let mut listeners = Vec::new();
+        let mut roles = Vec::new();
+        for (sock, local) in socks.into_iter().zip(listening) {
+            let sid = dp
+                .add(sock)
+                .map_err(|e| format!("adding the listening socket: {e}"))?;
+            listeners.push((*local, sid));
+            if roles.len() <= sid {
+                roles.resize(sid + 1, None);
+            }
+            roles[sid] = Some(Role::Listener(*local));
+        }
+        Ok(Worker {
+            inner,
+            shard: index,
+            dp,
+            listeners,
+            roles,
+            relay_ids: HashMap::new(),
+            response: vec![0u8; RESPONSE_MAX],
+            opened: Vec::new(),
+            closed: Vec::new(),
+        })
+    }
 }
 
 /// Run a relay with `config` until `shutdown` is cancelled.
