@@ -180,3 +180,89 @@ async fn relays_both_ways_and_shuts_down(io: IoMode) {
         .expect("graceful shutdown")
         .unwrap();
 }
+
+/// Authenticated request over UDP: 401 first, then with the nonce.
+async fn allocate(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    attrs: &dyn Fn(&mut MessageWriter<'_>),
+) -> Vec<u8> {
+    let me = sock.local_addr().unwrap();
+    let mut c = Client::new(&me.to_string(), Creds::md5("alice", "wonderland"));
+    let r = roundtrip(
+        sock,
+        server,
+        &c.build(method::ALLOCATE, [8; 12], attrs, false, false),
+    )
+    .await;
+    assert_eq!(error_code(&r), Some(401));
+    c.nonce = Some(
+        Message::decode(&r)
+            .unwrap()
+            .get(attr::NONCE)
+            .unwrap()
+            .value
+            .to_vec(),
+    );
+    roundtrip(
+        sock,
+        server,
+        &c.build(method::ALLOCATE, [9; 12], attrs, true, true),
+    )
+    .await
+}
+
+/// Two workers share the listening port; clients on different ports land on either.
+/// An EVEN-PORT reservation made through one client is claimed with its token by
+/// another client, whichever worker each reaches.
+#[tokio::test]
+async fn two_workers_share_the_port_and_reservations() {
+    let cfg: Config = Config::from_toml(
+        r#"
+        listening-ip = ["127.0.0.1"]
+        listening-port = 0
+        user = ["alice:wonderland"]
+        allow-loopback-peers = true
+        io = "portable"
+        workers = 2
+        "#,
+        "inline",
+    )
+    .unwrap();
+    let relay = tandem_relay::Relay::bind(&cfg).await.unwrap();
+    let server = relay.listening_addrs()[0];
+    assert_eq!(relay.listening_addrs().len(), 1);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    for _ in 0..6 {
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let even = |w: &mut MessageWriter<'_>| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+            w.attr(attr::EVEN_PORT, &[0x80]).unwrap();
+        };
+        let r = allocate(&a, server, &even).await;
+        assert_eq!(error_code(&r), None);
+        let relayed = xor_addr(&r, attr::XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(relayed.port() % 2, 0);
+        let tok = Message::decode(&r)
+            .unwrap()
+            .get(attr::RESERVATION_TOKEN)
+            .expect("token")
+            .value
+            .to_vec();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let with_token = move |w: &mut MessageWriter<'_>| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+            w.attr(attr::RESERVATION_TOKEN, &tok).unwrap();
+        };
+        let r = allocate(&b, server, &with_token).await;
+        assert_eq!(error_code(&r), None, "token claimed on any worker");
+        let second = xor_addr(&r, attr::XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(second.port(), relayed.port() + 1);
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("graceful shutdown")
+        .unwrap();
+}
