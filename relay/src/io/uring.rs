@@ -2,7 +2,7 @@
 //!
 //! Each socket has one multishot `RecvMsg` that draws buffers from a provided-buffer
 //! ring of [`NBUF`] buffers of [`BUF_SIZE`] bytes. The kernel writes each datagram as
-//! `io_uring_recvmsg_out` (16 bytes), the source address (room for [`NAME_LEN`]
+//! `io_uring_recvmsg_out` (16 bytes), the source address (room for `NAME_LEN` (32)
 //! bytes) and the payload, so the payload starts at exactly [`HEADROOM`]: the header
 //! and address are read out first, and that space becomes the headroom the TURN core
 //! writes its ChannelData or Data indication header into. An answer is sent with a
