@@ -64,11 +64,9 @@ pub struct Config {
     pub default_lifetime: u32,
     pub max_lifetime: u32,
     pub nonce_lifetime: u64,
-    /// Allocations per user. Each worker counts its own share of the allocations, so
-    /// with N workers a user may hold up to N times this (a shared count would put a
-    /// cross-thread lock on every Allocate; not done yet).
+    /// Allocations per user (0 = unlimited), counted over all workers.
     pub user_quota: u32,
-    /// Allocations in total; split evenly between the workers, so never exceeded.
+    /// Allocations in total (0 = unlimited), counted over all workers.
     pub total_quota: u32,
     pub max_permissions: u32,
     pub max_channels: u32,

@@ -880,3 +880,59 @@ fn unauthorized_answers_are_rate_limited_per_source() {
         .1
         .is_empty());
 }
+
+/// Servers that share a `QuotaLedger` (one per worker) enforce the per-user and total
+/// quotas together, and a freed allocation on one lets an Allocate in on the other.
+#[test]
+fn shared_quota_ledger_spans_servers() {
+    let cfg = Config {
+        quotas: Quotas {
+            allocations_per_user: 2,
+            total_allocations: 3,
+            ..Quotas::default()
+        },
+        ..config()
+    };
+    let ledger = std::sync::Arc::new(tandem_relay::turn::QuotaLedger::default());
+    let (mut a, mut pa, now) = server(cfg.clone());
+    let (mut b, mut pb, _) = server(cfg);
+    a.share_quota(ledger.clone());
+    b.share_quota(ledger);
+    let mut alice: Vec<Client> = (0..3)
+        .map(|i| {
+            Client::new(
+                &format!("198.51.100.1:{}", 42000 + i),
+                Creds::md5("alice", "wonderland"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        error_code(&allocate(&mut alice[0], &mut a, now, &mut pa)),
+        None
+    );
+    assert_eq!(
+        error_code(&allocate(&mut alice[1], &mut b, now, &mut pb)),
+        None
+    );
+    assert_eq!(
+        error_code(&allocate(&mut alice[2], &mut b, now, &mut pb)),
+        Some(486),
+        "alice's quota of 2 counts both servers"
+    );
+    let mut b1 = Client::new("198.51.100.2:1", Creds::md5("bob", "builder"));
+    let mut b2 = Client::new("198.51.100.2:2", Creds::md5("bob", "builder"));
+    assert_eq!(error_code(&allocate(&mut b1, &mut a, now, &mut pa)), None);
+    assert_eq!(
+        error_code(&allocate(&mut b2, &mut b, now, &mut pb)),
+        Some(508),
+        "total of 3 counts both servers"
+    );
+    let r = alice[0].request(&mut a, now, &mut pa, method::REFRESH, &|w| {
+        w.u32_attr(attr::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    assert_eq!(
+        error_code(&allocate(&mut alice[2], &mut b, now, &mut pb)),
+        None
+    );
+}

@@ -278,18 +278,17 @@ impl Relay {
             ),
             None => None,
         };
-        let mut core = config.core(&listening);
-        if core.quotas.total_allocations != 0 {
-            // Each worker enforces its share, so the total is never exceeded.
-            let share = core.quotas.total_allocations / workers as u32;
-            core.quotas.total_allocations = share.max(1);
-        }
+        let core = config.core(&listening);
+        // One count of allocations for all workers, so the quotas hold process-wide.
+        let quota = Arc::new(crate::turn::QuotaLedger::default());
         // One nonce key for all workers, so a nonce is good on any of them.
         let nonce_key: [u8; 32] = rand::random();
         let reservations = ports::SharedReservations::default();
         let shards = (0..workers)
             .map(|_| {
-                let server = Server::with_nonce_key(core.clone(), now(), rand::random(), nonce_key);
+                let mut server =
+                    Server::with_nonce_key(core.clone(), now(), rand::random(), nonce_key);
+                server.share_quota(quota.clone());
                 let relays = RelayTable::new(
                     config.relay_ips(),
                     config.min_port,

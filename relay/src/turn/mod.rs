@@ -273,6 +273,54 @@ pub struct Stats {
     pub amplification_dropped: u64,
 }
 
+/// Allocation counts per user and in total, which the per-user and total quotas are
+/// checked against. One ledger may be shared by several servers (one per worker) so
+/// the quotas hold for the whole process; it is locked only by Allocate and by the
+/// removal of an allocation, never on the relay path.
+#[derive(Debug, Default)]
+pub struct QuotaLedger {
+    counts: std::sync::Mutex<LedgerCounts>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerCounts {
+    per_user: HashMap<Box<[u8]>, u32>,
+    total: u32,
+}
+
+impl QuotaLedger {
+    fn counts(&self) -> std::sync::MutexGuard<'_, LedgerCounts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count one more allocation of `user`, unless a quota (0 = none) is reached:
+    /// then the error code (486 for the user's, 508 for the total).
+    fn acquire(&self, user: &[u8], per_user: u32, total: u32) -> Result<(), u16> {
+        let mut c = self.counts();
+        let n = c.per_user.get(user).copied().unwrap_or(0);
+        if per_user != 0 && n >= per_user {
+            return Err(486);
+        }
+        if total != 0 && c.total >= total {
+            return Err(508);
+        }
+        c.total += 1;
+        *c.per_user.entry(user.into()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn release(&self, user: &[u8]) {
+        let mut c = self.counts();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(user);
+            }
+        }
+    }
+}
+
 macro_rules! stats_merge {
     ($($f:ident),*) => {
         impl Stats {
@@ -335,7 +383,7 @@ pub struct Server {
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_tuple: HashMap<FiveTuple, AllocationId>,
-    per_user: HashMap<Box<[u8]>, u32>,
+    quota: std::sync::Arc<QuotaLedger>,
     live: u32,
     reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -393,13 +441,19 @@ impl Server {
             slots: Vec::new(),
             free: Vec::new(),
             by_tuple: HashMap::new(),
-            per_user: HashMap::new(),
+            quota: Default::default(),
             live: 0,
             reservations: HashMap::new(),
             timers: BinaryHeap::new(),
             rng,
             stats: Stats::default(),
         }
+    }
+
+    /// Count allocations against `ledger` (shared with other servers) for the
+    /// per-user and total quotas. Call before the first Allocate.
+    pub fn share_quota(&mut self, ledger: std::sync::Arc<QuotaLedger>) {
+        self.quota = ledger;
     }
 
     pub fn config(&self) -> &Config {
@@ -504,12 +558,7 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
         self.by_tuple.remove(&a.tuple);
-        if let Some(n) = self.per_user.get_mut(&a.quota_user) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(&a.quota_user);
-            }
-        }
+        self.quota.release(&a.quota_user);
         self.live -= 1;
         ports.close(id);
     }
@@ -963,20 +1012,21 @@ impl Server {
         };
         let quota_user: Box<[u8]> = auth::quota_user(&auth.username).into();
         let q = &self.cfg.quotas;
-        let user_count = self.per_user.get(&quota_user).copied().unwrap_or(0);
-        if q.allocations_per_user != 0 && user_count >= q.allocations_per_user {
+        if let Err(code) =
+            self.quota
+                .acquire(&quota_user, q.allocations_per_user, q.total_allocations)
+        {
             self.stats.quota_refused += 1;
-            return self.auth_error(req, out, auth, 486, &[]);
-        }
-        if q.total_allocations != 0 && self.live >= q.total_allocations {
-            self.stats.quota_refused += 1;
-            return self.auth_error(req, out, auth, 508, &[]);
+            return self.auth_error(req, out, auth, code, &[]);
         }
         let port_req = if let Some(tok) = req.reservation_token {
             let local = self.reservations.remove(&tok).map(|(addr, _)| addr);
             match local.or_else(|| ports.claim_reservation(&tok)) {
                 Some(addr) => PortRequest::Reserved(addr),
-                None => return self.auth_error(req, out, auth, 508, &[]),
+                None => {
+                    self.quota.release(&quota_user);
+                    return self.auth_error(req, out, auth, 508, &[]);
+                }
             }
         } else if let Some(r) = req.even_port {
             PortRequest::Even { reserve_next: r }
@@ -1000,6 +1050,7 @@ impl Server {
             Ok(o) => o,
             Err(e) => {
                 self.free.push(index);
+                self.quota.release(&quota_user);
                 return match e {
                     PortError::Family => self.auth_error(req, out, auth, 440, &[]),
                     PortError::DontFragment => {
@@ -1042,7 +1093,6 @@ impl Server {
         };
         self.slots[index as usize].allocation = Some(a);
         self.by_tuple.insert(tuple, id);
-        *self.per_user.entry(quota_user).or_insert(0) += 1;
         self.live += 1;
         self.stats.allocations_created += 1;
         self.schedule(id);
