@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{Target, TurnClient};
+use crate::client::{ClientError, Target, TurnClient};
 
 #[derive(Debug, Clone)]
 pub struct AllocRateConfig {
@@ -68,9 +68,20 @@ async fn run_async(cfg: &AllocRateConfig) -> anyhow::Result<AllocRateReport> {
             let (server, target) = (cfg.server, cfg.target.clone());
             set.spawn(async move {
                 let _p = permit;
-                let mut c = TurnClient::connect(server, target).await?;
-                c.allocate().await?;
-                anyhow::Ok(c)
+                // 437 on a client port the kernel handed out again while the server
+                // still remembers it: not the server failing to allocate; retry from
+                // another port (as turn-load does).
+                let mut refused = Vec::new();
+                loop {
+                    let mut c = TurnClient::connect(server, target.clone()).await?;
+                    match c.allocate().await {
+                        Ok(_) => return anyhow::Ok(c),
+                        Err(ClientError::Rejected { code: 437, .. }) if refused.len() < 3 => {
+                            refused.push(c)
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             });
             issued += 1;
         }
