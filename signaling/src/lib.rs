@@ -187,6 +187,12 @@ pub async fn start(
     let registrar = sip_server.registrar();
     // RFC 8599: a REGISTER naming a push service that is not configured gets 555.
     registrar.set_push_providers(&pusher.providers());
+    // Offline devices: MESSAGEs stored and pushed (202), calls pushed.
+    sip_server.set_offline_targets(Arc::new(push::hooks::PushHooks {
+        store: store.clone(),
+        pusher: (!pusher.providers().is_empty()).then(|| pusher.clone()),
+        ttl_secs: cfg.messages.ttl_secs,
+    }));
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .map_err(|source| StartError::ApiBind {

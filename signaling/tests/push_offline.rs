@@ -208,4 +208,108 @@ async fn offline_devices_get_the_message_stored_and_pushed(backend: Backend) {
     assert_eq!(pushed, [LIVE, OFF_TOKEN]);
 }
 
-on_both_backends!(offline_devices_get_the_message_stored_and_pushed);
+async fn proxy_hooks_store_push_and_answer_202(backend: Backend) {
+    use tandem_signaling::proxy::{ForkedRequest, OfflineTargets};
+    use tandem_signaling::push::hooks::PushHooks;
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let account = setup(&store).await;
+    let mock = Mock::start().await;
+    let cfg = PushConfig {
+        webhook: Some(WebhookConfig {
+            url: format!("{}/hook", mock.url()),
+            bearer_token: None,
+            hmac_secret: None,
+            ca_file: None,
+        }),
+        ..PushConfig::default()
+    };
+    let pusher = Pusher::start(&cfg, Some(store.clone()), CancellationToken::new()).unwrap();
+    let hooks = PushHooks {
+        store: store.clone(),
+        pusher: Some(pusher),
+        ttl_secs: 3600,
+    };
+    let mut req = ForkedRequest {
+        account,
+        method: "MESSAGE".into(),
+        call_id: "m-77@example.com".into(),
+        from: "\"Bob B.\" <sip:bob@tandem.local>;tag=abc".into(),
+        content_type: Some("text/plain".into()),
+        date: Some("Sat, 13 Nov 2010 23:29:00 GMT".into()),
+        body: b"hello there".to_vec(),
+        live_instances: Vec::new(),
+    };
+    // Nobody live: stored for all three devices, 202.
+    assert_eq!(hooks.no_live_binding(&req).await, (202, "Accepted"));
+    for inst in [LIVE, OFF_TOKEN, OFF_NO_TOKEN] {
+        let p = store.pending_deferred(account, inst, 0).await.unwrap();
+        assert_eq!(p.len(), 1, "{inst}");
+        assert_eq!(p[0].date.as_deref(), Some("Sat, 13 Nov 2010 23:29:00 GMT"));
+    }
+    wait_for(&mock, 2).await;
+    let hooks_seen = mock.requests_to("/hook");
+    assert_eq!(hooks_seen.len(), 2, "both devices with a token pushed");
+    let p = hooks_seen[0].json();
+    assert_eq!(p["payload"]["caller_login"], "bob");
+    assert_eq!(p["payload"]["caller_display_name"], "Bob B.");
+    assert_eq!(p["payload"]["body"], "hello there");
+    // Forked to one live device: the other two get it stored (and one a push).
+    req.live_instances = vec![LIVE.to_owned()];
+    req.call_id = "m-78@example.com".into();
+    hooks.forked(&req).await;
+    assert_eq!(
+        store
+            .pending_deferred(account, LIVE, 0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .pending_deferred(account, OFF_TOKEN, 0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    wait_for(&mock, 3).await;
+    assert_eq!(mock.requests_to("/hook").len(), 3);
+    // An INVITE with a video stream: incoming_call pushed to the device not rung.
+    let invite = ForkedRequest {
+        method: "INVITE".into(),
+        call_id: "call-5@example.com".into(),
+        content_type: Some("application/sdp".into()),
+        body: b"v=0\r\nm=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\n".to_vec(),
+        ..req.clone()
+    };
+    hooks.forked(&invite).await;
+    wait_for(&mock, 4).await;
+    let last = mock.requests_to("/hook").pop().unwrap().json();
+    assert_eq!(last["token"], "offline-token");
+    assert_eq!(last["payload"]["type"], "incoming_call");
+    assert_eq!(last["payload"]["media"], "video");
+    // Nothing stored for a call; with nobody live the caller gets 480.
+    assert_eq!(
+        store
+            .pending_deferred(account, OFF_TOKEN, 0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let none_live = ForkedRequest {
+        live_instances: Vec::new(),
+        ..invite
+    };
+    assert_eq!(
+        hooks.no_live_binding(&none_live).await,
+        (480, "Temporarily Unavailable")
+    );
+}
+
+on_both_backends!(
+    offline_devices_get_the_message_stored_and_pushed,
+    proxy_hooks_store_push_and_answer_202
+);

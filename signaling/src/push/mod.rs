@@ -14,6 +14,7 @@ pub mod apns;
 pub mod config;
 pub mod deferred;
 pub mod fcm;
+pub mod hooks;
 pub mod offline;
 pub mod payload;
 pub mod webhook;

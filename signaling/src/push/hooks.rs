@@ -1,0 +1,131 @@
+//! The proxy's offline hooks ([`crate::proxy::OfflineTargets`]) backed by the store
+//! and the push service: a MESSAGE is stored for every device that did not get it
+//! live and announced by a push (202 when nobody took it live); an INVITE pushes
+//! `incoming_call` to the devices that are not being rung.
+//!
+//! Parking a call while pushed devices register (and the `missed_call` /
+//! `call_cancelled` pushes at its end) belongs to the proxy's fork; it can use
+//! [`crate::push::offline::push_devices`] for those.
+
+use crate::proxy::{ForkedRequest, HookFuture, OfflineTargets};
+use crate::push::offline::{defer_and_push, push_devices, IncomingMessage};
+use crate::push::{PushKind, PushPayload, Pusher};
+use crate::sip::grammar::{name_addr, SipUri};
+use crate::store::Store;
+
+/// Offline handling with deferred messages and push notifications.
+#[derive(Debug, Clone)]
+pub struct PushHooks {
+    pub store: Store,
+    /// `None` when no push provider is configured (messages are still stored).
+    pub pusher: Option<Pusher>,
+    /// `[messages] ttl_secs`.
+    pub ttl_secs: u64,
+}
+
+/// (login, display name) of the From header value.
+fn sender(from: &str) -> (String, String) {
+    let Some(na) = name_addr(from) else {
+        return (String::new(), String::new());
+    };
+    let login = SipUri::parse(na.uri)
+        .and_then(|u| u.user_decoded().map(|u| u.into_owned()))
+        .unwrap_or_default();
+    let display = na
+        .display_name
+        .as_deref()
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default();
+    (login, display)
+}
+
+impl PushHooks {
+    async fn message(&self, req: &ForkedRequest) -> usize {
+        let (login, display) = sender(&req.from);
+        let live: Vec<&str> = req.live_instances.iter().map(String::as_str).collect();
+        let m = IncomingMessage {
+            account: req.account,
+            from: &req.from,
+            sender_login: &login,
+            sender_display_name: &display,
+            call_id: &req.call_id,
+            content_type: req.content_type.as_deref().unwrap_or("text/plain"),
+            body: &req.body,
+            date: req.date.as_deref(),
+            now: crate::store::unix_now(),
+            ttl_secs: self.ttl_secs,
+        };
+        match defer_and_push(&self.store, self.pusher.as_ref(), &m, &live).await {
+            Ok(out) => out.stored.len(),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a deferred message failed");
+                0
+            }
+        }
+    }
+
+    async fn call(&self, req: &ForkedRequest) -> usize {
+        let Some(pusher) = &self.pusher else { return 0 };
+        let (login, display) = sender(&req.from);
+        let video = std::str::from_utf8(&req.body)
+            .map(|sdp| {
+                sdp.lines()
+                    .any(|l| l.starts_with("m=video ") && !l.starts_with("m=video 0 "))
+            })
+            .unwrap_or(false);
+        let payload = PushPayload {
+            kind: PushKind::IncomingCall,
+            caller_login: login,
+            caller_display_name: display,
+            call_id: req.call_id.clone(),
+            timestamp: crate::store::unix_now(),
+            video,
+            body: None,
+        };
+        let skip: Vec<&str> = req.live_instances.iter().map(String::as_str).collect();
+        match push_devices(&self.store, pusher, req.account, &skip, &payload).await {
+            Ok(p) => p.len(),
+            Err(e) => {
+                tracing::error!(error = %e, "looking up push targets failed");
+                0
+            }
+        }
+    }
+}
+
+impl OfflineTargets for PushHooks {
+    fn no_live_binding<'a>(
+        &'a self,
+        req: &'a ForkedRequest,
+    ) -> HookFuture<'a, (u16, &'static str)> {
+        Box::pin(async move {
+            match req.method.as_str() {
+                // RFC 3428 7: 202 when the message was accepted but not delivered yet.
+                "MESSAGE" if self.message(req).await > 0 => (202, "Accepted"),
+                "INVITE" => {
+                    self.call(req).await;
+                    (480, "Temporarily Unavailable")
+                }
+                _ => (480, "Temporarily Unavailable"),
+            }
+        })
+    }
+
+    fn forked<'a>(&'a self, req: &'a ForkedRequest) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            // With nobody live, `no_live_binding` handles it (never both).
+            if req.live_instances.is_empty() {
+                return;
+            }
+            match req.method.as_str() {
+                "MESSAGE" => {
+                    self.message(req).await;
+                }
+                "INVITE" => {
+                    self.call(req).await;
+                }
+                _ => {}
+            }
+        })
+    }
+}
