@@ -193,6 +193,14 @@ pub async fn start(
         pusher: (!pusher.providers().is_empty()).then(|| pusher.clone()),
         ttl_secs: cfg.messages.ttl_secs,
     }));
+    // Deferred messages go out, in order, when their device registers.
+    tokio::spawn(push::deferred::run_delivery(
+        store.clone(),
+        sip_server.request_sender(),
+        registrar.subscribe_registrations(),
+        cfg.sip.realm.clone(),
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .map_err(|source| StartError::ApiBind {

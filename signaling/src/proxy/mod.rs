@@ -464,6 +464,79 @@ impl Proxy {
         }
     }
 
+    /// Sends a request of our own to a registered device as a non-INVITE client
+    /// transaction (RFC 3261 17.1.2) over the flow it registered on (RFC 5626), with
+    /// responses routed here by the top Via branch like the forks' branches. Resolves
+    /// with the final status, or `None` when the flow is gone or Timer F fired.
+    pub(crate) async fn send_own_request(
+        &self,
+        binding: &Binding,
+        request: Vec<u8>,
+    ) -> Option<u16> {
+        let hop = hop_of(binding)?;
+        let branch = Message::parse(&request)
+            .ok()?
+            .top_via()
+            .ok()?
+            .branch()?
+            .to_owned();
+        let (tx, mut rx) = mpsc::channel(16);
+        {
+            let mut routes = self.routes.lock().ok()?;
+            if routes.contains_key(&branch) {
+                return None;
+            }
+            routes.insert(branch.clone(), (tx, 0));
+        }
+        // The route goes away however this future ends (also when dropped).
+        struct RouteGuard<'p>(&'p Proxy, String);
+        impl Drop for RouteGuard<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut r) = self.0.routes.lock() {
+                    r.remove(&self.1);
+                }
+            }
+        }
+        let _guard = RouteGuard(self, branch);
+        let mut t = ClientNonInvite::new(
+            Instant::now(),
+            request,
+            hop.transport.reliable(),
+            self.timers,
+        );
+        loop {
+            while let Some(bytes) = t.poll_transmit() {
+                if !self.registrar.send_to(binding, bytes).await {
+                    return None;
+                }
+            }
+            while let Some(ev) = t.poll_event() {
+                match ev {
+                    // Retransmitted finals (Timer K) are dropped as strays once the
+                    // route is gone, which is all absorbing them means here.
+                    Event::Final(code) => return Some(code),
+                    Event::Timeout | Event::Terminated => return None,
+                    Event::Provisional(_) => {}
+                }
+            }
+            let wake = t.poll_timeout()?;
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(Input::Response { bytes, .. }) => {
+                        if let Some(code) = Message::parse(&bytes).ok().and_then(|m| m.status()) {
+                            t.handle_response(Instant::now(), code);
+                        }
+                    }
+                    Some(_) => {}
+                    None => return None,
+                },
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    t.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
     /// Routes in front of the request that name us: how many, and the flow tokens
     /// they carried.
     fn own_routes(
@@ -1030,6 +1103,16 @@ fn forked_request(msg: &Message<'_>, account: AccountId, live: Vec<String>) -> F
         date: msg.header(HeaderName::Other("Date")).map(str::to_owned),
         body: msg.body.to_vec(),
         live_instances: live,
+    }
+}
+
+impl crate::push::deferred::RequestSender for Proxy {
+    fn send_request<'a>(
+        &'a self,
+        binding: &'a Binding,
+        request: Vec<u8>,
+    ) -> crate::push::deferred::SendFuture<'a> {
+        Box::pin(self.send_own_request(binding, request))
     }
 }
 

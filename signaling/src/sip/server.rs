@@ -291,6 +291,12 @@ impl SipServer {
         self.proxy.set_offline(hooks);
     }
 
+    /// Sends requests of our own to registered devices as client transactions of the
+    /// proxy (deferred message delivery).
+    pub fn request_sender(&self) -> Arc<dyn crate::push::deferred::RequestSender> {
+        self.proxy.clone()
+    }
+
     pub fn registrar(&self) -> RegistrarHandle {
         self.registrar.clone()
     }
