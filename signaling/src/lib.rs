@@ -223,7 +223,7 @@ pub async fn start(
             default_country_code: cfg.default_country_code.clone(),
             auth_limiter: cfg.api.limiter(),
         },
-        http::Metrics::new(),
+        http::Metrics::with_more(|r| pusher.register_metrics(r)),
     )
     .with_dialplan(cfg.dialplan.clone());
     let api_task = tokio::spawn(http::serve_with(

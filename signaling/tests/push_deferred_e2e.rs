@@ -3,6 +3,7 @@
 //! are answered 202 and stored per device; when one device registers it receives them
 //! over its flow, in order, with their original Date, and they leave the store only
 //! for that device once it answered 2xx; a later registration delivers nothing again.
+//! The push service's counters are exposed on /metrics.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -353,6 +354,18 @@ async fn stored_messages_reach_the_device_that_registers_in_order_exactly_once()
         )
         .await;
     assert!(again.is_empty(), "{again:?}");
+
+    // The push service's counters are on /metrics with the API's.
+    let metrics = reqwest::get(format!("http://{}/metrics", running.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# TYPE tandem_signaling_push_notifications counter"),
+        "{metrics}"
+    );
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), running.wait())

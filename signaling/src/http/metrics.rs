@@ -44,7 +44,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_more(|_| {})
+    }
+
+    /// As [`Metrics::new`], with more metrics that `register` adds to the same
+    /// registry (for example the push service's counters).
+    pub fn with_more(register: impl FnOnce(&mut Registry)) -> Metrics {
         let mut registry = Registry::with_prefix("tandem_signaling");
+        register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
