@@ -83,9 +83,10 @@ async fn recv(sock: &UdpSocket, until: Instant) -> Option<String> {
     }
 }
 
-/// The 200 a device answers a request with (RFC 3261 8.2.6).
-fn ok_for(req: &str) -> String {
-    let mut r = String::from("SIP/2.0 200 OK\r\n");
+/// The final response a device answers a request with (RFC 3261 8.2.6).
+fn answer_for(req: &str, code: u16) -> String {
+    let reason = if code == 200 { "OK" } else { "Busy Here" };
+    let mut r = format!("SIP/2.0 {code} {reason}\r\n");
     for v in header(req, "Via") {
         r.push_str(&format!("Via: {v}\r\n"));
     }
@@ -116,7 +117,7 @@ impl Device {
     }
 
     /// A digest-authenticated REGISTER; returns the MESSAGEs that arrived until the
-    /// 200 and for `linger` after it, each answered 200.
+    /// 200 and for `linger` after it, each answered with `code`.
     async fn register(
         &self,
         sip: SocketAddr,
@@ -124,6 +125,7 @@ impl Device {
         password: &str,
         realm: &str,
         linger: Duration,
+        code: u16,
     ) -> Vec<String> {
         let me = self.sock.local_addr().unwrap();
         let call_id = format!("r{}@127.0.0.1", rand::random::<u64>());
@@ -187,7 +189,10 @@ impl Device {
         let mut deadline = Instant::now() + Duration::from_secs(5);
         while let Some(m) = recv(&self.sock, deadline).await {
             if m.starts_with("MESSAGE ") {
-                self.sock.send_to(ok_for(&m).as_bytes(), sip).await.unwrap();
+                self.sock
+                    .send_to(answer_for(&m, code).as_bytes(), sip)
+                    .await
+                    .unwrap();
                 messages.push(m);
             } else if m.starts_with("SIP/2.0 1") {
             } else {
@@ -301,6 +306,7 @@ async fn stored_messages_reach_the_device_that_registers_in_order_exactly_once()
             "correct horse",
             &realm,
             Duration::from_secs(2),
+            200,
         )
         .await;
     assert_eq!(got.len(), 2, "{got:?}");
@@ -351,6 +357,7 @@ async fn stored_messages_reach_the_device_that_registers_in_order_exactly_once()
             "correct horse",
             &realm,
             Duration::from_secs(1),
+            200,
         )
         .await;
     assert!(again.is_empty(), "{again:?}");
@@ -372,5 +379,143 @@ async fn stored_messages_reach_the_device_that_registers_in_order_exactly_once()
         .await
         .unwrap()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn config(dir: &std::path::Path) -> SignalingConfig {
+    let mut cfg = SignalingConfig {
+        data_dir: dir.to_path_buf(),
+        ..SignalingConfig::default()
+    };
+    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.api.admin_token = Some("configured-token-0123456789".to_owned());
+    cfg.sip.udp_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.sip.tcp_listen = None;
+    cfg
+}
+
+async fn stop(shutdown: CancellationToken, running: tandem_signaling::Running) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn stored_messages_survive_a_restart_and_a_refusal_keeps_them() {
+    let dir = temp_dir();
+    let cfg = config(&dir);
+    let realm = cfg.sip.realm.clone();
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let sip = running.sip.udp.unwrap();
+    let store = running.store.clone();
+    let account = store
+        .create_account(&NewAccount {
+            login: "alice",
+            password: "correct horse",
+            realm: &realm,
+            country_code: "48",
+            display_name: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    for inst in [DEV_A, DEV_B] {
+        store
+            .authorise_device(
+                account,
+                &NewDevice {
+                    instance_id: inst,
+                    class: DeviceClass::Mobile,
+                    name: "phone",
+                    push_provider: None,
+                    push_token: None,
+                },
+                &DeviceLimits::default(),
+            )
+            .await
+            .unwrap();
+    }
+    for (date, text) in DATES.iter().zip(BODIES) {
+        let status = send_message(sip, "alice", &realm, date, text).await;
+        assert!(status.starts_with("SIP/2.0 202"), "{status}");
+    }
+    stop(shutdown, running).await;
+
+    // Same SQLite file, new process state.
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(config(&dir), shutdown.clone())
+        .await
+        .unwrap();
+    let sip = running.sip.udp.unwrap();
+    let store = running.store.clone();
+    let a = Device::new(DEV_A).await;
+    let got = a
+        .register(
+            sip,
+            "alice",
+            "correct horse",
+            &realm,
+            Duration::from_secs(2),
+            200,
+        )
+        .await;
+    let dates: Vec<Vec<&str>> = got.iter().map(|m| header(m, "Date")).collect();
+    assert_eq!(dates, [[DATES[0]], [DATES[1]]], "{got:?}");
+
+    // B refuses the first one: the round stops there, both stay pending, in order.
+    let b = Device::new(DEV_B).await;
+    let got = b
+        .register(
+            sip,
+            "alice",
+            "correct horse",
+            &realm,
+            Duration::from_secs(2),
+            486,
+        )
+        .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(body(&got[0]), BODIES[0]);
+    let pending = store
+        .pending_deferred(account, DEV_B, unix_now())
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 2);
+    // B's next registration takes them, same Call-ID as the refused attempt.
+    let again = b
+        .register(
+            sip,
+            "alice",
+            "correct horse",
+            &realm,
+            Duration::from_secs(2),
+            200,
+        )
+        .await;
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(header(&again[0], "Call-ID"), header(&got[0], "Call-ID"));
+    assert_eq!(body(&again[1]), BODIES[1]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for inst in [DEV_A, DEV_B] {
+        while !store
+            .pending_deferred(account, inst, unix_now())
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{inst} still has pending messages"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    stop(shutdown, running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
