@@ -389,8 +389,29 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdUdpSo
     }
     #[cfg(not(unix))]
     let _ = reuse_port;
+    enlarge_buffers(&sock, LISTEN_SOCKET_BUFFER);
     sock.bind(&addr.into())?;
     Ok(sock.into())
+}
+
+/// Receive and send buffer asked for on each listening socket. Every client of a
+/// worker shares this queue, so bursts land here; the kernel's default (about 208 KiB)
+/// overflows at a few thousand packets per second of burst and the datagrams are
+/// dropped before the relay sees them (`UdpRcvbufErrors`). The kernel caps the value
+/// at `net.core.rmem_max` / `wmem_max`; raise those on a busy host.
+pub(crate) const LISTEN_SOCKET_BUFFER: usize = 4 << 20;
+/// The same for each relayed socket, which carries one allocation's peers only.
+pub(crate) const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+
+/// Asks for `bytes` of receive and send buffer. Best effort: a kernel that caps or
+/// refuses the size leaves the socket working with what it grants.
+pub(crate) fn enlarge_buffers(sock: &socket2::Socket, bytes: usize) {
+    if let Err(e) = sock.set_recv_buffer_size(bytes) {
+        tracing::debug!(error = %e, bytes, "could not enlarge the receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(bytes) {
+        tracing::debug!(error = %e, bytes, "could not enlarge the send buffer");
+    }
 }
 
 /// Start worker `index`'s thread, which creates its datapath (so every io_uring

@@ -130,6 +130,7 @@ impl RelayTable {
         }
         let s = StdUdpSocket::bind(addr).ok()?;
         s.set_nonblocking(true).ok()?;
+        super::enlarge_buffers(&socket2::SockRef::from(&s), super::RELAY_SOCKET_BUFFER);
         Some(s)
     }
 
@@ -249,6 +250,36 @@ mod tests {
         AllocationId {
             index: 0,
             generation: 0,
+        }
+    }
+
+    #[test]
+    fn relayed_sockets_get_a_larger_receive_buffer() {
+        let mut table = RelayTable::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            40000,
+            60000,
+            SharedReservations::default(),
+        );
+        table
+            .open(id(), Family::V4, PortRequest::Any, false)
+            .expect("open");
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let default = socket2::SockRef::from(&plain).recv_buffer_size().unwrap();
+        let sock = table.socket(id()).expect("socket");
+        let granted = socket2::SockRef::from(sock).recv_buffer_size().unwrap();
+        // The kernel grants up to net.core.rmem_max; where that allows 1 MiB, the
+        // relayed socket must have more than the default.
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if max >= super::super::RELAY_SOCKET_BUFFER {
+            assert!(
+                granted >= super::super::RELAY_SOCKET_BUFFER,
+                "granted {granted}"
+            );
+            assert!(granted > default, "granted {granted}, default {default}");
         }
     }
 
