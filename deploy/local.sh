@@ -12,7 +12,9 @@ cargo build --release --bins
 mkdir -p data
 
 pids=()
+stopping=0
 stop() {
+  stopping=1
   trap - INT TERM EXIT
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait || true
@@ -28,5 +30,7 @@ pids+=($!)
 set +e
 wait -n "${pids[@]}"
 status=$?
-echo "local: a process exited with status $status; stopping the other" >&2
+if [ "$stopping" -eq 0 ]; then
+  echo "local: a process exited with status $status; stopping the other" >&2
+fi
 exit "$status"
