@@ -407,6 +407,27 @@ impl Proxy {
         Some((Transport::parse(t)?, addr.parse().ok()?))
     }
 
+    /// The two Record-Route entries of a forwarded dialog-creating request: the
+    /// callee-facing one on top, the caller-facing one below (RFC 5658 double
+    /// Record-Route, since the two sides may differ in transport or address). Each
+    /// carries the flow token of the side it faces.
+    fn record_routes(&self, origin: Origin, callee: Hop) -> Vec<String> {
+        let caller_local = self
+            .local_on(origin.transport, origin.local)
+            .unwrap_or(origin.local);
+        vec![
+            self.record_route(callee, (callee.transport, callee.addr)),
+            self.record_route(
+                Hop {
+                    transport: origin.transport,
+                    addr: origin.source,
+                    local: caller_local,
+                },
+                (origin.transport, origin.source),
+            ),
+        ]
+    }
+
     fn record_route(&self, hop: Hop, token_for: (Transport, SocketAddr)) -> String {
         let token = self.flow_token(token_for.0, token_for.1);
         let host = match hop.local {
@@ -747,22 +768,7 @@ impl Proxy {
             let Some(hop) = hop_of(b) else { continue };
             let branch = format!("z9hG4bK{hash}.{}", new_tag());
             let rr = if record {
-                // Callee-facing entry on top, caller-facing below (RFC 5658 double
-                // Record-Route when the two sides differ in transport or address).
-                let caller_local = self
-                    .local_on(origin.transport, origin.local)
-                    .unwrap_or(origin.local);
-                vec![
-                    self.record_route(hop, (hop.transport, hop.addr)),
-                    self.record_route(
-                        Hop {
-                            transport: origin.transport,
-                            addr: origin.source,
-                            local: caller_local,
-                        },
-                        (origin.transport, origin.source),
-                    ),
-                ]
+                self.record_routes(origin, hop)
             } else {
                 Vec::new()
             };
@@ -897,20 +903,7 @@ impl Proxy {
         let uri = format!("sip:{}@{host_text}:{port}", routed.number);
         let branch = format!("z9hG4bK{hash}.{}", new_tag());
         let rr = if msg.method() == Some("INVITE") {
-            let caller_local = self
-                .local_on(origin.transport, origin.local)
-                .unwrap_or(origin.local);
-            vec![
-                self.record_route(hop, (hop.transport, hop.addr)),
-                self.record_route(
-                    Hop {
-                        transport: origin.transport,
-                        addr: origin.source,
-                        local: caller_local,
-                    },
-                    (origin.transport, origin.source),
-                ),
-            ]
+            self.record_routes(origin, hop)
         } else {
             Vec::new()
         };
