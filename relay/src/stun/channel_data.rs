@@ -24,9 +24,9 @@ pub struct ChannelData<'a> {
 }
 
 impl<'a> ChannelData<'a> {
-    /// Decode a ChannelData datagram. Numbers 0x4000-0x7FFF are accepted here (the
-    /// server only relays on numbers it bound, so the RFC 8656 range is enforced at
-    /// ChannelBind). Over UDP the padding to a multiple of 4 is
+    /// Decode a ChannelData datagram. Numbers 0x4000-0x7FFF are accepted here: the
+    /// server only relays on numbers it bound, and which numbers ChannelBind accepts
+    /// (RFC 5766's range by default, RFC 8656's in strict mode) is decided there. Over UDP the padding to a multiple of 4 is
     /// optional, so any bytes after `length` are accepted and ignored as long as they
     /// are fewer than 4 (a longer tail is not padding and the datagram is dropped).
     pub fn decode(packet: &'a [u8]) -> Result<Self, DecodeError> {
