@@ -106,6 +106,53 @@ impl Args {
     }
 }
 
+/// Raise the open file limit and log how many allocations the limit, the relay
+/// addresses' port ranges and `total-quota` allow.
+fn log_capacity(config: &Config) {
+    let fmt = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |v| v.to_string());
+    let nofile = match tandem_relay::driver::raise_nofile_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft_before = %fmt(before.soft),
+                soft = %fmt(after.soft),
+                hard = %fmt(after.hard),
+                "open file limit (RLIMIT_NOFILE): soft raised to the hard limit"
+            );
+            after.soft
+        }
+        Err(e) => {
+            let now = tandem_relay::driver::nofile_limit();
+            tracing::warn!(error = %e, limit = ?now, "could not raise the open file limit");
+            now.and_then(|l| l.soft)
+        }
+    };
+    let ports = u64::from(config.max_port.saturating_sub(config.min_port)) + 1;
+    let by_ports = ports * config.relay_ips().len() as u64;
+    // One descriptor per allocation, plus the listening sockets, rings and logs.
+    let by_files = nofile.map(|n| n.saturating_sub(64));
+    let quota = (config.total_quota > 0).then_some(u64::from(config.total_quota));
+    let cap = [Some(by_ports), by_files, quota]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(by_ports);
+    tracing::info!(
+        relay_addresses = config.relay_ips().len(),
+        ports_per_address = ports,
+        by_ports,
+        by_open_file_limit = %fmt(by_files),
+        total_quota = %fmt(quota),
+        "allocations possible: at most {cap}"
+    );
+    if by_files.is_some_and(|f| f < by_ports.min(quota.unwrap_or(u64::MAX))) {
+        tracing::warn!(
+            "the open file limit caps allocations at about {}; raise the hard limit \
+             (ulimit -Hn, systemd LimitNOFILE) for more",
+            by_files.unwrap_or(0)
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -119,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    log_capacity(&config);
     let relay = tandem_relay::Relay::bind(&config)
         .await
         .context("starting the relay")?;

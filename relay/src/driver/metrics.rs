@@ -28,12 +28,13 @@ pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) 
 
 async fn metrics(State(inner): State<Arc<Inner>>) -> impl IntoResponse {
     let mut s = crate::turn::Stats::default();
-    let (mut live, mut sockets) = (0, 0);
+    let (mut live, mut sockets, mut fd_refusals) = (0, 0, 0);
     for shard in &inner.shards {
         let g = lock(shard);
         s.merge(g.server.stats());
         live += g.server.allocation_count();
         sockets += g.relays.open_count();
+        fd_refusals += g.relays.fd_limit_refusals();
     }
     let mut o = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {
@@ -48,6 +49,13 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> impl IntoResponse {
         "tandem_relay_relayed_sockets",
         "Open relayed sockets.",
         sockets as u64,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP tandem_relay_allocations_refused_fd_limit_total Allocations refused (508) \
+         because the open file limit was reached.\n\
+         # TYPE tandem_relay_allocations_refused_fd_limit_total counter\n\
+         tandem_relay_allocations_refused_fd_limit_total {fd_refusals}"
     );
     let counters: [(&str, &str, u64); 18] = [
         (

@@ -284,11 +284,18 @@ impl Relay {
         // One nonce key for all workers, so a nonce is good on any of them.
         let nonce_key: [u8; 32] = rand::random();
         let reservations = ports::SharedReservations::default();
+        // One 401 rate limiter for all workers (atomic buckets, no lock).
+        let limiter = crate::turn::auth::RateLimiter::new(
+            core.quotas.unauthorized_per_sec,
+            core.quotas.unauthorized_burst,
+            Instant::now(),
+        );
         let shards = (0..workers)
             .map(|_| {
                 let mut server =
                     Server::with_nonce_key(core.clone(), now(), rand::random(), nonce_key);
                 server.share_quota(quota.clone());
+                server.share_rate_limiter(limiter.clone());
                 let relays = RelayTable::new(
                     config.relay_ips(),
                     config.min_port,
@@ -471,6 +478,64 @@ impl Worker {
             opened: Vec::new(),
             closed: Vec::new(),
         })
+    }
+}
+
+/// The process's open file limit (RLIMIT_NOFILE): soft and hard, `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimit {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// The current open file limit (`None` where it cannot be read).
+pub fn nofile_limit() -> Option<NofileLimit> {
+    #[cfg(target_os = "linux")]
+    {
+        let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        Some(NofileLimit {
+            soft: l.current,
+            hard: l.maximum,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Raise the soft open file limit to the hard one, as servers do at start: every
+/// allocation holds a relayed socket, and the usual soft limit (1024) would cap a relay
+/// at about a thousand allocations. Returns the limit before and after.
+pub fn raise_nofile_limit() -> std::io::Result<(NofileLimit, NofileLimit)> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = nofile_limit().unwrap_or(NofileLimit {
+            soft: None,
+            hard: None,
+        });
+        if before.soft != before.hard {
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: before.hard,
+                    maximum: before.hard,
+                },
+            )?;
+        }
+        let l = getrlimit(Resource::Nofile);
+        Ok((
+            before,
+            NofileLimit {
+                soft: l.current,
+                hard: l.maximum,
+            },
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 }
 

@@ -58,8 +58,18 @@ fn lock(r: &SharedReservations) -> std::sync::MutexGuard<'_, Reservations> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How often at most the driver logs that the open file limit refused a socket.
+const FD_LIMIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) struct RelayTable {
     ips: Vec<IpAddr>,
+    /// Where the next allocation starts looking among `ips` (round robin, so several
+    /// relay addresses share the load and each adds its port range).
+    next_ip: usize,
+    /// Allocations refused because the process ran out of file descriptors
+    /// (EMFILE/ENFILE), and when that was last logged.
+    fd_limit_refusals: u64,
+    fd_limit_logged: Option<std::time::Instant>,
     min: u16,
     max: u16,
     /// Relayed address of every open allocation.
@@ -76,6 +86,9 @@ impl RelayTable {
     pub(crate) fn new(ips: Vec<IpAddr>, min: u16, max: u16, reserved: SharedReservations) -> Self {
         RelayTable {
             ips,
+            next_ip: 0,
+            fd_limit_refusals: 0,
+            fd_limit_logged: None,
             min,
             max,
             open: HashMap::new(),
@@ -124,22 +137,31 @@ impl RelayTable {
         self.used.clear();
     }
 
-    fn bind(&self, addr: SocketAddr) -> Option<StdUdpSocket> {
-        if self.used.contains(&addr) {
-            return None;
-        }
-        let s = StdUdpSocket::bind(addr).ok()?;
-        s.set_nonblocking(true).ok()?;
-        super::enlarge_buffers(&socket2::SockRef::from(&s), super::RELAY_SOCKET_BUFFER);
-        Some(s)
+    /// Allocations refused so far because the open file limit was reached.
+    pub(crate) fn fd_limit_refusals(&self) -> u64 {
+        self.fd_limit_refusals
     }
 
+    fn bind(&self, addr: SocketAddr) -> Result<StdUdpSocket, Bind> {
+        if self.used.contains(&addr) {
+            return Err(Bind::Taken);
+        }
+        let s = StdUdpSocket::bind(addr).map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => Bind::NoFiles,
+            _ => Bind::Taken,
+        })?;
+        s.set_nonblocking(true).map_err(|_| Bind::Taken)?;
+        super::enlarge_buffers(&socket2::SockRef::from(&s), super::RELAY_SOCKET_BUFFER);
+        Ok(s)
+    }
+
+    /// A free port on `ip` (an even one, and the next one held, as asked).
     fn find(
         &mut self,
         ip: IpAddr,
         even: bool,
         reserve_next: bool,
-    ) -> Option<(StdUdpSocket, Option<(SocketAddr, StdUdpSocket)>)> {
+    ) -> Result<(StdUdpSocket, Option<(SocketAddr, StdUdpSocket)>), Bind> {
         let span = u32::from(self.max) - u32::from(self.min) + 1;
         let start = rand::rng().random_range(0..span);
         for i in 0..span.min(MAX_ATTEMPTS as u32 * 2) {
@@ -150,22 +172,89 @@ impl RelayTable {
             if even && port % 2 != 0 {
                 continue;
             }
-            let Some(s) = self.bind(SocketAddr::new(ip, port)) else {
-                continue;
+            let s = match self.bind(SocketAddr::new(ip, port)) {
+                Ok(s) => s,
+                Err(Bind::NoFiles) => return Err(Bind::NoFiles),
+                Err(Bind::Taken) => continue,
             };
             if !reserve_next {
-                return Some((s, None));
+                return Ok((s, None));
             }
             if port >= self.max {
                 continue;
             }
             let next = SocketAddr::new(ip, port + 1);
-            if let Some(r) = self.bind(next) {
-                return Some((s, Some((next, r))));
+            match self.bind(next) {
+                Ok(r) => return Ok((s, Some((next, r)))),
+                Err(Bind::NoFiles) => return Err(Bind::NoFiles),
+                Err(Bind::Taken) => {}
             }
         }
-        None
+        Err(Bind::Taken)
     }
+
+    /// [`Self::find`] over the relay addresses of `family`, starting at the next one in
+    /// turn; an address whose range is full passes the request on to the next.
+    fn find_any(
+        &mut self,
+        family: Family,
+        even: bool,
+        reserve_next: bool,
+    ) -> Result<(StdUdpSocket, Option<(SocketAddr, StdUdpSocket)>), PortError> {
+        let n = self.ips.len();
+        let mut any = false;
+        for k in 0..n {
+            let i = (self.next_ip + k) % n;
+            let ip = self.ips[i];
+            if Family::of(ip) != family {
+                continue;
+            }
+            any = true;
+            match self.find(ip, even, reserve_next) {
+                Ok(found) => {
+                    self.next_ip = (i + 1) % n;
+                    return Ok(found);
+                }
+                Err(Bind::NoFiles) => {
+                    self.fd_limit_hit();
+                    return Err(PortError::Exhausted);
+                }
+                Err(Bind::Taken) => {}
+            }
+        }
+        Err(if any {
+            PortError::Exhausted
+        } else {
+            PortError::Family
+        })
+    }
+
+    fn fd_limit_hit(&mut self) {
+        self.fd_limit_refusals += 1;
+        let now = std::time::Instant::now();
+        if self
+            .fd_limit_logged
+            .is_none_or(|t| now.duration_since(t) >= FD_LIMIT_LOG_EVERY)
+        {
+            self.fd_limit_logged = Some(now);
+            tracing::warn!(
+                open = self.open.len(),
+                refused = self.fd_limit_refusals,
+                limit = ?super::nofile_limit(),
+                "the open file limit (RLIMIT_NOFILE) caps allocations: Allocate answered 508; \
+                 raise the hard limit (ulimit -Hn, systemd LimitNOFILE)"
+            );
+        }
+    }
+}
+
+/// Why a port could not be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    /// In use (by us or another process), or refused for this address.
+    Taken,
+    /// The process (EMFILE) or the system (ENFILE) has no file descriptor left.
+    NoFiles,
 }
 
 impl RelayPorts for RelayTable {
@@ -179,11 +268,9 @@ impl RelayPorts for RelayTable {
         if dont_fragment && !DONT_FRAGMENT_SUPPORTED {
             return Err(PortError::DontFragment);
         }
-        let ip = *self
-            .ips
-            .iter()
-            .find(|ip| Family::of(**ip) == family)
-            .ok_or(PortError::Family)?;
+        if !self.ips.iter().any(|ip| Family::of(*ip) == family) {
+            return Err(PortError::Family);
+        }
         let (std_sock, reserved) = match request {
             PortRequest::Reserved(addr) => (
                 lock(&self.reserved)
@@ -191,10 +278,8 @@ impl RelayPorts for RelayTable {
                     .ok_or(PortError::Exhausted)?,
                 None,
             ),
-            PortRequest::Any => self.find(ip, false, false).ok_or(PortError::Exhausted)?,
-            PortRequest::Even { reserve_next } => self
-                .find(ip, true, reserve_next)
-                .ok_or(PortError::Exhausted)?,
+            PortRequest::Any => self.find_any(family, false, false)?,
+            PortRequest::Even { reserve_next } => self.find_any(family, true, reserve_next)?,
         };
         if dont_fragment {
             // The socket is dropped (closed) on failure; the client gets 420 as from a
@@ -282,6 +367,57 @@ mod tests {
                 "granted {granted}"
             );
         }
+    }
+
+    #[test]
+    fn allocations_take_the_relay_addresses_in_turn() {
+        let ips: Vec<IpAddr> = vec![
+            "127.0.0.1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "127.0.0.2".parse().unwrap(),
+        ];
+        let mut table = RelayTable::new(ips, 40000, 60000, SharedReservations::default());
+        let mut got = Vec::new();
+        for index in 0..4 {
+            let id = AllocationId {
+                index,
+                generation: 0,
+            };
+            got.push(
+                table
+                    .open(id, Family::V4, PortRequest::Any, false)
+                    .unwrap()
+                    .addr
+                    .ip(),
+            );
+        }
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        assert_eq!(got, [a, b, a, b]);
+    }
+
+    #[test]
+    fn a_full_relay_address_passes_on_to_the_next() {
+        // One port on the first address, taken by someone else: the second address
+        // serves every allocation.
+        let hold = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = hold.local_addr().unwrap().port();
+        let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+        let mut table = RelayTable::new(ips, port, port, SharedReservations::default());
+        let first = table
+            .open(id(), Family::V4, PortRequest::Any, false)
+            .unwrap();
+        assert_eq!(
+            first.addr,
+            SocketAddr::new("127.0.0.3".parse().unwrap(), port)
+        );
+        let other = AllocationId {
+            index: 1,
+            generation: 0,
+        };
+        assert_eq!(
+            table.open(other, Family::V4, PortRequest::Any, false),
+            Err(PortError::Exhausted)
+        );
     }
 
     #[test]

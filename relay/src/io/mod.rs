@@ -2,7 +2,8 @@
 //! relayed sockets, behind one small trait with two implementations.
 //!
 //! - [`uring`] (Linux): io_uring with a multishot `RecvMsg` per socket that draws
-//!   from a provided-buffer ring, and `SendMsg` submissions batched per turn. The
+//!   from a provided-buffer ring, and `Send` submissions batched per turn (submitted
+//!   with the next turn's wait: one `io_uring_enter` per turn). The
 //!   ring owns the buffers; a datagram is handed to the caller in place and, when it
 //!   is forwarded, sent from the same buffer.
 //! - [`portable`]: readiness (epoll/kqueue through mio) with `recvmmsg`/`sendmmsg`
@@ -77,11 +78,19 @@ pub trait Datapath: Send {
     fn remove(&mut self, id: SocketId);
     /// Wait up to `timeout` for datagrams, hand each one to `handler` in place, and
     /// send (batched) what the handler answers. Returns the number handled.
+    ///
+    /// An answer leaves before this call returns or at the start of the next call
+    /// (io_uring submits a turn's sends with the next turn's wait); [`Self::flush`]
+    /// sends it at once.
     fn turn(
         &mut self,
         timeout: Duration,
         handler: &mut dyn FnMut(Received<'_>) -> Option<Transmit>,
     ) -> std::io::Result<usize>;
+    /// Hand the kernel every answer queued by the last turn now, without waiting.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
     fn stats(&self) -> IoStats;
 }
 

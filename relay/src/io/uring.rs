@@ -6,8 +6,22 @@
 //! bytes) and the payload, so the payload starts at exactly [`HEADROOM`]: the header
 //! and address are read out first, and that space becomes the headroom the TURN core
 //! writes its ChannelData or Data indication header into. An answer is sent with a
-//! `SendMsg` from the same buffer, which goes back to the buffer ring when the send
-//! completes. Sends of one turn are submitted together.
+//! `Send` (sendto: buffer and destination address, no `msghdr` to copy in) from the
+//! same buffer, which goes back to the buffer ring when the send completes.
+//!
+//! What a turn costs is mostly how often it enters the kernel, so:
+//! - The ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has them
+//!   (6.1), else `COOP_TASKRUN`: work that a datagram's arrival queues for the ring
+//!   runs when the worker waits for completions, not by interrupting it like a signal.
+//! - Sends carry `MSG_DONTWAIT`, so each completes (or fails as UDP would, when the
+//!   socket buffer is full) inline while it is submitted, never parked on a poll.
+//! - The sends a turn produces are not submitted at its end but by the next turn's one
+//!   `io_uring_enter`, which submits them and waits for one more completion than it
+//!   submitted sends: their own completions, posted inline, do not end the wait, a
+//!   datagram (or the timeout) does. A busy worker thus enters the kernel once per turn,
+//!   with every send of the previous turn and every receive of the next one.
+//! - Buffers given back are published to the kernel once per turn (one release store
+//!   of the buffer ring's tail).
 
 use std::alloc::Layout;
 use std::net::UdpSocket;
@@ -57,11 +71,9 @@ struct Slot {
     state: State,
 }
 
-/// What one in-flight `SendMsg` points at; kept in a boxed slice so the addresses
-/// stay fixed while the kernel reads them.
+/// What one in-flight `Send` points at; kept in a boxed slice so the address stays
+/// fixed while the kernel reads it.
 struct SendSlot {
-    hdr: libc::msghdr,
-    iov: libc::iovec,
     name: libc::sockaddr_in6,
     bid: u16,
 }
@@ -74,6 +86,8 @@ pub struct Uring {
     /// The buffer ring: `NBUF` entries, page aligned.
     br: NonNull<BufRingEntry>,
     br_tail: u16,
+    /// Whether `br_tail` moved since it was last published to the kernel.
+    br_dirty: bool,
     /// The `msghdr` every multishot receive was submitted with (only the name and
     /// control lengths matter); boxed so its address is stable.
     recv_hdr: Box<libc::msghdr>,
@@ -83,6 +97,11 @@ pub struct Uring {
     free_sends: Vec<usize>,
     /// Operations submitted whose last completion has not been seen.
     inflight: usize,
+    /// Sends queued (possibly already submitted) since the last wait: each posts its
+    /// completion inline while it is submitted, so the wait asks for one more.
+    unwaited_sends: usize,
+    /// How the ring was set up (for the log).
+    setup: &'static str,
     stats: IoStats,
 }
 
@@ -110,7 +129,22 @@ fn ring_layout() -> Layout {
 
 impl Uring {
     pub fn new() -> std::io::Result<Uring> {
-        let ring = IoUring::builder().build(ENTRIES)?;
+        // Deferred task work (6.1) first, then cooperative task work (5.19), then plain.
+        let (ring, setup) = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(ENTRIES)
+        {
+            Ok(r) => (r, "single-issuer, defer-taskrun"),
+            Err(_) => match IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .build(ENTRIES)
+            {
+                Ok(r) => (r, "coop-taskrun"),
+                Err(_) => (IoUring::builder().build(ENTRIES)?, "plain"),
+            },
+        };
         if !ring.params().is_feature_ext_arg() {
             return Err(std::io::Error::other(
                 "io_uring lacks EXT_ARG (kernel < 5.11)",
@@ -133,11 +167,7 @@ impl Uring {
         recv_hdr.msg_namelen = NAME_LEN as u32;
         let sends = (0..NBUF)
             .map(|_| SendSlot {
-                // SAFETY: all-zero is a valid value for these plain C structs.
-                hdr: unsafe { std::mem::zeroed() },
-                // SAFETY: as above.
-                iov: unsafe { std::mem::zeroed() },
-                // SAFETY: as above.
+                // SAFETY: all-zero is a valid value for this plain C struct.
                 name: unsafe { std::mem::zeroed() },
                 bid: 0,
             })
@@ -147,12 +177,15 @@ impl Uring {
             bufs,
             br,
             br_tail: 0,
+            br_dirty: false,
             recv_hdr,
             sockets: Vec::new(),
             free: Vec::new(),
             sends,
             free_sends: (0..NBUF).rev().collect(),
             inflight: 0,
+            unwaited_sends: 0,
+            setup,
             stats: IoStats::default(),
         };
         // SAFETY: `br` is a page-aligned, zeroed allocation of NBUF entries that lives
@@ -168,10 +201,19 @@ impl Uring {
         for bid in 0..NBUF as u16 {
             u.give_back(bid);
         }
+        u.publish_buffers();
+        tracing::debug!(setup = u.setup, "io_uring ring");
         Ok(u)
     }
 
-    /// Return buffer `bid` to the kernel through the buffer ring.
+    /// How the ring was set up: `single-issuer, defer-taskrun`, `coop-taskrun` or
+    /// `plain`, depending on what the kernel allows.
+    pub fn setup(&self) -> &'static str {
+        self.setup
+    }
+
+    /// Return buffer `bid` to the buffer ring; the kernel sees it once
+    /// [`Self::publish_buffers`] runs (before every submission).
     fn give_back(&mut self, bid: u16) {
         let idx = usize::from(self.br_tail) & (NBUF - 1);
         // SAFETY: `idx < NBUF`, so the entry is inside the ring allocation. The kernel
@@ -185,9 +227,18 @@ impl Uring {
             e.set_bid(bid);
         }
         self.br_tail = self.br_tail.wrapping_add(1);
+        self.br_dirty = true;
+    }
+
+    /// Publish the buffers given back since the last call (one store of the tail).
+    fn publish_buffers(&mut self) {
+        if !self.br_dirty {
+            return;
+        }
+        self.br_dirty = false;
         // SAFETY: the tail field lies in entry 0 of the ring allocation and is 2-byte
         // aligned; the kernel reads it with acquire semantics, so it is accessed here
-        // only atomically, and the release store publishes the entry written above.
+        // only atomically, and the release store publishes the entries written before.
         unsafe {
             let tail = BufRingEntry::tail(self.br.as_ptr()) as *const AtomicU16;
             (*tail).store(self.br_tail, Ordering::Release);
@@ -202,6 +253,7 @@ impl Uring {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
+            self.publish_buffers();
             self.ring.submit()?;
         }
     }
@@ -250,25 +302,27 @@ impl Uring {
         };
         let s = &mut self.sends[k];
         let namelen = super::sockaddr_from(&t.to, &mut s.name);
+        s.bid = bid;
         // SAFETY: `bid < NBUF` and `t.range.end <= BUF_SIZE` (checked by the caller),
         // so the range lies inside buffer `bid`.
-        s.iov.iov_base = unsafe {
+        let data = unsafe {
             self.bufs
                 .as_ptr()
                 .add(usize::from(bid) * BUF_SIZE + t.range.start)
-        }
-        .cast();
-        s.iov.iov_len = t.range.len();
-        s.hdr.msg_name = (&mut s.name as *mut libc::sockaddr_in6).cast();
-        s.hdr.msg_namelen = namelen;
-        s.hdr.msg_iov = &mut s.iov;
-        s.hdr.msg_iovlen = 1;
-        s.bid = bid;
-        let e = opcode::SendMsg::new(Fd(fd), &s.hdr)
+        };
+        // MSG_DONTWAIT: complete inline at submission, or fail (dropped, as UDP would)
+        // when the socket buffer is full, rather than wait on a poll.
+        let e = opcode::Send::new(Fd(fd), data, t.range.len() as u32)
+            .dest_addr((&s.name as *const libc::sockaddr_in6).cast())
+            .dest_addr_len(namelen)
+            .flags(libc::MSG_DONTWAIT)
             .build()
             .user_data(send_data(k));
         match self.push(e) {
-            Ok(()) => self.inflight += 1,
+            Ok(()) => {
+                self.inflight += 1;
+                self.unwaited_sends += 1;
+            }
             Err(_) => {
                 self.stats.send_errors += 1;
                 self.free_sends.push(k);
@@ -460,7 +514,12 @@ impl Datapath for Uring {
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
         let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        // One enter: submit what the last turn queued, and wait for one completion more
+        // than the sends among it (which complete inline, see the module doc).
+        self.publish_buffers();
+        let want = self.unwaited_sends + 1;
+        self.unwaited_sends = 0;
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e)
                 if matches!(
@@ -472,15 +531,34 @@ impl Datapath for Uring {
         let mut handled = 0;
         // Bound the work of one turn to one completion queue's worth.
         let cap = self.ring.completion().capacity();
-        for _ in 0..cap {
-            let Some(cqe) = self.ring.completion().next() else {
+        let mut cq = 0;
+        while cq < cap {
+            // Completions are copied out a batch at a time (the queue's head is
+            // published once per batch, not per entry).
+            let mut batch = [(0u64, 0i32, 0u32); 32];
+            let mut n = 0;
+            for (slot, cqe) in batch.iter_mut().zip(self.ring.completion()) {
+                *slot = (cqe.user_data(), cqe.result(), cqe.flags());
+                n += 1;
+            }
+            if n == 0 {
                 break;
-            };
-            handled += self.complete(cqe.user_data(), cqe.result(), cqe.flags(), handler);
+            }
+            cq += n;
+            for &(user_data, result, flags) in &batch[..n] {
+                handled += self.complete(user_data, result, flags, handler);
+            }
         }
-        // Send what this turn produced (and re-arms) now.
-        self.ring.submit()?;
+        // What this turn queued is submitted by the next turn's enter (or `flush`).
         Ok(handled)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.publish_buffers();
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+        }
+        Ok(())
     }
 
     fn stats(&self) -> IoStats {
@@ -531,7 +609,7 @@ pub fn probe() -> Result<(), String> {
         .map_err(|e| format!("probe: {e}"))?;
     for (code, name) in [
         (opcode::RecvMsg::CODE, "RecvMsg"),
-        (opcode::SendMsg::CODE, "SendMsg"),
+        (opcode::Send::CODE, "Send"),
         (opcode::AsyncCancel::CODE, "AsyncCancel"),
     ] {
         if !p.is_supported(code) {
@@ -598,6 +676,7 @@ mod tests {
                     })
                     .unwrap();
             }
+            u.flush().unwrap();
             let mut b = [0u8; 64];
             let (n, _) = client.recv_from(&mut b).unwrap();
             assert_eq!(&b[..n], [&b"hdr:"[..], &i.to_be_bytes()].concat());

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -254,8 +255,21 @@ impl Nonces {
 /// A fixed-size table of token buckets indexed by a keyed hash of the source IP:
 /// bounded memory whatever the number of sources, and no per-source allocation.
 /// Sources that collide share a bucket, which only makes the limit stricter.
+///
+/// Clones share the table: the driver gives every worker a clone, so a source is held
+/// to one rate over the whole relay, whichever worker its packets reach. Each bucket is
+/// one atomic word (tokens and the time of the last refill), updated with a
+/// compare-and-swap: no lock, and workers contend only when they challenge sources of
+/// the same bucket at the same moment. Only unauthenticated requests touch it.
+#[derive(Clone)]
 pub struct RateLimiter {
-    buckets: Vec<(u32, u64)>,
+    inner: std::sync::Arc<Limits>,
+}
+
+struct Limits {
+    /// Per bucket: tokens in thousandths (high 32 bits), milliseconds since `epoch`
+    /// of the last refill, wrapping (low 32 bits).
+    buckets: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
     per_sec: u32,
     burst: u32,
@@ -265,7 +279,7 @@ pub struct RateLimiter {
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("per_sec", &self.per_sec)
+            .field("per_sec", &self.inner.per_sec)
             .finish_non_exhaustive()
     }
 }
@@ -275,39 +289,51 @@ pub const RATE_BUCKETS: usize = 4096;
 
 impl RateLimiter {
     pub fn new(per_sec: u32, burst: u32, epoch: Instant) -> Self {
+        let full = u64::from(burst.saturating_mul(1000)) << 32;
         RateLimiter {
-            buckets: vec![(burst.saturating_mul(1000), 0); RATE_BUCKETS],
-            hasher: Default::default(),
-            per_sec,
-            burst,
-            epoch,
+            inner: std::sync::Arc::new(Limits {
+                buckets: (0..RATE_BUCKETS).map(|_| AtomicU64::new(full)).collect(),
+                hasher: Default::default(),
+                per_sec,
+                burst,
+                epoch,
+            }),
         }
     }
 
     /// Take one token for `ip`; false when the source is over its rate.
     /// A rate of 0 disables the limit.
-    pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
-        if self.per_sec == 0 {
+    pub fn allow(&self, now: Instant, ip: IpAddr) -> bool {
+        let l = &*self.inner;
+        if l.per_sec == 0 {
             return true;
         }
-        let idx = (self.hasher.hash_one(ip) as usize) % RATE_BUCKETS;
-        let now_ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX);
-        let Some((tokens, last)) = self.buckets.get_mut(idx) else {
+        let idx = (l.hasher.hash_one(ip) as usize) % RATE_BUCKETS;
+        let Some(cell) = l.buckets.get(idx) else {
             return false;
         };
-        // Tokens are kept in thousandths.
-        let elapsed = now_ms.saturating_sub(*last);
-        let refill = elapsed.saturating_mul(u64::from(self.per_sec));
-        let cap = u64::from(self.burst) * 1000;
-        let t = (u64::from(*tokens) + refill).min(cap);
-        *last = now_ms;
-        if t >= 1000 {
-            *tokens = (t - 1000) as u32;
-            true
-        } else {
-            *tokens = t as u32;
-            false
+        // Milliseconds since the epoch, kept modulo 2^32 (49 days): the difference of
+        // two readings is right as long as a bucket is touched more often than that,
+        // and a bucket idle for longer is full anyway unless the wrap lands close,
+        // which at worst refuses one more challenge.
+        let now_ms = now.saturating_duration_since(l.epoch).as_millis() as u32;
+        let cap = u64::from(l.burst) * 1000;
+        let mut cur = cell.load(Ordering::Relaxed);
+        loop {
+            let (tokens, last) = ((cur >> 32) as u32, cur as u32);
+            let elapsed = u64::from(now_ms.wrapping_sub(last));
+            let refill = elapsed.saturating_mul(u64::from(l.per_sec));
+            let t = (u64::from(tokens) + refill).min(cap);
+            let (allowed, left) = if t >= 1000 {
+                (true, t - 1000)
+            } else {
+                (false, t)
+            };
+            let next = (left.min(u64::from(u32::MAX)) << 32) | u64::from(now_ms);
+            match cell.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return allowed,
+                Err(seen) => cur = seen,
+            }
         }
     }
 }
@@ -355,7 +381,7 @@ mod tests {
     #[test]
     fn rate_limiter_limits_and_refills() {
         let t0 = Instant::now();
-        let mut r = RateLimiter::new(2, 4, t0);
+        let r = RateLimiter::new(2, 4, t0);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..4 {
             assert!(r.allow(t0, ip));
@@ -363,5 +389,28 @@ mod tests {
         assert!(!r.allow(t0, ip));
         assert!(r.allow(t0 + Duration::from_millis(500), ip));
         assert!(!r.allow(t0 + Duration::from_millis(500), ip));
+    }
+
+    #[test]
+    fn rate_limiter_clones_share_the_budget_across_threads() {
+        let t0 = Instant::now();
+        let r = RateLimiter::new(1, 1000, t0);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // Two "workers" draw from the same source's bucket at once: together they get
+        // the burst (1000), not 1000 each.
+        let granted: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let r = r.clone();
+                    s.spawn(move || (0..1000).filter(|_| r.allow(t0, ip)).count())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(granted, 1000);
+        let other: IpAddr = "192.0.2.10".parse().unwrap();
+        let same_bucket = r.inner.hasher.hash_one(ip) as usize % RATE_BUCKETS
+            == r.inner.hasher.hash_one(other) as usize % RATE_BUCKETS;
+        assert_eq!(r.allow(t0, other), !same_bucket);
     }
 }

@@ -456,6 +456,12 @@ impl Server {
         self.quota = ledger;
     }
 
+    /// Hold sources to the 401/438 rate of `limiter` (a clone of one shared with other
+    /// servers), so a source gets one rate over every worker.
+    pub fn share_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.limiter = limiter;
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -1236,11 +1242,14 @@ impl Server {
                 if a.channels.len() >= ch_limit || (new_perm && a.permissions.len() >= perm_limit) {
                     508
                 } else {
-                    a.channels.push(ChannelBinding {
-                        number,
-                        peer,
-                        expires: ch_until,
-                    });
+                    allocation::push_small(
+                        &mut a.channels,
+                        ChannelBinding {
+                            number,
+                            peer,
+                            expires: ch_until,
+                        },
+                    );
                     0
                 }
             }
