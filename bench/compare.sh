@@ -7,7 +7,8 @@
 # Installs what is missing (Debian's coturn, protoc for the turn-server crate,
 # the turn-server crate into bench/.tools), builds release tandem-relay and
 # tandem-bench, then runs `tandem-bench compare`, which writes
-# bench/results/<date>-turn.{md,json,png}. Extra arguments go to `compare`.
+# bench/results/<date>-turn.{md,json,png}, then bench/many-allocations.sh
+# (bench/results/<date>-allocations.{md,json}). Extra arguments go to `compare`.
 # Everything runs on 127.0.0.1; contenders are pinned to CPU 0, the load
 # generator to CPU 1 (needs at least 2 CPUs).
 set -euo pipefail
@@ -31,14 +32,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+echo "packages: $(( $(date +%s) - start )) s"
+
+# The turn-server crate and our release binaries build side by side: each build
+# leaves a core idle in its serial stretches (big crates, linking), the other fills it.
+target="${CARGO_TARGET_DIR:-target}"
+install_pid=""
 if [ ! -x bench/.tools/bin/turn-server ]; then
-  echo "installing the turn-server crate into bench/.tools"
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/turn-server-build" \
-    cargo install turn-server --locked --root bench/.tools --quiet
+  echo "installing the turn-server crate into bench/.tools (in the background)"
+  (
+    t=$(date +%s)
+    CARGO_TARGET_DIR="$target/turn-server-build" \
+      cargo install turn-server --locked --root bench/.tools --quiet
+    echo "turn-server crate: $(( $(date +%s) - t )) s"
+  ) &
+  install_pid=$!
 fi
 
-target="${CARGO_TARGET_DIR:-target}"
+t=$(date +%s)
 cargo build --release --quiet -p tandem-relay -p tandem-bench
+echo "release build: $(( $(date +%s) - t )) s"
+if [ -n "$install_pid" ] && ! wait "$install_pid"; then
+  echo "the turn-server crate did not install; compare skips it" >&2
+fi
 echo "setup took $(( $(date +%s) - start )) s"
 
 nproc_n=$(nproc)
@@ -51,4 +67,9 @@ fi
   --relay-bin "$target/release/tandem-relay" \
   --turn-server-bin bench/.tools/bin/turn-server \
   --out-dir bench/results "$@"
+
+# Many concurrent allocations on one relay process (bounded: about half a minute).
+if [[ " $* " != *" --quick "* ]]; then
+  bash bench/many-allocations.sh 100000 || echo "many-allocations run failed" >&2
+fi
 echo "total $(( $(date +%s) - start )) s"

@@ -117,7 +117,16 @@ fn error_code(m: &Message<'_>) -> (u16, String) {
 impl TurnClient {
     /// Bind a fresh local port on 127.0.0.1 and connect it to `server`.
     pub async fn connect(server: SocketAddr, target: Target) -> Result<Self, ClientError> {
-        let sock = UdpSocket::bind("127.0.0.1:0").await?;
+        Self::connect_from(std::net::Ipv4Addr::LOCALHOST.into(), server, target).await
+    }
+
+    /// Bind a fresh local port on `local` (a loopback address) and connect it to `server`.
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        server: SocketAddr,
+        target: Target,
+    ) -> Result<Self, ClientError> {
+        let sock = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
         sock.connect(server).await?;
         let (user, password) = match &target {
             Target::Turn(c) => c.resolve(),

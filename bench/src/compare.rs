@@ -500,7 +500,15 @@ pub fn run(mut a: CompareArgs) -> anyhow::Result<()> {
             kind: Kind::TurnServer,
             bin: a.turn_server_bin.clone(),
         });
-        notes.push("turn-server crate: max-threads = 1, relays only between its own clients (client-to-client table only)".into());
+        notes.push(
+            "turn-server crate: max-threads = 1, relays only between its own clients (client-to-client \
+             table only), and without relayed sockets: it holds no socket per allocation and passes a \
+             datagram from one client to the other through its listening socket, one datagram in and \
+             one out per leg where the other contenders (and the forwarder) receive and send twice. Its \
+             CPU per packet, counted like the others' (2 packets per leg), is therefore for half the \
+             kernel work"
+                .into(),
+        );
     } else {
         notes.push(format!(
             "turn-server crate binary not found ({}): skipped",

@@ -126,6 +126,14 @@ struct AllocRateArgs {
     /// Server process id, for RSS per allocation while they are all live.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Loopback address the clients bind to (repeatable; used in turn). One address
+    /// gives about 28,000 client ports; use several for more allocations.
+    #[arg(long = "client-ip", default_value = "127.0.0.1")]
+    client_ips: Vec<std::net::IpAddr>,
+    /// Seconds to keep every allocation live after the last one was made, before the
+    /// server's memory is read again and they are deleted (at most 300).
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
     #[arg(long)]
     json: bool,
 }
@@ -182,7 +190,16 @@ fn main() -> anyhow::Result<()> {
                 max_errors: a.max_errors,
                 server_pid: a.server_pid,
                 progress: !a.json,
+                client_ips: a.client_ips.clone(),
+                hold: if a.hold == 0.0 {
+                    Duration::ZERO
+                } else {
+                    secs(a.hold)?
+                },
             };
+            if a.client_ips.iter().any(|ip| !ip.is_loopback()) {
+                bail!("the harness only binds loopback addresses");
+            }
             let r = alloc_rate::run(&cfg)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -191,8 +208,24 @@ fn main() -> anyhow::Result<()> {
                     "{} allocations in {:.2} s: {:.0}/s, {} errors",
                     r.allocations, r.elapsed_s, r.allocations_per_s, r.errors
                 );
+                if let Some([a, b, c]) = r.server_rss_kib {
+                    println!(
+                        "server VmRSS: {a} KiB before, {b} KiB with all made, {c} KiB after \
+                         {:.1} s held",
+                        r.held_s
+                    );
+                }
                 if let Some(b) = r.server_rss_bytes_per_allocation {
                     println!("server RSS grew {b:.0} bytes per allocation");
+                }
+                if let Some(f) = r.server_fds {
+                    println!(
+                        "server open files: {f} (soft limit {}); generator's soft limit {}",
+                        r.server_nofile_limit
+                            .map_or("unlimited".into(), |v| v.to_string()),
+                        r.client_nofile_limit
+                            .map_or("unlimited".into(), |v| v.to_string())
+                    );
                 }
                 for e in &r.first_errors {
                     println!("  error: {e}");

@@ -22,6 +22,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Open file descriptors of `pid` (entries of /proc/PID/fd).
+pub fn fd_count(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// Soft open file limit of `pid` (`Max open files` in /proc/PID/limits; `None` when
+/// unreadable or unlimited).
+pub fn nofile_soft(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Monotonic clock in nanoseconds (the clock timerfd and `Instant` use).
 pub fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
