@@ -56,6 +56,10 @@ pub struct AccountCredentials {
     pub ha1_md5: String,
     /// Lower-case hex of SHA-256(login:realm:password).
     pub ha1_sha256: String,
+    /// Country calling code the account's dialled national numbers are read with.
+    pub country_code: String,
+    /// The account's no-answer rule (a `sip:` URI), for calls to it.
+    pub no_answer_forward: Option<String>,
 }
 
 /// A device authorised for an account through the HTTP API.

@@ -123,6 +123,55 @@ async fn create_get_list_update_delete(backend: Backend) {
         .await;
     assert_eq!(r.expect(200)["display_name"], "Al");
     assert_eq!(r.body["country_code"], "44");
+    assert_eq!(r.body["no_answer_forward"], json!(null));
+
+    // The no-answer rule: a sip: URI, shown on the account, cleared by null.
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Auth::Admin,
+            Some(json!({"no_answer_forward": "sip:voicemail@vm.example.net"})),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["no_answer_forward"],
+        "sip:voicemail@vm.example.net"
+    );
+    assert_eq!(r.body["display_name"], "Al");
+    for bad in [
+        "http://vm.example.net/",
+        "sips:vm@vm.example.net",
+        "voicemail@vm.example.net",
+        "sip:",
+        "<sip:vm@vm.example.net>",
+        "sip:vm@vm.example.net\r\nVia: x",
+    ] {
+        api.call(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Auth::Admin,
+            Some(json!({"no_answer_forward": bad})),
+        )
+        .await
+        .expect_error(400, "invalid_request");
+    }
+    let r = api
+        .call("GET", &format!("/accounts/{id}"), Auth::Admin, None)
+        .await;
+    assert_eq!(
+        r.expect(200)["no_answer_forward"],
+        "sip:voicemail@vm.example.net"
+    );
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Auth::Admin,
+            Some(json!({"no_answer_forward": null})),
+        )
+        .await;
+    assert_eq!(r.expect(200)["no_answer_forward"], json!(null));
 
     // Delete: devices' registrations are dropped, the account is gone.
     api.call(

@@ -110,7 +110,13 @@ async fn accounts_crud(backend: Backend) {
 
     let before = store.find_account("alice").await.unwrap().unwrap();
     let updated = store
-        .update_account(a, Some(("new-password", REALM)), Some(None), Some("44"))
+        .update_account(
+            a,
+            Some(("new-password", REALM)),
+            Some(None),
+            Some("44"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(updated.display_name, None);
@@ -119,7 +125,7 @@ async fn accounts_crud(backend: Backend) {
     assert_ne!(before.ha1_md5, after.ha1_md5);
     assert_eq!(after.ha1_sha256, ha1("alice", REALM, "new-password").1);
     assert!(matches!(
-        store.update_account(9999, None, None, None).await,
+        store.update_account(9999, None, None, None, None).await,
         Err(StoreError::AccountNotFound)
     ));
 

@@ -159,6 +159,9 @@ pub async fn update(
     if let Some(cc) = &body.country_code {
         check_country_code(cc)?;
     }
+    if let Some(Some(uri)) = &body.no_answer_forward {
+        check_forward_uri(uri)?;
+    }
     let account = state
         .store()
         .update_account(
@@ -166,6 +169,7 @@ pub async fn update(
             body.password.as_deref().map(|p| (p, state.realm())),
             body.display_name.as_ref().map(|n| n.as_deref()),
             body.country_code.as_deref(),
+            body.no_answer_forward.as_ref().map(|n| n.as_deref()),
         )
         .await?;
     Ok(Json(AccountView::new(account, state.default_limits())))
@@ -329,7 +333,7 @@ pub async fn me_set_password(
     check_password(&body.password)?;
     state
         .store()
-        .update_account(id, Some((&body.password, state.realm())), None, None)
+        .update_account(id, Some((&body.password, state.realm())), None, None, None)
         .await?;
     tracing::info!(account = id, "password changed by the account holder");
     Ok(StatusCode::NO_CONTENT)

@@ -8,7 +8,7 @@
 //! | POST   | /accounts                                         | admin | create account (login, password, numbers, ...)    |
 //! | GET    | /accounts?after=&limit= or ?identity=             | admin | list accounts by id, or find one by public ID     |
 //! | GET    | /accounts/{id}                                    | admin | one account                                       |
-//! | PATCH  | /accounts/{id}                                    | admin | change password, display name, country code       |
+//! | PATCH  | /accounts/{id}                                    | admin | password, name, country code, no-answer rule      |
 //! | DELETE | /accounts/{id}                                    | admin | delete account, drop its registrations            |
 //! | POST   | /accounts/{id}/phone-numbers                      | admin | add a number `{"number": "+48 600 ..."}`          |
 //! | DELETE | /accounts/{id}/phone-numbers/{number}             | admin | remove a number (any accepted form)               |

@@ -59,6 +59,12 @@ pub struct UpdateAccount {
     #[schema(value_type = Option<String>)]
     pub display_name: Option<Option<String>>,
     pub country_code: Option<String>,
+    /// The no-answer rule: a `sip:` URI (reached over UDP) that gets the call when no device
+    /// answered before the park or ring timeout (voicemail, for example); `null`
+    /// clears it, and such calls end with 480.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub no_answer_forward: Option<Option<String>>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(
@@ -80,6 +86,8 @@ pub struct AccountView {
     pub limits: DeviceLimits,
     /// Limits set on this account; `null` means the default applies.
     pub limit_overrides: LimitOverrides,
+    /// Where unanswered calls go; `null`: they end with 480.
+    pub no_answer_forward: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -95,6 +103,7 @@ impl AccountView {
             username: a.username,
             display_name: a.display_name,
             phone_numbers: a.phone_numbers,
+            no_answer_forward: a.no_answer_forward,
             created_at: a.created_at,
         }
     }
@@ -320,6 +329,24 @@ pub fn check_device_name(name: &str) -> Result<(), ApiError> {
 pub fn check_country_code(cc: &str) -> Result<(), ApiError> {
     crate::number::validate_country_code(cc)
         .map_err(|_| ApiError::invalid("country_code must be 1-3 digits not starting with 0"))
+}
+
+/// The no-answer rule's target: a `sip:` URI of at most 256 characters (the proxy
+/// reaches it over UDP, as it reaches dial-plan gateways).
+pub fn check_forward_uri(uri: &str) -> Result<(), ApiError> {
+    let scheme_ok = uri.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("sip:"));
+    let ok = scheme_ok
+        && uri.len() <= 256
+        && !uri.contains(['<', '>', '"', ' '])
+        && !uri.chars().any(char::is_control)
+        && crate::sip::grammar::SipUri::parse(uri).is_some_and(|u| !u.host.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "no_answer_forward must be a sip: URI such as sip:voicemail@vm.example.net",
+        ))
+    }
 }
 
 pub fn check_push(provider: &str, token: &str) -> Result<(), ApiError> {

@@ -254,6 +254,24 @@ impl Store {
 
     /// Gives claimed but unconfirmed messages back at once (the deliverer gave up,
     /// for example the device's flow closed), instead of waiting for the lease.
+    /// Extends the delivery lease of claimed, undelivered messages to `until` (a
+    /// round that is still sending keeps them).
+    pub async fn extend_deferred_lease(&self, ids: &[i64], until: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE deferred_messages SET claimed_until = $1 \
+                 WHERE id = $2 AND delivered_at IS NULL",
+            )
+            .bind(until)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn release_deferred(&self, ids: &[i64]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for id in ids {

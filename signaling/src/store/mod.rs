@@ -126,6 +126,9 @@ pub struct Account {
     /// Normalised E.164 digits, sorted.
     pub phone_numbers: Vec<String>,
     pub limits: LimitOverrides,
+    /// The no-answer rule: a `sip:` URI a call goes to when no device
+    /// answered (voicemail, another number); `None` ends such a call with 480.
+    pub no_answer_forward: Option<String>,
     pub created_at: i64,
 }
 
@@ -239,7 +242,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const ACCOUNT_COLUMNS: &str = "id, login, country_code, username, display_name, \
-     limit_mobile, limit_desktop, limit_web, created_at";
+     limit_mobile, limit_desktop, limit_web, no_answer_forward, created_at";
 const DEVICE_COLUMNS: &str =
     "account_id, instance_id, class, name, created_at, push_provider, push_token";
 const BINDING_COLUMNS: &str = "account_id, instance_id, reg_id, contact_uri, expires_at, \
@@ -257,6 +260,7 @@ fn account_from_row(row: &AnyRow) -> Result<Account, sqlx::Error> {
         username: row.try_get("username")?,
         display_name: row.try_get("display_name")?,
         phone_numbers: Vec::new(),
+        no_answer_forward: row.try_get("no_answer_forward")?,
         limits: LimitOverrides {
             mobile: opt_limit(row.try_get("limit_mobile")?),
             desktop: opt_limit(row.try_get("limit_desktop")?),
@@ -523,14 +527,16 @@ impl Store {
         Ok(accounts)
     }
 
-    /// Changes the password (recomputing both HA1 values), display name or country
-    /// code; `None` leaves a field as it is.
+    /// Changes the password (recomputing both HA1 values), display name, country
+    /// code or no-answer rule; `None` leaves a field as it is, `Some(None)` clears
+    /// a nullable one.
     pub async fn update_account(
         &self,
         id: AccountId,
         password: Option<(&str, &str)>,
         display_name: Option<Option<&str>>,
         country_code: Option<&str>,
+        no_answer_forward: Option<Option<&str>>,
     ) -> Result<Account, StoreError> {
         let mut tx = self.begin().await?;
         let row = sqlx::query("UPDATE accounts SET updated_at = $1 WHERE id = $2 RETURNING login")
@@ -559,6 +565,13 @@ impl Store {
         if let Some(cc) = country_code {
             sqlx::query("UPDATE accounts SET country_code = $1 WHERE id = $2")
                 .bind(cc)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(uri) = no_answer_forward {
+            sqlx::query("UPDATE accounts SET no_answer_forward = $1 WHERE id = $2")
+                .bind(uri)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -724,11 +737,23 @@ impl Store {
         &self,
         identity: &str,
     ) -> Result<Option<AccountCredentials>, StoreError> {
+        self.find_account_dialled(identity, None).await
+    }
+
+    /// [`Self::find_account`] for an identity dialled by a caller whose country code
+    /// is `country_code` (`None`: the configured default): `0600…` from a Polish
+    /// account is `48600…`, from a British one `44600…`.
+    pub async fn find_account_dialled(
+        &self,
+        identity: &str,
+        country_code: Option<&str>,
+    ) -> Result<Option<AccountCredentials>, StoreError> {
         if identity.is_empty() || identity.len() > 256 {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT id, login, ha1_md5, ha1_sha256 FROM accounts WHERE login = $1 OR username = $1 \
+            "SELECT id, login, ha1_md5, ha1_sha256, country_code, no_answer_forward FROM accounts \
+             WHERE login = $1 OR username = $1 \
              ORDER BY CASE WHEN login = $1 THEN 0 ELSE 1 END LIMIT 1",
         )
         .bind(identity)
@@ -738,7 +763,8 @@ impl Store {
             Some(row) => Some(row),
             None => {
                 let mut candidates = Vec::with_capacity(2);
-                if let Ok(n) = number::normalize(identity, &self.inner.default_country_code) {
+                let cc = country_code.unwrap_or(&self.inner.default_country_code);
+                if let Ok(n) = number::normalize(identity, cc) {
                     candidates.push(n);
                 }
                 let trimmed = identity.trim();
@@ -752,7 +778,8 @@ impl Store {
                 let mut found = None;
                 for c in candidates {
                     found = sqlx::query(
-                        "SELECT a.id, a.login, a.ha1_md5, a.ha1_sha256 FROM accounts a \
+                        "SELECT a.id, a.login, a.ha1_md5, a.ha1_sha256, a.country_code, \
+                         a.no_answer_forward FROM accounts a \
                          JOIN phone_numbers p ON p.account_id = a.id WHERE p.number = $1",
                     )
                     .bind(c)
@@ -771,6 +798,8 @@ impl Store {
             login: row.try_get("login")?,
             ha1_md5: row.try_get("ha1_md5")?,
             ha1_sha256: row.try_get("ha1_sha256")?,
+            country_code: row.try_get("country_code")?,
+            no_answer_forward: row.try_get("no_answer_forward")?,
         }))
     }
 
