@@ -4,29 +4,16 @@
 
 mod api_support;
 mod store_support;
+mod udp_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use md5::{Digest, Md5};
 use serde_json::{json, Value};
 use tandem_signaling::config::SignalingConfig;
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tandem_start_{tag}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use udp_client::{temp_dir, Registration};
 
 fn config(data_dir: PathBuf) -> SignalingConfig {
     let mut cfg = SignalingConfig {
@@ -65,7 +52,7 @@ async fn call(
 
 #[tokio::test]
 async fn generated_admin_token_is_private_and_stable() {
-    let dir = temp_dir("token");
+    let dir = temp_dir("api_start_token");
     let shutdown = CancellationToken::new();
     let running = tandem_signaling::start(config(dir.clone()), shutdown.clone())
         .await
@@ -120,7 +107,7 @@ async fn generated_admin_token_is_private_and_stable() {
 
 #[tokio::test]
 async fn configured_admin_token_is_used_and_no_file_written() {
-    let dir = temp_dir("cfgtoken");
+    let dir = temp_dir("api_start_cfgtoken");
     let mut cfg = config(dir.clone());
     cfg.api.admin_token = Some("configured-token-0123456789".to_owned());
     let shutdown = CancellationToken::new();
@@ -146,7 +133,7 @@ async fn configured_admin_token_is_used_and_no_file_written() {
 
 #[tokio::test]
 async fn bad_config_fails_at_start_naming_the_key() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("api_start_bad");
     let mut cfg = config(dir.clone());
     cfg.default_country_code = "0".to_owned();
     let err = tandem_signaling::start(cfg, CancellationToken::new())
@@ -164,48 +151,7 @@ async fn bad_config_fails_at_start_naming_the_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// ----- a minimal SIP UDP client (digest MD5, qop=auth) ------------------------------------
-
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    msg.split("\r\n")
-        .filter_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-        .collect()
-}
-
-fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=");
-    let start = challenge.find(&key)? + key.len();
-    let rest = &challenge[start..];
-    if let Some(q) = rest.strip_prefix('"') {
-        q.split('"').next()
-    } else {
-        rest.split([',', ' ']).next()
-    }
-}
-
-fn md5_hex(s: &str) -> String {
-    hex::encode(Md5::digest(s.as_bytes()))
-}
-
-async fn exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
-    sock.send_to(msg.as_bytes(), to).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("SIP response in time")
-            .unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        // Skip provisional responses.
-        if !text.starts_with("SIP/2.0 1") {
-            return text;
-        }
-    }
-}
-
+/// A digest-authenticated REGISTER of `instance` over UDP.
 async fn register(
     sip: SocketAddr,
     login: &str,
@@ -213,59 +159,21 @@ async fn register(
     realm: &str,
     instance: &str,
 ) -> String {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let me = sock.local_addr().unwrap();
-    let call_id = format!("c{}@127.0.0.1", rand_u64());
-    let build = |cseq: u32, auth: Option<String>| {
-        let mut m = format!(
-            "REGISTER sip:{realm} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {me};branch=z9hG4bK{}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:{login}@{realm}>;tag=t{}\r\n\
-             To: <sip:{login}@{realm}>\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{login}@{me}>;+sip.instance=\"<{instance}>\"\r\n\
-             Expires: 600\r\n",
-            rand_u64(),
-            rand_u64()
-        );
-        if let Some(a) = auth {
-            m.push_str(&format!("Authorization: {a}\r\n"));
-        }
-        m.push_str("Content-Length: 0\r\n\r\n");
-        m
-    };
-    let first = exchange(&sock, sip, &build(1, None)).await;
-    assert!(first.starts_with("SIP/2.0 401"), "{first}");
-    let challenge = header(&first, "WWW-Authenticate")
-        .into_iter()
-        .find(|c| param(c, "algorithm").is_none_or(|a| a.eq_ignore_ascii_case("MD5")))
-        .expect("an MD5 challenge")
-        .to_owned();
-    let nonce = param(&challenge, "nonce").unwrap();
-    let uri = format!("sip:{realm}");
-    let ha1 = md5_hex(&format!("{login}:{realm}:{password}"));
-    let ha2 = md5_hex(&format!("REGISTER:{uri}"));
-    let cnonce = format!("{:x}", rand_u64());
-    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
-    let mut auth = format!(
-        "Digest username=\"{login}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-         response=\"{response}\", algorithm=MD5, cnonce=\"{cnonce}\", qop=auth, nc=00000001"
-    );
-    if let Some(opaque) = param(&challenge, "opaque") {
-        auth.push_str(&format!(", opaque=\"{opaque}\""));
+    Registration {
+        login,
+        password,
+        realm,
+        instance,
+        uri_params: "",
+        expires: 600,
     }
-    exchange(&sock, sip, &build(2, Some(auth))).await
-}
-
-fn rand_u64() -> u64 {
-    rand::random()
+    .run(sip)
+    .await
 }
 
 #[tokio::test]
 async fn revoking_a_device_drops_its_live_registration() {
-    let dir = temp_dir("revoke");
+    let dir = temp_dir("api_start_revoke");
     let mut cfg = config(dir.clone());
     cfg.api.admin_token = Some("configured-token-0123456789".to_owned());
     let realm = cfg.sip.realm.clone();
@@ -372,7 +280,7 @@ async fn revoking_a_device_drops_its_live_registration() {
 #[tokio::test]
 async fn starts_on_postgresql_with_database_url() {
     let db = store_support::TestDb::new(store_support::Backend::Postgres).await;
-    let dir = temp_dir("pg");
+    let dir = temp_dir("api_start_pg");
     let mut cfg = config(dir.clone());
     cfg.database.url = Some(db.url.clone());
     cfg.api.admin_token = Some("configured-token-0123456789".to_owned());

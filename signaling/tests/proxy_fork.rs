@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_signaling::proxy::fork::{Action, CancelReason, Final, Fork};
+use tandem_signaling::proxy::fork::{Action, CancelReason, Final, Fork, ForkOptions};
 use tandem_signaling::proxy::msg;
 use tandem_signaling::sip::message::{HeaderName, Message};
 
@@ -511,4 +511,218 @@ fn random_event_sequences_keep_the_invariants() {
             assert!(f.is_answered(), "seed {seed}: all branches done, no answer");
         }
     }
+}
+
+fn responds(actions: &[Action]) -> Vec<u16> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Respond(Final::Generated { code, .. }) => Some(*code),
+            Action::Respond(Final::Branch { as_code, .. }) => Some(*as_code),
+            _ => None,
+        })
+        .collect()
+}
+
+const PARK: Duration = Duration::from_secs(30);
+const PUSH_AFTER: Duration = Duration::from_secs(3);
+
+fn parked(t0: Instant, branches: usize, forward: bool) -> Fork {
+    Fork::with_options(
+        t0,
+        branches,
+        true,
+        RING,
+        ForkOptions {
+            park_until: Some(t0 + PARK),
+            push_at: Some(t0 + PUSH_AFTER),
+            forward_on_no_answer: forward,
+        },
+    )
+}
+
+/// An INVITE with the no-answer rule and no push handling.
+fn forwarding(t0: Instant, branches: usize) -> Fork {
+    Fork::with_options(
+        t0,
+        branches,
+        true,
+        RING,
+        ForkOptions {
+            forward_on_no_answer: true,
+            ..ForkOptions::default()
+        },
+    )
+}
+
+#[test]
+fn a_parked_call_without_branches_waits_for_a_pushed_device_to_join() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 0, false);
+    assert!(drain(&mut f).is_empty(), "no 480 while parked");
+    assert!(f.is_parked());
+    // No branch: no 3-second rule, only the park deadline.
+    assert_eq!(f.poll_timeout(), Some(t0 + PARK));
+    // A pushed device registers after 4 s and answers.
+    let b = f.add_branch().unwrap();
+    f.handle_response(t0 + Duration::from_secs(4), b, 180);
+    f.handle_response(t0 + Duration::from_secs(6), b, 200);
+    let a = drain(&mut f);
+    assert_eq!(
+        a,
+        vec![
+            Action::Forward {
+                branch: 0,
+                code: 180
+            },
+            Action::Forward {
+                branch: 0,
+                code: 200
+            }
+        ]
+    );
+    assert!(f.is_answered());
+}
+
+#[test]
+fn the_park_ends_with_480_when_nobody_joined() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 0, false);
+    f.handle_timeout(t0 + PARK - Duration::from_millis(1));
+    assert!(drain(&mut f).is_empty());
+    f.handle_timeout(t0 + PARK);
+    assert_eq!(responds(&drain(&mut f)), vec![480]);
+    assert_eq!(f.poll_timeout(), None);
+}
+
+#[test]
+fn a_push_that_reached_nobody_unparks_at_once() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 0, false);
+    f.unpark(t0);
+    assert_eq!(responds(&drain(&mut f)), vec![480]);
+    // With a ringing branch, unparking changes nothing until it answers.
+    let mut f = parked(t0, 1, false);
+    f.handle_response(t0, 0, 180);
+    drain(&mut f);
+    f.unpark(t0);
+    assert!(drain(&mut f).is_empty());
+    f.handle_response(t0, 0, 486);
+    assert_eq!(responds(&drain(&mut f)), vec![486]);
+}
+
+#[test]
+fn while_parked_a_busy_device_does_not_end_the_call_but_a_6xx_does() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 1, false);
+    f.handle_response(t0, 0, 486);
+    assert!(
+        responds(&drain(&mut f)).is_empty(),
+        "pushed devices may still join"
+    );
+    // Nobody joins: the 486 is the answer at the park deadline.
+    f.handle_timeout(t0 + PARK);
+    assert_eq!(responds(&drain(&mut f)), vec![486]);
+
+    let mut f = parked(t0, 2, false);
+    f.handle_response(t0, 0, 180);
+    f.handle_response(t0, 1, 603);
+    let a = drain(&mut f);
+    assert!(a.contains(&Action::Forward {
+        branch: 1,
+        code: 603
+    }));
+    assert_eq!(cancels(&a), vec![(0, CancelReason::GlobalFailure(603))]);
+    assert!(f.is_answered());
+    assert!(f.add_branch().is_none());
+}
+
+#[test]
+fn three_seconds_of_silence_ask_for_pushes_once() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 2, false);
+    assert_eq!(f.poll_timeout(), Some(t0 + PUSH_AFTER));
+    f.handle_timeout(t0 + PUSH_AFTER);
+    assert_eq!(drain(&mut f), vec![Action::PushAll]);
+    assert_eq!(f.poll_timeout(), Some(t0 + PARK));
+    f.handle_timeout(t0 + PUSH_AFTER + Duration::from_secs(1));
+    assert!(drain(&mut f).is_empty(), "asked once only");
+
+    // Any response (even 100 Trying) before the deadline means the device is there.
+    let mut f = parked(t0, 2, false);
+    f.handle_response(t0 + Duration::from_millis(50), 1, 100);
+    f.handle_timeout(t0 + PUSH_AFTER);
+    assert!(drain(&mut f).is_empty());
+}
+
+#[test]
+fn caller_cancel_while_parked_is_487_at_once() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 0, true);
+    f.handle_cancel(t0 + Duration::from_secs(2));
+    assert_eq!(responds(&drain(&mut f)), vec![487]);
+    assert!(f.add_branch().is_none());
+    assert!(!f.is_forwarded(), "a cancelled call is not forwarded");
+}
+
+#[test]
+fn the_no_answer_rule_forwards_once_and_its_branch_decides() {
+    let t0 = Instant::now();
+    // Nobody joined during the park: NoAnswer instead of 480.
+    let mut f = parked(t0, 0, true);
+    f.handle_timeout(t0 + PARK);
+    assert_eq!(drain(&mut f), vec![Action::NoAnswer]);
+    assert!(f.is_forwarded());
+    assert!(
+        f.add_branch().is_none(),
+        "late devices do not join a forwarded call"
+    );
+    let t1 = t0 + PARK;
+    let vm = f.add_forward_branch(t1).unwrap();
+    assert_eq!(f.poll_timeout(), Some(t1 + RING));
+    f.handle_response(t1, vm, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: vm,
+            code: 200
+        }]
+    );
+
+    // Ring timeout with devices ringing: they are cancelled, the call is forwarded;
+    // their 487s do not end it, the target's 404 does (not the devices' 408/487).
+    let mut f = forwarding(t0, 2);
+    f.handle_response(t0, 0, 180);
+    f.handle_response(t0, 1, 180);
+    drain(&mut f);
+    f.handle_timeout(t0 + RING);
+    let a = drain(&mut f);
+    assert_eq!(
+        cancels(&a),
+        vec![
+            (0, CancelReason::RingTimeout),
+            (1, CancelReason::RingTimeout)
+        ]
+    );
+    assert!(a.contains(&Action::NoAnswer));
+    assert!(responds(&a).is_empty());
+    let vm = f.add_forward_branch(t0 + RING).unwrap();
+    f.handle_response(t0 + RING, 0, 487);
+    f.handle_response(t0 + RING, 1, 487);
+    assert!(responds(&drain(&mut f)).is_empty());
+    f.handle_response(t0 + RING, vm, 404);
+    assert_eq!(responds(&drain(&mut f)), vec![404]);
+
+    // A busy device is not "no answer": no forwarding.
+    let mut f = forwarding(t0, 1);
+    f.handle_response(t0, 0, 486);
+    assert_eq!(responds(&drain(&mut f)), vec![486]);
+
+    // The target cannot be reached: the caller gets what the rule replaced.
+    let mut f = parked(t0, 0, true);
+    f.unpark(t0);
+    assert_eq!(drain(&mut f), vec![Action::NoAnswer]);
+    f.forward_failed();
+    assert_eq!(responds(&drain(&mut f)), vec![480]);
+    assert!(f.is_answered());
 }

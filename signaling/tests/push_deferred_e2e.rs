@@ -5,16 +5,17 @@
 //! for that device once it answered 2xx; a later registration delivers nothing again.
 //! The push service's counters are exposed on /metrics.
 
+mod udp_client;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
 use tandem_signaling::config::SignalingConfig;
 use tandem_signaling::model::DeviceClass;
 use tandem_signaling::store::{DeviceLimits, NewAccount, NewDevice};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+use udp_client::{body, header, Registration};
 
 const DEV_A: &str = "urn:uuid:00000000-0000-4000-8000-0000000000a1";
 const DEV_B: &str = "urn:uuid:00000000-0000-4000-8000-0000000000b2";
@@ -23,49 +24,6 @@ const DATES: [&str; 2] = [
     "Sat, 13 Nov 2010 23:30:05 GMT",
 ];
 const BODIES: [&str; 2] = ["first message", "second message"];
-
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tandem_deferred_e2e_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    let head = msg.split("\r\n\r\n").next().unwrap_or("");
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-        .collect()
-}
-
-fn body(msg: &str) -> &str {
-    msg.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
-}
-
-fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=");
-    let start = challenge.find(&key)? + key.len();
-    let rest = &challenge[start..];
-    if let Some(q) = rest.strip_prefix('"') {
-        q.split('"').next()
-    } else {
-        rest.split([',', ' ']).next()
-    }
-}
-
-fn md5_hex(s: &str) -> String {
-    hex::encode(Md5::digest(s.as_bytes()))
-}
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -129,29 +87,16 @@ impl Device {
     ) -> Vec<String> {
         let me = self.sock.local_addr().unwrap();
         let call_id = format!("r{}@127.0.0.1", rand::random::<u64>());
-        let instance = self.instance;
-        let build = |cseq: u32, auth: Option<String>| {
-            let mut m = format!(
-                "REGISTER sip:{realm} SIP/2.0\r\n\
-                 Via: SIP/2.0/UDP {me};branch=z9hG4bK{}\r\n\
-                 Max-Forwards: 70\r\n\
-                 From: <sip:{login}@{realm}>;tag=t{}\r\n\
-                 To: <sip:{login}@{realm}>\r\n\
-                 Call-ID: {call_id}\r\n\
-                 CSeq: {cseq} REGISTER\r\n\
-                 Contact: <sip:{login}@{me}>;+sip.instance=\"<{instance}>\"\r\n\
-                 Expires: 600\r\n",
-                rand::random::<u64>(),
-                rand::random::<u64>()
-            );
-            if let Some(a) = auth {
-                m.push_str(&format!("Authorization: {a}\r\n"));
-            }
-            m.push_str("Content-Length: 0\r\n\r\n");
-            m
+        let reg = Registration {
+            login,
+            password,
+            realm,
+            instance: self.instance,
+            uri_params: "",
+            expires: 600,
         };
         self.sock
-            .send_to(build(1, None).as_bytes(), sip)
+            .send_to(reg.request(me, &call_id, 1, None).as_bytes(), sip)
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -161,27 +106,9 @@ impl Device {
                 break m;
             }
         };
-        assert!(first.starts_with("SIP/2.0 401"), "{first}");
-        let challenge = header(&first, "WWW-Authenticate")
-            .into_iter()
-            .find(|c| param(c, "algorithm").is_none_or(|a| a.eq_ignore_ascii_case("MD5")))
-            .expect("an MD5 challenge")
-            .to_owned();
-        let nonce = param(&challenge, "nonce").unwrap();
-        let uri = format!("sip:{realm}");
-        let ha1 = md5_hex(&format!("{login}:{realm}:{password}"));
-        let ha2 = md5_hex(&format!("REGISTER:{uri}"));
-        let cnonce = format!("{:x}", rand::random::<u64>());
-        let response = md5_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
-        let mut auth = format!(
-            "Digest username=\"{login}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-             response=\"{response}\", algorithm=MD5, cnonce=\"{cnonce}\", qop=auth, nc=00000001"
-        );
-        if let Some(opaque) = param(&challenge, "opaque") {
-            auth.push_str(&format!(", opaque=\"{opaque}\""));
-        }
+        let auth = reg.authorization(&first);
         self.sock
-            .send_to(build(2, Some(auth)).as_bytes(), sip)
+            .send_to(reg.request(me, &call_id, 2, Some(&auth)).as_bytes(), sip)
             .await
             .unwrap();
         let mut messages = Vec::new();
@@ -240,7 +167,7 @@ async fn send_message(sip: SocketAddr, login: &str, realm: &str, date: &str, tex
 
 #[tokio::test]
 async fn stored_messages_reach_the_device_that_registers_in_order_exactly_once() {
-    let dir = temp_dir();
+    let dir = udp_client::temp_dir("deferred_e2e");
     let mut cfg = SignalingConfig {
         data_dir: dir.clone(),
         ..SignalingConfig::default()
@@ -404,7 +331,7 @@ async fn stop(shutdown: CancellationToken, running: tandem_signaling::Running) {
 
 #[tokio::test]
 async fn stored_messages_survive_a_restart_and_a_refusal_keeps_them() {
-    let dir = temp_dir();
+    let dir = udp_client::temp_dir("deferred_e2e");
     let cfg = config(&dir);
     let realm = cfg.sip.realm.clone();
     let shutdown = CancellationToken::new();

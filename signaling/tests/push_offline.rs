@@ -209,7 +209,7 @@ async fn offline_devices_get_the_message_stored_and_pushed(backend: Backend) {
 }
 
 async fn proxy_hooks_store_push_and_answer_202(backend: Backend) {
-    use tandem_signaling::proxy::{ForkedRequest, OfflineTargets};
+    use tandem_signaling::proxy::{CallPush, ForkedRequest, OfflineTargets, PushTo};
     use tandem_signaling::push::hooks::PushHooks;
     let db = TestDb::new(backend).await;
     let store = db.store().await;
@@ -284,12 +284,39 @@ async fn proxy_hooks_store_push_and_answer_202(backend: Backend) {
         body: b"v=0\r\nm=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\n".to_vec(),
         ..req.clone()
     };
-    hooks.forked(&invite).await;
+    assert!(hooks.pushes_calls());
+    let pushed = hooks
+        .push_call(
+            &invite,
+            CallPush::Incoming,
+            PushTo::AllExcept(vec![LIVE.to_owned()]),
+        )
+        .await;
+    assert_eq!(pushed, vec![OFF_TOKEN.to_owned()]);
     wait_for(&mock, 4).await;
     let last = mock.requests_to("/hook").pop().unwrap().json();
     assert_eq!(last["token"], "offline-token");
     assert_eq!(last["payload"]["type"], "incoming_call");
     assert_eq!(last["payload"]["media"], "video");
+    assert_eq!(last["payload"]["call_id"], "call-5@example.com");
+    // The end of the call goes only to the devices named.
+    let pushed = hooks
+        .push_call(&invite, CallPush::Cancelled, PushTo::Only(vec![]))
+        .await;
+    assert!(pushed.is_empty());
+    let pushed = hooks
+        .push_call(
+            &invite,
+            CallPush::Missed,
+            PushTo::Only(vec![OFF_TOKEN.to_uppercase()]),
+        )
+        .await;
+    assert_eq!(pushed, vec![OFF_TOKEN.to_owned()]);
+    wait_for(&mock, 5).await;
+    let last = mock.requests_to("/hook").pop().unwrap().json();
+    assert_eq!(last["payload"]["type"], "missed_call");
+    // A MESSAGE's `forked` hook never pushes calls, and an INVITE's does nothing.
+    hooks.forked(&invite).await;
     // Nothing stored for a call; with nobody live the caller gets 480.
     assert_eq!(
         store

@@ -20,6 +20,8 @@ fn creds() -> AccountCredentials {
         login: "alice".into(),
         ha1_md5: m,
         ha1_sha256: s,
+        country_code: "48".into(),
+        no_answer_forward: None,
     }
 }
 

@@ -17,6 +17,14 @@ pub struct ProxyConfig {
     /// An outgoing call whose BYE the proxy never saw stops counting against the limit
     /// after this many seconds.
     pub max_call_secs: u64,
+    /// When no registered device has sent any response to an INVITE after this many
+    /// seconds, every device of the account with a push token is pushed (0: never;
+    /// devices that are not registered are pushed at once either way).
+    pub push_after_secs: u64,
+    /// How long a call waits for pushed devices to register and join it, from the
+    /// push, in seconds. After that the call ends as the ringing devices decide, or
+    /// by the account's no-answer rule.
+    pub park_timeout_secs: u64,
 }
 
 impl Default for ProxyConfig {
@@ -26,6 +34,8 @@ impl Default for ProxyConfig {
             max_transactions: 10_000,
             max_outgoing_calls: 5,
             max_call_secs: 4 * 3600,
+            push_after_secs: 3,
+            park_timeout_secs: 30,
         }
     }
 }
@@ -44,6 +54,12 @@ impl ProxyConfig {
         }
         if self.max_call_secs < 60 {
             return Err("proxy.max_call_secs: must be at least 60".into());
+        }
+        if self.push_after_secs > 60 {
+            return Err("proxy.push_after_secs: must be at most 60".into());
+        }
+        if !(1..=600).contains(&self.park_timeout_secs) {
+            return Err("proxy.park_timeout_secs: must be between 1 and 600".into());
         }
         Ok(())
     }

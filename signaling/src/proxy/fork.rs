@@ -8,6 +8,16 @@
 //! (`handle_timeout` at `poll_timeout`); then drain `poll_action`. The core sees only
 //! status codes: the glue keeps the response bytes per branch and acts on
 //! [`Action`]s. No clock, socket or sleep here.
+//!
+//! Calls to devices that may be woken by a push notification ([`ForkOptions`]):
+//! - **park**: while pushed devices may still register and join as new branches,
+//!   the call does not end when every branch has failed (a 2xx, a 6xx or the
+//!   caller's CANCEL still end it); with no branch at all it simply waits.
+//! - **push after silence**: when no branch has sent any response by then
+//!   ([`Action::PushAll`]), the glue pushes every device with a token and parks.
+//! - **no-answer rule**: when the call would end unanswered (408 or 480), it is
+//!   forwarded once instead ([`Action::NoAnswer`]); the forward target's branch
+//!   alone then decides the final response.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -52,6 +62,23 @@ pub enum Action {
     Cancel { branch: usize, reason: CancelReason },
     /// Send the final response upstream (once).
     Respond(Final),
+    /// No branch sent any response within the push delay: push every device with
+    /// a token (then [`Fork::park`] if any was pushed).
+    PushAll,
+    /// Nobody answered: start the no-answer rule's branch with
+    /// [`Fork::add_forward_branch`], or call [`Fork::forward_failed`].
+    NoAnswer,
+}
+
+/// How a forked INVITE waits for devices woken by push notifications.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForkOptions {
+    /// Park until then (see [`Fork::park`]).
+    pub park_until: Option<Instant>,
+    /// [`Action::PushAll`] at this time unless a branch responded before.
+    pub push_at: Option<Instant>,
+    /// Forward an unanswered call once ([`Action::NoAnswer`]) instead of ending it.
+    pub forward_on_no_answer: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +105,23 @@ pub struct Fork {
     caller_cancelled: bool,
     /// When the ring timeout ends the request (INVITE only).
     deadline: Option<Instant>,
+    ring_timeout: Duration,
+    /// Pushed devices may still join until then: the request is not over when
+    /// every branch has failed.
+    park_until: Option<Instant>,
+    /// When to ask for pushes if no branch has sent any response.
+    push_at: Option<Instant>,
+    /// Some branch sent a response (any, 100 included).
+    heard: bool,
+    /// The no-answer rule applies (once).
+    forward_on_no_answer: bool,
+    /// [`Action::NoAnswer`] went out: the final response it replaced, until the
+    /// forward branch exists or the glue gives up on it.
+    held: Option<Final>,
+    /// Branches from this index on choose the final response (the forward
+    /// branch, once the no-answer rule applied).
+    first: usize,
+    forwarding: bool,
     actions: VecDeque<Action>,
 }
 
@@ -86,32 +130,106 @@ impl Fork {
     /// request is answered 480 at once. `ring_timeout` applies to INVITE (RFC 3261
     /// 16.6 step 11, Timer C, here the configured ring time).
     pub fn new(now: Instant, branches: usize, invite: bool, ring_timeout: Duration) -> Fork {
+        Fork::with_options(now, branches, invite, ring_timeout, ForkOptions::default())
+    }
+
+    /// [`Fork::new`] with push handling for an INVITE. With no branch and no park
+    /// the request ends at once (480, or the no-answer rule).
+    pub fn with_options(
+        now: Instant,
+        branches: usize,
+        invite: bool,
+        ring_timeout: Duration,
+        opts: ForkOptions,
+    ) -> Fork {
         let mut f = Fork {
             invite,
             branches: vec![BranchState::Calling { cancel: None }; branches],
             answered: false,
             caller_cancelled: false,
             deadline: invite.then(|| now + ring_timeout),
+            ring_timeout,
+            park_until: opts.park_until.filter(|_| invite),
+            push_at: opts.push_at.filter(|_| invite && branches > 0),
+            heard: false,
+            forward_on_no_answer: opts.forward_on_no_answer && invite,
+            held: None,
+            first: 0,
+            forwarding: false,
             actions: VecDeque::new(),
         };
-        if branches == 0 {
-            f.finish(Final::Generated {
-                code: 480,
-                reason: "Temporarily Unavailable",
-            });
+        if branches == 0 && f.park_until.is_none() {
+            f.finish(
+                now,
+                Final::Generated {
+                    code: 480,
+                    reason: "Temporarily Unavailable",
+                },
+            );
         }
         f
     }
 
     /// Adds a branch to a request still in progress (a device that registered while
     /// the call rings, for example after a push). Returns its index, or `None` once
-    /// the request is answered or cancelled.
+    /// the request is answered or cancelled, or went to the no-answer rule.
     pub fn add_branch(&mut self) -> Option<usize> {
-        if self.answered || self.caller_cancelled {
+        if self.answered || self.caller_cancelled || self.forwarding {
             return None;
         }
         self.branches.push(BranchState::Calling { cancel: None });
         Some(self.branches.len() - 1)
+    }
+
+    /// Keeps the request open for pushed devices until `until` (extends, never
+    /// shortens a park). No effect once the request is answered or forwarded.
+    pub fn park(&mut self, until: Instant) {
+        if self.answered || self.forwarding || !self.invite {
+            return;
+        }
+        self.park_until = Some(self.park_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Ends a park early (nobody could be pushed): the request ends now if every
+    /// branch is done.
+    pub fn unpark(&mut self, now: Instant) {
+        if self.park_until.take().is_some() && !self.answered {
+            self.finish_if_settled(now);
+        }
+    }
+
+    /// Whether the request waits for pushed devices.
+    pub fn is_parked(&self) -> bool {
+        self.park_until.is_some() && !self.answered
+    }
+
+    /// The branch of the no-answer rule's target, after [`Action::NoAnswer`]. It
+    /// rings for the ring timeout and alone decides the final response.
+    pub fn add_forward_branch(&mut self, now: Instant) -> Option<usize> {
+        if self.answered || self.held.is_none() {
+            return None;
+        }
+        self.held = None;
+        self.branches.push(BranchState::Calling { cancel: None });
+        self.first = self.branches.len() - 1;
+        self.deadline = Some(now + self.ring_timeout);
+        Some(self.first)
+    }
+
+    /// The no-answer rule's target could not be reached: the caller gets the
+    /// response the rule replaced.
+    pub fn forward_failed(&mut self) {
+        if let Some(f) = self.held.take() {
+            if !self.answered {
+                self.answered = true;
+                self.actions.push_back(Action::Respond(f));
+            }
+        }
+    }
+
+    /// Whether the call went to the no-answer rule's target.
+    pub fn is_forwarded(&self) -> bool {
+        self.forwarding
     }
 
     /// Next action for the glue.
@@ -122,10 +240,12 @@ impl Fork {
     /// When `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.answered {
-            None
-        } else {
-            self.deadline
+            return None;
         }
+        [self.deadline, self.park_until, self.push_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether the final response went upstream.
@@ -141,11 +261,27 @@ impl Fork {
             .all(|b| matches!(b, BranchState::Done(_)))
     }
 
-    fn finish(&mut self, f: Final) {
-        if !self.answered {
-            self.answered = true;
-            self.actions.push_back(Action::Respond(f));
+    fn finish(&mut self, _now: Instant, f: Final) {
+        if self.answered || self.held.is_some() {
+            return;
         }
+        let unanswered = match &f {
+            Final::Generated { code, .. } | Final::Branch { code, .. } => {
+                matches!(code, 408 | 480)
+            }
+        };
+        if self.forward_on_no_answer && unanswered && !self.caller_cancelled {
+            self.forward_on_no_answer = false;
+            self.forwarding = true;
+            self.held = Some(f);
+            self.park_until = None;
+            self.push_at = None;
+            self.deadline = None;
+            self.actions.push_back(Action::NoAnswer);
+            return;
+        }
+        self.answered = true;
+        self.actions.push_back(Action::Respond(f));
     }
 
     /// Cancels every branch still pending (deferring those that have not sent a
@@ -173,10 +309,11 @@ impl Fork {
     }
 
     /// A response (or a synthesized 408/503) arrived on `branch`.
-    pub fn handle_response(&mut self, _now: Instant, branch: usize, code: u16) {
+    pub fn handle_response(&mut self, now: Instant, branch: usize, code: u16) {
         let Some(state) = self.branches.get(branch).copied() else {
             return;
         };
+        self.heard = true;
         match code {
             100..=199 => {
                 if let BranchState::Calling { cancel } = state {
@@ -218,13 +355,14 @@ impl Fork {
                 if self.answered {
                     return;
                 }
-                if code >= 600 {
+                if code >= 600 && branch >= self.first {
                     self.answered = true;
+                    self.held = None;
                     self.actions.push_back(Action::Forward { branch, code });
                     self.cancel_pending(Some(branch), CancelReason::GlobalFailure(code));
                     return;
                 }
-                self.finish_if_settled();
+                self.finish_if_settled(now);
             }
             _ => {}
         }
@@ -232,50 +370,82 @@ impl Fork {
 
     /// The caller's CANCEL matched this request (RFC 3261 16.10): every pending
     /// branch is cancelled; their 487s end the request through best-response selection.
-    pub fn handle_cancel(&mut self, _now: Instant) {
+    pub fn handle_cancel(&mut self, now: Instant) {
         if self.answered {
             return;
         }
         self.caller_cancelled = true;
+        self.park_until = None;
+        self.push_at = None;
         self.cancel_pending(None, CancelReason::CallerCancelled);
-        self.finish_if_settled();
+        if self.held.take().is_some() {
+            // The no-answer rule was about to start: the caller is gone.
+            self.answered = true;
+            self.actions.push_back(Action::Respond(Final::Generated {
+                code: 487,
+                reason: "Request Terminated",
+            }));
+            return;
+        }
+        self.finish_if_settled(now);
     }
 
     /// Answers upstream once every branch has its final response, or (after the
     /// caller's CANCEL) has never answered at all: nothing rings there, and waiting for
     /// Timer B would hold the caller. Such a branch keeps its deferred CANCEL, sent
     /// if it answers later.
-    fn finish_if_settled(&mut self) {
-        let open = self
-            .branches
+    fn finish_if_settled(&mut self, now: Instant) {
+        let deciding = self.branches.get(self.first..).unwrap_or_default();
+        let open = deciding
             .iter()
             .filter(|b| !matches!(b, BranchState::Done(_)))
             .count();
-        let silent = self
-            .branches
+        let silent = deciding
             .iter()
             .filter(|b| matches!(b, BranchState::Calling { .. }))
             .count();
-        if open == 0 {
-            let best = self.best();
-            self.finish(best);
-        } else if self.caller_cancelled && open == silent {
+        if self.caller_cancelled && open == silent {
+            // Nothing rings (or nothing is left): 487 unless a branch gave a better
+            // final response.
             let best = self.best_with_open_as(487);
-            self.finish(best);
+            self.finish(now, best);
+        } else if open == 0 && self.park_until.is_none() && !self.forwarding_pending() {
+            let best = self.best();
+            self.finish(now, best);
         }
     }
 
+    /// The no-answer rule fired and its branch does not exist yet.
+    fn forwarding_pending(&self) -> bool {
+        self.held.is_some()
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.answered {
+            return;
+        }
+        if self.push_at.is_some_and(|p| now >= p) {
+            self.push_at = None;
+            if !self.heard {
+                self.actions.push_back(Action::PushAll);
+            }
+        }
+        if self.park_until.is_some_and(|p| now >= p) {
+            self.park_until = None;
+            self.finish_if_settled(now);
+        }
         let Some(d) = self.deadline else { return };
         if now < d || self.answered {
             return;
         }
         self.deadline = None;
+        self.park_until = None;
+        self.push_at = None;
         self.cancel_pending(None, CancelReason::RingTimeout);
         // Every branch still open counts as 408 (RFC 3261 16.7 step 2, Timer C) and the
         // best response is chosen now; their late 487s are absorbed.
         let best = self.best_with_open_as(408);
-        self.finish(best);
+        self.finish(now, best);
     }
 
     fn set(&mut self, branch: usize, s: BranchState) {
@@ -297,6 +467,7 @@ impl Fork {
             .branches
             .iter()
             .enumerate()
+            .skip(self.first)
             .filter_map(|(i, b)| match b {
                 BranchState::Done(c) => Some((i, *c)),
                 _ => None,

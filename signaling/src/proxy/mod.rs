@@ -38,7 +38,7 @@ use crate::sip::SipAddrs;
 
 pub use config::ProxyConfig;
 pub use dialplan::DialPlanConfig;
-use fork::{Action, CancelReason, Final, Fork};
+use fork::{Action, CancelReason, Final, Fork, ForkOptions};
 
 /// Max-Forwards we send when the request carried none (RFC 3261 16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u32 = 70;
@@ -74,13 +74,51 @@ pub trait OfflineTargets: Send + Sync + 'static {
     fn no_live_binding<'a>(&'a self, req: &'a ForkedRequest)
         -> HookFuture<'a, (u16, &'static str)>;
 
-    /// The request was forked to the live devices in `req.live_instances` (called
-    /// once, when the fork starts): the place to push devices that are offline or
-    /// store a MESSAGE for them.
+    /// A MESSAGE was forked to the live devices in `req.live_instances` (called
+    /// once, when the fork starts): the place to store it for the devices that are
+    /// offline and push them.
     fn forked<'a>(&'a self, req: &'a ForkedRequest) -> HookFuture<'a, ()> {
         let _ = req;
         Box::pin(async {})
     }
+
+    /// Whether [`Self::push_call`] can reach anyone (a push provider is configured).
+    /// When it cannot, a call to an account with nobody registered ends at once.
+    fn pushes_calls(&self) -> bool {
+        false
+    }
+
+    /// Pushes `kind` about the call `req` to the devices of the account that have a
+    /// push target and are chosen by `to`; returns the instances it was queued for.
+    fn push_call<'a>(
+        &'a self,
+        req: &'a ForkedRequest,
+        kind: CallPush,
+        to: PushTo,
+    ) -> HookFuture<'a, Vec<String>> {
+        let _ = (req, kind, to);
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// The push notifications of a call's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallPush {
+    /// `incoming_call`: the call is waiting for the device.
+    Incoming,
+    /// `missed_call`: the caller hung up, or nobody answered in time.
+    Missed,
+    /// `call_cancelled`: answered or declined on another device.
+    Cancelled,
+}
+
+/// Which devices of the called account a call push goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushTo {
+    /// Every device with a push target except these instances.
+    AllExcept(Vec<String>),
+    /// Only these instances (those that got `incoming_call`).
+    Only(Vec<String>),
 }
 
 /// The behaviour without push or message storage: 480 Temporarily Unavailable.
@@ -112,6 +150,8 @@ enum Input {
     Cancel,
     /// A device of the called account registered while the call rings.
     Registered(Box<Binding>),
+    /// An `incoming_call` push was queued for these instances.
+    Pushed(Vec<String>),
 }
 
 /// A request in progress, as the proxy finds it again.
@@ -128,6 +168,28 @@ struct BranchTemplate {
     hash: String,
     max_forwards: u32,
     caller: Hop,
+}
+
+/// An INVITE to one of our accounts: devices may join, be pushed, and the
+/// account's no-answer rule may apply.
+struct CallSetup {
+    account: AccountId,
+    template: BranchTemplate,
+    /// The call as the push hooks see it.
+    request: Arc<ForkedRequest>,
+    /// Devices are pushed (a provider is configured).
+    pushes: bool,
+    /// The account's no-answer rule.
+    forward: Option<String>,
+}
+
+/// One branch to start: where, its Via branch, the request bytes, and the device
+/// instance for branches to bindings.
+struct NewBranch {
+    hop: Hop,
+    id: String,
+    bytes: Vec<u8>,
+    instance: Option<String>,
 }
 
 /// The proxy shared by every connection of the SIP server.
@@ -168,8 +230,8 @@ impl Outgoing {
 enum Caller {
     /// From names no account of ours: a caller from the outside.
     External,
-    /// Authenticated as this account.
-    Account(AccountId),
+    /// Authenticated as this account, whose country code reads the numbers it dials.
+    Account { id: AccountId, country_code: String },
 }
 
 impl std::fmt::Debug for Proxy {
@@ -178,10 +240,25 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// A caller's CANCEL matched an INVITE in progress; [`PendingCancel::fire`] hands
+/// it to the INVITE's task.
+pub(crate) struct PendingCancel(mpsc::Sender<Input>);
+
+impl PendingCancel {
+    pub(crate) fn fire(self) {
+        let _ = self.0.try_send(Input::Cancel);
+    }
+}
+
 /// A decision for a new request.
 pub(crate) enum Handled {
     /// Answer now with these bytes through the server transaction.
     Reply(Vec<u8>),
+    /// A REGISTER's answer: send it, then announce the bindings it saved.
+    Registered(Vec<u8>, Vec<crate::registrar::Registered>),
+    /// The 200 to a CANCEL: send it, then cancel the INVITE (whose 487 must not
+    /// overtake the 200).
+    Cancelled(Vec<u8>, PendingCancel),
     /// A task took the request and answers through the [`Upstream`].
     Taken,
 }
@@ -291,7 +368,10 @@ impl Proxy {
             Err(_) => return Err(reply(500, "Server Internal Error")),
         };
         match (decision, account) {
-            (AuthDecision::Accept, Some(a)) => Ok(Caller::Account(a.id)),
+            (AuthDecision::Accept, Some(a)) => Ok(Caller::Account {
+                id: a.id,
+                country_code: a.country_code,
+            }),
             (AuthDecision::Challenge { stale }, _) => Err(challenge(stale)),
             (AuthDecision::Retry { .. }, _) => Err(challenge(false)),
             (AuthDecision::Forbidden { banned }, _) => {
@@ -455,21 +535,13 @@ impl Proxy {
         format!("SIP/2.0/{t} {};branch={branch};rport", hop.local)
     }
 
-    /// A CANCEL from the caller (RFC 3261 16.10): true when it matched a request in
-    /// progress, which is then cancelled on every branch.
-    pub(crate) fn cancel(&self, invite_key: &str) -> bool {
-        let tx = self
-            .calls
+    /// A CANCEL from the caller (RFC 3261 16.10): `Some` when it matched a request
+    /// in progress; firing it cancels that request on every branch.
+    pub(crate) fn cancel(&self, invite_key: &str) -> Option<PendingCancel> {
+        self.calls
             .lock()
             .ok()
-            .and_then(|c| c.get(invite_key).map(|e| e.tx.clone()));
-        match tx {
-            Some(tx) => {
-                let _ = tx.try_send(Input::Cancel);
-                true
-            }
-            None => false,
-        }
+            .and_then(|c| c.get(invite_key).map(|e| PendingCancel(e.tx.clone())))
     }
 
     /// A response arrived: to the branch whose client transaction sent the request.
@@ -671,7 +743,12 @@ impl Proxy {
                 upstream,
                 invite_key,
                 method == "INVITE",
-                vec![(hop, branch, bytes)],
+                vec![NewBranch {
+                    hop,
+                    id: branch,
+                    bytes,
+                    instance: None,
+                }],
                 None,
                 None,
             );
@@ -680,11 +757,16 @@ impl Proxy {
         // Out of dialog: who is calling (RFC 3261 22.3)?
         let mut counted_call = None;
         let mut caller_account = None;
+        let mut caller_cc = None;
         if matches!(method, "INVITE" | "MESSAGE" | "SUBSCRIBE") {
             match self.authenticate_caller(msg, origin, top_via, &tag).await {
                 Ok(Caller::External) => {}
-                Ok(Caller::Account(account)) => {
+                Ok(Caller::Account {
+                    id: account,
+                    country_code,
+                }) => {
                     caller_account = Some(account);
+                    caller_cc = Some(country_code);
                     if method == "INVITE" {
                         let call_id = msg.call_id().unwrap_or("");
                         if !self.admit_call(account, call_id) {
@@ -722,10 +804,14 @@ impl Proxy {
         let identity = identity.split(';').next().unwrap_or("").to_owned();
         // ONNET first (an account of ours), unless the caller marked the number OFFNET.
         let (offnet, _) = dialplan::split_offnet(&self.dialplan, &identity);
+        let store = &self.registrar.inner.store;
+        // National numbers are read with the caller's own country code.
         let found = if offnet {
             Ok(None)
         } else {
-            self.registrar.inner.store.find_account(&identity).await
+            store
+                .find_account_dialled(&identity, caller_cc.as_deref())
+                .await
         };
         let account = match found {
             Ok(Some(a)) => a,
@@ -757,12 +843,15 @@ impl Proxy {
             }
         };
         let bindings = self.registrar.bindings(account.id);
-        if bindings.is_empty() {
-            let req = forked_request(msg, account.id, Vec::new());
-            let (code, reason) = self.offline().no_live_binding(&req).await;
-            return release(reply(code, reason));
-        }
-        let record = method == "INVITE";
+        let invite = method == "INVITE";
+        let hooks = self.offline();
+        let pushes = invite && hooks.pushes_calls();
+        let forward = if invite {
+            account.no_answer_forward.clone()
+        } else {
+            None
+        };
+        let record = invite;
         let mut branches = Vec::with_capacity(bindings.len());
         for b in &bindings {
             let Some(hop) = hop_of(b) else { continue };
@@ -783,43 +872,49 @@ impl Proxy {
                     extra: &[],
                 },
             );
-            branches.push((hop, branch, bytes));
+            branches.push(NewBranch {
+                hop,
+                id: branch,
+                bytes,
+                instance: Some(b.instance_id.clone()),
+            });
         }
-        if branches.is_empty() {
+        // With nobody registered a MESSAGE is stored (202) or refused, and a call
+        // ends at once unless devices can be pushed or the no-answer rule applies.
+        if branches.is_empty() && !(pushes || forward.is_some()) {
             let req = forked_request(msg, account.id, Vec::new());
-            let (code, reason) = self.offline().no_live_binding(&req).await;
+            let (code, reason) = hooks.no_live_binding(&req).await;
             return release(reply(code, reason));
         }
-        let live: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
+        let live: Vec<String> = branches.iter().filter_map(|b| b.instance.clone()).collect();
         let req = forked_request(msg, account.id, live);
-        let hooks = self.offline();
-        tokio::spawn(async move { hooks.forked(&req).await });
+        if !invite {
+            let outgoing = counted_call.clone();
+            tokio::spawn(async move { hooks.forked(&req).await });
+            return release(self.start_fork(
+                raw, top_via, upstream, invite_key, false, branches, outgoing, None,
+            ));
+        }
         let outgoing = counted_call.clone();
-        let template = (method == "INVITE").then(|| {
-            (
-                account.id,
-                BranchTemplate {
-                    hash: hash.clone(),
-                    max_forwards: max_forwards - 1,
-                    caller: Hop {
-                        transport: origin.transport,
-                        addr: origin.source,
-                        local: self
-                            .local_on(origin.transport, origin.local)
-                            .unwrap_or(origin.local),
-                    },
+        let setup = Some(CallSetup {
+            account: account.id,
+            template: BranchTemplate {
+                hash: hash.clone(),
+                max_forwards: max_forwards - 1,
+                caller: Hop {
+                    transport: origin.transport,
+                    addr: origin.source,
+                    local: self
+                        .local_on(origin.transport, origin.local)
+                        .unwrap_or(origin.local),
                 },
-            )
+            },
+            request: Arc::new(req),
+            pushes,
+            forward,
         });
         release(self.start_fork(
-            raw,
-            top_via,
-            upstream,
-            invite_key,
-            method == "INVITE",
-            branches,
-            outgoing,
-            template,
+            raw, top_via, upstream, invite_key, invite, branches, outgoing, setup,
         ))
     }
 
@@ -883,17 +978,8 @@ impl Proxy {
         let Some((host, port)) = routed.route.host_port() else {
             return reply(500, "Server Internal Error");
         };
-        let addr = match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(mut it) => it.next(),
-            Err(_) => None,
-        };
-        let (Some(addr), Some(local)) = (addr, self.local_on(Transport::Udp, origin.local)) else {
+        let Some(hop) = self.udp_hop(&host, port, origin.local).await else {
             return reply(503, "Service Unavailable");
-        };
-        let hop = Hop {
-            transport: Transport::Udp,
-            addr,
-            local,
         };
         let host_text = if host.contains(':') {
             format!("[{host}]")
@@ -924,10 +1010,30 @@ impl Proxy {
             upstream,
             invite_key,
             msg.method() == Some("INVITE"),
-            vec![(hop, branch, bytes)],
+            vec![NewBranch {
+                hop,
+                id: branch,
+                bytes,
+                instance: None,
+            }],
             outgoing,
             None,
         )
+    }
+
+    /// Where a UDP request to `host:port` goes (a name is resolved; the first
+    /// address wins), from our UDP socket of the same family as `seen_local`.
+    async fn udp_hop(&self, host: &str, port: u16, seen_local: SocketAddr) -> Option<Hop> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = match tokio::net::lookup_host((host, port)).await {
+            Ok(mut it) => it.next()?,
+            Err(_) => return None,
+        };
+        Some(Hop {
+            transport: Transport::Udp,
+            addr,
+            local: self.local_on(Transport::Udp, seen_local)?,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -938,9 +1044,9 @@ impl Proxy {
         upstream: Upstream,
         invite_key: &str,
         invite: bool,
-        branches: Vec<(Hop, String, Vec<u8>)>,
+        branches: Vec<NewBranch>,
         outgoing_call: Option<String>,
-        template: Option<(AccountId, BranchTemplate)>,
+        setup: Option<CallSetup>,
     ) -> Handled {
         let (tx, rx) = mpsc::channel(64);
         {
@@ -962,17 +1068,26 @@ impl Proxy {
                 invite_key.to_owned(),
                 CallEntry {
                     tx: tx.clone(),
-                    account: template.as_ref().map(|(a, _)| *a),
+                    account: setup.as_ref().map(|c| c.account),
                 },
             );
         }
         if let Ok(mut r) = self.routes.lock() {
-            for (i, (_, branch, _)) in branches.iter().enumerate() {
-                r.insert(branch.clone(), (tx.clone(), i));
+            for (i, b) in branches.iter().enumerate() {
+                r.insert(b.id.clone(), (tx.clone(), i));
             }
         }
         let now = Instant::now();
         let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
+        let pushes = setup.as_ref().is_some_and(|c| c.pushes);
+        let opts = ForkOptions {
+            // Parked from the start while the first push is on its way; lifted when
+            // it reached nobody.
+            park_until: pushes.then(|| now + Duration::from_secs(self.cfg.park_timeout_secs)),
+            push_at: (pushes && self.cfg.push_after_secs > 0)
+                .then(|| now + Duration::from_secs(self.cfg.push_after_secs)),
+            forward_on_no_answer: setup.as_ref().is_some_and(|c| c.forward.is_some()),
+        };
         let call = Call {
             proxy: self.clone(),
             upstream,
@@ -980,40 +1095,50 @@ impl Proxy {
             top_via: top_via.to_owned(),
             to_tag: new_tag(),
             invite_key: invite_key.to_owned(),
-            fork: Fork::new(now, branches.len(), invite, ring),
+            fork: Fork::with_options(now, branches.len(), invite, ring, opts),
             outgoing_call,
             answered_2xx: false,
-            template: template.map(|(_, t)| t),
+            setup,
+            pushed: Vec::new(),
+            push_pending: 0,
+            ended: None,
             branches: branches
                 .into_iter()
-                .map(|(hop, id, bytes)| {
-                    let reliable = hop.transport.reliable();
-                    let tx = if invite {
-                        ClientTx::Invite(ClientInvite::new(
-                            now,
-                            bytes.clone(),
-                            reliable,
-                            self.timers,
-                        ))
-                    } else {
-                        ClientTx::NonInvite(ClientNonInvite::new(
-                            now,
-                            bytes.clone(),
-                            reliable,
-                            self.timers,
-                        ))
-                    };
-                    BranchCtx {
-                        hop,
-                        id,
-                        instance: None,
-                        request: bytes,
-                        tx,
-                        cancel: None,
-                        last: None,
-                        challenges: Vec::new(),
-                    }
-                })
+                .map(
+                    |NewBranch {
+                         hop,
+                         id,
+                         bytes,
+                         instance,
+                     }| {
+                        let reliable = hop.transport.reliable();
+                        let tx = if invite {
+                            ClientTx::Invite(ClientInvite::new(
+                                now,
+                                bytes.clone(),
+                                reliable,
+                                self.timers,
+                            ))
+                        } else {
+                            ClientTx::NonInvite(ClientNonInvite::new(
+                                now,
+                                bytes.clone(),
+                                reliable,
+                                self.timers,
+                            ))
+                        };
+                        BranchCtx {
+                            hop,
+                            id,
+                            instance,
+                            request: bytes,
+                            tx,
+                            cancel: None,
+                            last: None,
+                            challenges: Vec::new(),
+                        }
+                    },
+                )
                 .collect(),
             rx,
             self_tx: tx.clone(),
@@ -1183,8 +1308,15 @@ struct Call {
     /// 2xx established the call (then its BYE releases it).
     outgoing_call: Option<String>,
     answered_2xx: bool,
-    /// Set for INVITEs to an account's bindings: more branches can join.
-    template: Option<BranchTemplate>,
+    /// Set for INVITEs to one of our accounts: more branches can join, devices
+    /// are pushed, the no-answer rule applies.
+    setup: Option<CallSetup>,
+    /// Instances that got an `incoming_call` push.
+    pushed: Vec<String>,
+    /// `incoming_call` pushes queued but not reported yet.
+    push_pending: usize,
+    /// How the call ended, once decided (pushed devices were told so).
+    ended: Option<CallPush>,
     branches: Vec<BranchCtx>,
     rx: mpsc::Receiver<Input>,
     /// Our own input, for the routes of branches added later.
@@ -1193,15 +1325,30 @@ struct Call {
 
 impl Call {
     async fn run(mut self) {
-        // Bound on the life of the task whatever the peers do: the ring time plus
-        // Timer B/D slack.
+        // Bound on the life of the task whatever the peers do: the ring time (twice
+        // when the no-answer rule may start a second ring) plus Timer B/D slack.
+        let rings = if self.setup.as_ref().is_some_and(|c| c.forward.is_some()) {
+            2
+        } else {
+            1
+        };
         let give_up = Instant::now()
-            + Duration::from_secs(self.proxy.cfg.ring_timeout_secs)
+            + Duration::from_secs(self.proxy.cfg.ring_timeout_secs) * rings
             + self.proxy.timers.t1 * 64
             + Duration::from_secs(32);
+        if let Some(live) = self
+            .setup
+            .as_ref()
+            .filter(|c| c.pushes)
+            .map(|c| c.request.live_instances.clone())
+        {
+            // Devices that are not registered hear of the call at the moment the
+            // registered ones get the INVITE.
+            self.push(CallPush::Incoming, PushTo::AllExcept(live));
+        }
         self.pump(Instant::now()).await;
         loop {
-            if self.fork.is_answered() && self.all_terminated() {
+            if self.fork.is_answered() && self.all_terminated() && self.push_pending == 0 {
                 break;
             }
             let now = Instant::now();
@@ -1227,6 +1374,7 @@ impl Call {
                     Some(Input::Response { branch, bytes }) => self.on_response(Instant::now(), branch, bytes),
                     Some(Input::Cancel) => self.fork.handle_cancel(Instant::now()),
                     Some(Input::Registered(b)) => self.add_binding(Instant::now(), &b),
+                    Some(Input::Pushed(list)) => self.on_pushed(Instant::now(), list),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -1261,7 +1409,9 @@ impl Call {
     /// A device of the called account registered while the call rings: it gets the
     /// INVITE as a new branch, unless one of its bindings already has it.
     fn add_binding(&mut self, now: Instant, b: &Binding) {
-        let Some(t) = &self.template else { return };
+        if self.setup.is_none() {
+            return;
+        }
         let Some(hop) = hop_of(b) else { return };
         if self
             .branches
@@ -1270,10 +1420,27 @@ impl Call {
         {
             return;
         }
-        let Ok(req) = Message::parse(&self.request) else {
+        let Some(idx) = self.fork.add_branch() else {
             return;
         };
-        let Some(idx) = self.fork.add_branch() else {
+        let uri = b.contact_uri.clone();
+        self.push_invite_branch(now, idx, hop, &uri, Some(b.instance_id.clone()));
+    }
+
+    /// Starts branch `idx` of the INVITE to `request_uri` over `hop`, with the
+    /// Record-Route pair of this hop and the caller's.
+    fn push_invite_branch(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        hop: Hop,
+        request_uri: &str,
+        instance: Option<String>,
+    ) {
+        let Some(t) = self.setup.as_ref().map(|c| &c.template) else {
+            return;
+        };
+        let Ok(req) = Message::parse(&self.request) else {
             return;
         };
         let id = format!("z9hG4bK{}.{}", t.hash, new_tag());
@@ -1285,7 +1452,7 @@ impl Call {
         let bytes = msg::forward_request(
             &req,
             &msg::Forward {
-                request_uri: Some(&b.contact_uri),
+                request_uri: Some(request_uri),
                 via: &self.proxy.via(hop, &id),
                 record_route: &rr,
                 pop_routes: 0,
@@ -1299,7 +1466,7 @@ impl Call {
         self.branches.push(BranchCtx {
             hop,
             id,
-            instance: Some(b.instance_id.clone()),
+            instance,
             tx: ClientTx::Invite(ClientInvite::new(
                 now,
                 bytes.clone(),
@@ -1311,6 +1478,98 @@ impl Call {
             last: None,
             challenges: Vec::new(),
         });
+    }
+
+    /// Queues a call push; the instances an `incoming_call` reached come back as
+    /// [`Input::Pushed`].
+    fn push(&mut self, kind: CallPush, to: PushTo) {
+        let Some(setup) = self.setup.as_ref().filter(|c| c.pushes) else {
+            return;
+        };
+        let hooks = self.proxy.offline();
+        let req = setup.request.clone();
+        if kind == CallPush::Incoming {
+            self.push_pending += 1;
+            let tx = self.self_tx.clone();
+            tokio::spawn(async move {
+                let pushed = hooks.push_call(&req, kind, to).await;
+                let _ = tx.send(Input::Pushed(pushed)).await;
+            });
+        } else {
+            tokio::spawn(async move {
+                hooks.push_call(&req, kind, to).await;
+            });
+        }
+    }
+
+    /// An `incoming_call` push went to `list`: the call waits for them to register
+    /// (or, when nobody at all could be pushed, stops waiting).
+    fn on_pushed(&mut self, now: Instant, list: Vec<String>) {
+        self.push_pending = self.push_pending.saturating_sub(1);
+        let new: Vec<String> = list
+            .into_iter()
+            .filter(|i| !self.pushed.iter().any(|p| p.eq_ignore_ascii_case(i)))
+            .collect();
+        if let Some(kind) = self.ended {
+            // The call ended while this push was being queued: these devices hear
+            // of the end too.
+            if !new.is_empty() {
+                self.push(kind, PushTo::Only(new.clone()));
+            }
+        } else if !new.is_empty() {
+            self.fork
+                .park(now + Duration::from_secs(self.proxy.cfg.park_timeout_secs));
+        } else if self.pushed.is_empty() && self.push_pending == 0 {
+            self.fork.unpark(now);
+        }
+        self.pushed.extend(new);
+    }
+
+    /// The call's outcome is known: devices that got `incoming_call` (except the
+    /// one that answered) get `kind`.
+    fn end_call(&mut self, kind: CallPush, answered_by: Option<&str>) {
+        if self.ended.is_some() || self.setup.is_none() {
+            return;
+        }
+        self.ended = Some(kind);
+        let to: Vec<String> = self
+            .pushed
+            .iter()
+            .filter(|i| answered_by.is_none_or(|a| !a.eq_ignore_ascii_case(i)))
+            .cloned()
+            .collect();
+        if !to.is_empty() {
+            self.push(kind, PushTo::Only(to));
+        }
+    }
+
+    /// The no-answer rule: the call goes to the account's forward URI as a new
+    /// branch over UDP (Record-Route kept, so the dialog stays with us).
+    async fn start_forward(&mut self, now: Instant) {
+        let target = self.setup.as_ref().and_then(|c| {
+            let uri = c.forward.clone()?;
+            Some((uri, c.template.caller))
+        });
+        let Some((uri, caller)) = target else {
+            self.fork.forward_failed();
+            return;
+        };
+        let hop = match SipUri::parse(&uri) {
+            Some(u) => {
+                let port = u.port.unwrap_or(5060);
+                self.proxy.udp_hop(u.host, port, caller.local).await
+            }
+            None => None,
+        };
+        let Some(hop) = hop else {
+            tracing::warn!("the no-answer rule's target cannot be reached");
+            self.fork.forward_failed();
+            return;
+        };
+        let Some(idx) = self.fork.add_forward_branch(now) else {
+            return;
+        };
+        self.push_invite_branch(now, idx, hop, &uri, None);
     }
 
     fn all_terminated(&self) -> bool {
@@ -1387,6 +1646,17 @@ impl Call {
         while let Some(a) = self.fork.poll_action() {
             match a {
                 Action::Forward { branch, code } => {
+                    if (200..300).contains(&code) || code >= 600 {
+                        // Answered or declined on a device: the pushed ones stop
+                        // ringing; answered by the no-answer target: they missed it.
+                        let by = self.branches.get(branch).and_then(|b| b.instance.clone());
+                        let kind = if by.is_none() && self.fork.is_forwarded() && code < 300 {
+                            CallPush::Missed
+                        } else {
+                            CallPush::Cancelled
+                        };
+                        self.end_call(kind, by.as_deref());
+                    }
                     self.answered_2xx |= (200..300).contains(&code);
                     let bytes = self
                         .branches
@@ -1426,7 +1696,13 @@ impl Call {
                         }
                     }
                 }
+                Action::PushAll => {
+                    let skip = self.pushed.clone();
+                    self.push(CallPush::Incoming, PushTo::AllExcept(skip));
+                }
+                Action::NoAnswer => self.start_forward(now).await,
                 Action::Respond(f) => {
+                    self.end_call(CallPush::Missed, None);
                     let (code, bytes) = self.final_bytes(f);
                     if !(200..300).contains(&code) {
                         // The call failed: it stops counting against the limit now,

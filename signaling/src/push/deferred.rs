@@ -87,10 +87,10 @@ pub async fn deliver_pending(
     realm: &str,
 ) -> Result<Round, crate::store::StoreError> {
     let now = crate::store::unix_now();
-    // RFC 3261 Timer F (32 s) per message, plus slack: the lease covers the round.
     let msgs = store
-        .claim_deferred(binding.account_id, &binding.instance_id, now, 64)
+        .claim_deferred(binding.account_id, &binding.instance_id, now, LEASE_SECS)
         .await?;
+    let mut lease_end = now + LEASE_SECS;
     if msgs.is_empty() {
         return Ok(Round::default());
     }
@@ -102,6 +102,14 @@ pub async fn deliver_pending(
     let aor = format!("sip:{login}@{realm}");
     let mut round = Round::default();
     for (i, m) in msgs.iter().enumerate() {
+        // The lease must outlive this message's transaction (Timer F), or a later
+        // registration could start a second round and deliver out of order.
+        let now = crate::store::unix_now();
+        if lease_end - now < TIMER_F_SECS + 8 {
+            let rest: Vec<i64> = msgs.get(i..).unwrap_or(&[]).iter().map(|m| m.id).collect();
+            lease_end = now + LEASE_SECS;
+            store.extend_deferred_lease(&rest, lease_end).await?;
+        }
         let status = sender
             .send_request(binding, build_message(m, binding, &aor, realm))
             .await;
@@ -127,6 +135,12 @@ pub async fn deliver_pending(
     }
     Ok(round)
 }
+
+/// RFC 3261 Timer F with the default T1: the longest one MESSAGE can take.
+const TIMER_F_SECS: i64 = 32;
+/// A round's delivery lease; renewed while it sends, so that it always covers the
+/// message in flight.
+const LEASE_SECS: i64 = 2 * TIMER_F_SECS;
 
 /// Delivery rounds running at once; further registration events wait for a slot.
 pub const MAX_ROUNDS: usize = 64;

@@ -1,15 +1,12 @@
 //! The proxy's offline hooks ([`crate::proxy::OfflineTargets`]) backed by the store
 //! and the push service: a MESSAGE is stored for every device that did not get it
-//! live and announced by a push (202 when nobody took it live); an INVITE pushes
-//! `incoming_call` to the devices that are not being rung.
-//!
-//! Parking a call while pushed devices register (and the `missed_call` /
-//! `call_cancelled` pushes at its end) belongs to the proxy's fork; it can use
-//! [`crate::push::offline::push_devices`] for those.
+//! live and announced by a push (202 when nobody took it live); a call's pushes
+//! (`incoming_call`, then `missed_call` or `call_cancelled`) go to the devices the
+//! proxy names. Parking the call while pushed devices register is the proxy's.
 
-use crate::proxy::{ForkedRequest, HookFuture, OfflineTargets};
-use crate::push::offline::{defer_and_push, push_devices, IncomingMessage};
-use crate::push::{PushKind, PushPayload, Pusher};
+use crate::proxy::{CallPush, ForkedRequest, HookFuture, OfflineTargets, PushTo};
+use crate::push::offline::{defer_and_push, IncomingMessage};
+use crate::push::{targets_for_account, PushKind, PushPayload, Pusher};
 use crate::sip::grammar::{name_addr, SipUri};
 use crate::store::Store;
 
@@ -64,8 +61,10 @@ impl PushHooks {
         }
     }
 
-    async fn call(&self, req: &ForkedRequest) -> usize {
-        let Some(pusher) = &self.pusher else { return 0 };
+    async fn call(&self, req: &ForkedRequest, kind: CallPush, to: PushTo) -> Vec<String> {
+        let Some(pusher) = &self.pusher else {
+            return Vec::new();
+        };
         let (login, display) = sender(&req.from);
         let video = std::str::from_utf8(&req.body)
             .map(|sdp| {
@@ -74,7 +73,11 @@ impl PushHooks {
             })
             .unwrap_or(false);
         let payload = PushPayload {
-            kind: PushKind::IncomingCall,
+            kind: match kind {
+                CallPush::Incoming => PushKind::IncomingCall,
+                CallPush::Missed => PushKind::MissedCall,
+                CallPush::Cancelled => PushKind::CallCancelled,
+            },
             caller_login: login,
             caller_display_name: display,
             call_id: req.call_id.clone(),
@@ -82,14 +85,37 @@ impl PushHooks {
             video,
             body: None,
         };
-        let skip: Vec<&str> = req.live_instances.iter().map(String::as_str).collect();
-        match push_devices(&self.store, pusher, req.account, &skip, &payload).await {
-            Ok(p) => p.len(),
+        let targets = match targets_for_account(&self.store, req.account).await {
+            Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "looking up push targets failed");
-                0
+                return Vec::new();
+            }
+        };
+        let mut pushed = Vec::new();
+        for (device, target) in targets {
+            let listed = |l: &Vec<String>| {
+                l.iter()
+                    .any(|i| i.eq_ignore_ascii_case(&device.instance_id))
+            };
+            let chosen = match &to {
+                PushTo::AllExcept(skip) => !listed(skip),
+                PushTo::Only(only) => listed(only),
+            };
+            if !chosen {
+                continue;
+            }
+            match pusher.notify(&target, &payload).await {
+                Ok(()) => pushed.push(device.instance_id),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    account = req.account,
+                    kind = payload.kind.as_str(),
+                    "push not queued"
+                ),
             }
         }
+        pushed
     }
 }
 
@@ -102,10 +128,6 @@ impl OfflineTargets for PushHooks {
             match req.method.as_str() {
                 // RFC 3428 7: 202 when the message was accepted but not delivered yet.
                 "MESSAGE" if self.message(req).await > 0 => (202, "Accepted"),
-                "INVITE" => {
-                    self.call(req).await;
-                    (480, "Temporarily Unavailable")
-                }
                 _ => (480, "Temporarily Unavailable"),
             }
         })
@@ -117,15 +139,22 @@ impl OfflineTargets for PushHooks {
             if req.live_instances.is_empty() {
                 return;
             }
-            match req.method.as_str() {
-                "MESSAGE" => {
-                    self.message(req).await;
-                }
-                "INVITE" => {
-                    self.call(req).await;
-                }
-                _ => {}
+            if req.method == "MESSAGE" {
+                self.message(req).await;
             }
         })
+    }
+
+    fn pushes_calls(&self) -> bool {
+        self.pusher.is_some()
+    }
+
+    fn push_call<'a>(
+        &'a self,
+        req: &'a ForkedRequest,
+        kind: CallPush,
+        to: PushTo,
+    ) -> HookFuture<'a, Vec<String>> {
+        Box::pin(self.call(req, kind, to))
     }
 }

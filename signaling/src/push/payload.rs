@@ -112,8 +112,10 @@ impl PushPayload {
         timestamp: i64,
     ) -> Option<PushPayload> {
         let kind = PushKind::for_message(content_type, system_type)?;
+        // The notification shows the text: surrounding blank lines and spaces of
+        // the body are not part of it.
         let body = (kind == PushKind::TextMessage)
-            .then(|| excerpt(&String::from_utf8_lossy(body), EXCERPT_CHARS));
+            .then(|| excerpt(String::from_utf8_lossy(body).trim(), EXCERPT_CHARS));
         Some(PushPayload {
             kind,
             caller_login: caller_login.to_owned(),
@@ -208,6 +210,21 @@ pub fn excerpt(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_text_is_trimmed_before_the_excerpt() {
+        let p = PushPayload::for_message(
+            "text/plain",
+            b"\r\n  on my way\r\n",
+            "application/x-system",
+            "bob",
+            "Bob",
+            "c1",
+            1,
+        )
+        .unwrap();
+        assert_eq!(p.body.as_deref(), Some("on my way"));
+    }
 
     #[test]
     fn excerpt_cuts_on_char_boundaries() {

@@ -90,8 +90,8 @@ pub(crate) struct Origin {
 
 impl RegistrarHandle {
     /// Events for every binding a successful REGISTER creates or refreshes (not for
-    /// unregistrations), sent when the binding is stored, just before the 200 OK
-    /// goes out. Use: a parked call's new branch to a device that registered after
+    /// unregistrations), sent when the binding is stored and the 200 OK has been
+    /// handed to the transport. Use: a parked call's new branch to a device that registered after
     /// its push, delivery of deferred messages. A subscriber that falls more than
     /// [`core::REGISTERED_EVENTS`] behind gets `RecvError::Lagged`.
     pub fn subscribe_registrations(&self) -> tokio::sync::broadcast::Receiver<Registered> {
@@ -183,13 +183,44 @@ impl RegistrarHandle {
         next
     }
 
-    /// Handles a validated REGISTER; returns the response bytes. `top_via` is the
-    /// request's top Via with `received`/`rport` filled in.
+    /// Handles a validated REGISTER; returns the response bytes and the bindings it
+    /// saved. `top_via` is the request's top Via with `received`/`rport` filled in.
+    /// The caller sends the response first and then hands the bindings to
+    /// [`RegistrarHandle::announce`], so that a device never gets a parked call's
+    /// INVITE or a deferred MESSAGE before the 200 OK to its REGISTER.
     pub(crate) async fn handle_register(
         &self,
         msg: &Message<'_>,
         origin: Origin,
         top_via: &str,
+    ) -> (Vec<u8>, Vec<Registered>) {
+        let mut saved = Vec::new();
+        let bytes = self
+            .handle_register_inner(msg, origin, top_via, &mut saved)
+            .await;
+        (bytes, saved)
+    }
+
+    /// Publishes bindings saved by [`Self::handle_register`] to the subscribers of
+    /// [`Self::subscribe_registrations`].
+    pub(crate) fn announce(&self, saved: Vec<Registered>) {
+        if saved.is_empty() {
+            return;
+        }
+        if let Ok(c) = self.inner.core.lock() {
+            for ev in saved {
+                // No subscriber is fine.
+                let _ = c.registered.send(ev);
+            }
+        }
+    }
+
+    async fn handle_register_inner(
+        &self,
+        msg: &Message<'_>,
+        origin: Origin,
+        top_via: &str,
+        saved: &mut Vec<Registered>,
     ) -> Vec<u8> {
         let now = unix_now();
         let reply = |code: u16, reason: &str| {
@@ -351,8 +382,8 @@ impl RegistrarHandle {
             }
         }
         // The device's RFC 8599 parameters outlive the binding (it is pushed when
-        // offline); a REGISTER without them withdraws them. Then announce the binding.
-        let mut saved = Vec::new();
+        // offline); a REGISTER without them withdraws them. The caller announces the
+        // binding once the 200 OK is sent.
         for op in &outcome.ops {
             if let StoreOp::Save(b) = op {
                 if let Err(e) = self
@@ -368,14 +399,6 @@ impl RegistrarHandle {
                     instance_id: b.instance_id.clone(),
                     binding: (**b).clone(),
                 });
-            }
-        }
-        if !saved.is_empty() {
-            if let Ok(c) = self.inner.core.lock() {
-                for ev in saved {
-                    // No subscriber is fine.
-                    let _ = c.registered.send(ev);
-                }
             }
         }
         for f in &outcome.close {

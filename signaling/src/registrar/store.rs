@@ -20,6 +20,16 @@ pub trait RegistrarStore: Send + Sync + 'static {
     /// Account by SIP login, username or phone number in any accepted form.
     fn find_account<'a>(&'a self, identity: &'a str)
         -> StoreFuture<'a, Option<AccountCredentials>>;
+    /// [`Self::find_account`] for an identity a caller dialled: national numbers
+    /// read with the caller's `country_code` (`None`: the configured default).
+    fn find_account_dialled<'a>(
+        &'a self,
+        identity: &'a str,
+        country_code: Option<&'a str>,
+    ) -> StoreFuture<'a, Option<AccountCredentials>> {
+        let _ = country_code;
+        self.find_account(identity)
+    }
     fn find_device<'a>(
         &'a self,
         account: AccountId,
@@ -58,6 +68,15 @@ impl RegistrarStore for crate::store::Store {
         identity: &'a str,
     ) -> StoreFuture<'a, Option<AccountCredentials>> {
         Box::pin(async move { Ok(crate::store::Store::find_account(self, identity).await?) })
+    }
+    fn find_account_dialled<'a>(
+        &'a self,
+        identity: &'a str,
+        country_code: Option<&'a str>,
+    ) -> StoreFuture<'a, Option<AccountCredentials>> {
+        Box::pin(async move {
+            Ok(crate::store::Store::find_account_dialled(self, identity, country_code).await?)
+        })
     }
     fn find_device<'a>(
         &'a self,

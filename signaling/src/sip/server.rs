@@ -709,11 +709,13 @@ impl Server {
             via.port.unwrap_or(0),
             origin.transport.as_str()
         );
-        let response = match self
+        let (response, saved, cancel) = match self
             .respond(&msg, data, origin, &stamped, upstream, &invite_key)
             .await
         {
-            Handled::Reply(r) => r,
+            Handled::Reply(r) => (r, Vec::new(), None),
+            Handled::Registered(r, saved) => (r, saved, None),
+            Handled::Cancelled(r, pending) => (r, Vec::new(), Some(pending)),
             Handled::Taken => return,
         };
         let code = Message::parse(&response)
@@ -742,6 +744,12 @@ impl Server {
         }
         for b in out {
             self.flows.send(origin.transport, dest, b).await;
+        }
+        // After the 200 OK: a parked call or deferred messages may now go to the device.
+        self.registrar.announce(saved);
+        // After the 200 to the CANCEL: the INVITE's 487 may follow.
+        if let Some(c) = cancel {
+            c.fire();
         }
     }
 
@@ -790,7 +798,8 @@ impl Server {
             && !msg.to().is_some_and(|t| t.params.contains("tag"));
         match method {
             "REGISTER" => {
-                Handled::Reply(self.registrar.handle_register(msg, origin, top_via).await)
+                let (bytes, saved) = self.registrar.handle_register(msg, origin, top_via).await;
+                Handled::Registered(bytes, saved)
             }
             "OPTIONS" if to_us_out_of_dialog => Handled::Reply(
                 reply(200, "OK")
@@ -800,11 +809,10 @@ impl Server {
             ),
             // RFC 3261 16.10: answered here, and the matching INVITE is cancelled on
             // every branch.
-            "CANCEL" => Handled::Reply(if self.proxy.cancel(invite_key) {
-                reply(200, "OK").finish()
-            } else {
-                reply(481, "Call/Transaction Does Not Exist").finish()
-            }),
+            "CANCEL" => match self.proxy.cancel(invite_key) {
+                Some(pending) => Handled::Cancelled(reply(200, "OK").finish(), pending),
+                None => Handled::Reply(reply(481, "Call/Transaction Does Not Exist").finish()),
+            },
             _ => {
                 self.proxy
                     .handle_request(msg, raw, origin, top_via, upstream, invite_key)
