@@ -5,109 +5,25 @@
 //!
 //! Without sipp on PATH the test fails when `CI` is set and is skipped otherwise.
 
+mod sipp_support;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::Duration;
+
+use sipp_support::{
+    common_args, free_udp_port, instance, scenario, sipp_available, spawn_uas, spawn_uas_n, summary,
+};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tandem_signaling::registrar::RegistrarConfig;
-use tandem_signaling::sip::SipConfig;
-use tandem_signaling::SignalingConfig;
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "sipp-proxy-admin-token-0123456789";
 const LOGIN: &str = "alice";
 const PASSWORD: &str = "s3cret-passw0rd";
 const REALM: &str = "tandem.local";
-
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/sipp")
-        .join(name)
-}
-
-fn sipp_available() -> bool {
-    match Command::new("sipp").arg("-v").output() {
-        Ok(_) => true,
-        Err(_) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("sipp is not installed (Debian package sip-tester) and CI is set");
-            }
-            eprintln!("SKIPPED: sipp is not installed (Debian package sip-tester); set CI to make this fail");
-            false
-        }
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn instance(n: u32) -> String {
-    format!("urn:uuid:5ee1{n:04x}-0000-4000-8000-0000000000{n:02x}")
-}
-
-fn common_args(cmd: &mut Command, port: u16) {
-    cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mp", &free_udp_port().to_string()])
-        .args(["-nostdin", "-timeout", "20s", "-timeout_error"]);
-}
-
-/// Registers one device from `port` with register.xml.
-fn register(dir: &Path, server: SocketAddr, port: u16, inst: &str) {
-    let inf = dir.join(format!("dev{port}.csv"));
-    std::fs::write(
-        &inf,
-        format!("SEQUENTIAL\n{LOGIN};{PASSWORD};{inst};{REALM};\n"),
-    )
-    .unwrap();
-    let mut cmd = Command::new("sipp");
-    cmd.arg(server.to_string())
-        .arg("-sf")
-        .arg(scenario("register.xml"))
-        .arg("-inf")
-        .arg(&inf)
-        .args(["-m", "1", "-au", LOGIN, "-ap", PASSWORD]);
-    common_args(&mut cmd, port);
-    let out = cmd.output().expect("run sipp");
-    assert!(
-        out.status.success(),
-        "register from {port}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// A device's UAS scenario, listening on the port it registered from.
-fn spawn_uas(name: &str, port: u16) -> Child {
-    spawn_uas_n(name, port, 1)
-}
-
-fn spawn_uas_n(name: &str, port: u16, calls: u32) -> Child {
-    let mut cmd = Command::new("sipp");
-    cmd.arg("-sf")
-        .arg(scenario(name))
-        .args(["-m", &calls.to_string()]);
-    common_args(&mut cmd, port);
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sipp")
-}
-
-fn summary(stdout: &str) -> String {
-    stdout
-        .lines()
-        .filter(|l| l.contains("Successful call") || l.contains("Failed call"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
 
 /// Devices run `uas` (one scenario per registered port), the caller runs `uac` to
 /// `service`; every sipp must end with all calls successful.
@@ -117,17 +33,6 @@ fn call(server: SocketAddr, ports: &[u16], uas: &[&str], uac: &str, service: &st
         .zip(ports)
         .map(|(s, p)| (format!("{s}@{p}"), spawn_uas(s, *p)))
         .collect();
-    // Each device's sipp must be listening before the INVITE forks to it.
-    for p in ports.iter().take(uas.len()) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while UdpSocket::bind(("127.0.0.1", *p)).is_ok() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sipp did not bind {p}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
     let mut cmd = Command::new("sipp");
     cmd.arg(server.to_string())
         .arg("-sf")
@@ -190,27 +95,8 @@ async fn start_with_three_devices(
     i64,
     Vec<u16>,
 ) {
-    let cfg = SignalingConfig {
-        data_dir: dir.to_path_buf(),
-        default_country_code: "48".into(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
-        // sipp 3.6 does MD5 only and reads the first challenge.
-        registrar: RegistrarConfig {
-            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
-            ..RegistrarConfig::default()
-        },
-        api: tandem_signaling::config::ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        ..SignalingConfig::default()
-    };
+    let mut cfg = sipp_support::server_config(dir, REALM, ADMIN);
+    cfg.default_country_code = "48".into();
     let shutdown = CancellationToken::new();
     let running = tandem_signaling::start(cfg, shutdown.clone())
         .await
@@ -245,7 +131,7 @@ async fn start_with_three_devices(
     let ports2 = ports.clone();
     tokio::task::spawn_blocking(move || {
         for (i, p) in ports2.iter().enumerate() {
-            register(&d, sip, *p, &instance(i as u32 + 1));
+            sipp_support::register(&d, sip, *p, LOGIN, PASSWORD, &instance(i as u32 + 1), REALM);
         }
     })
     .await
@@ -367,14 +253,8 @@ async fn sipp_forking_rate() {
     if !sipp_available() {
         return;
     }
-    let rate: u32 = std::env::var("TANDEM_SIPP_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let calls: u32 = std::env::var("TANDEM_SIPP_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let rate: u32 = sipp_support::env_number("TANDEM_SIPP_RATE", 50);
+    let calls: u32 = sipp_support::env_number("TANDEM_SIPP_CALLS", 500);
     let dir = tempfile::tempdir().unwrap();
     let (running, shutdown, sip, _account, ports) = start_with_three_devices(dir.path()).await;
     let report = tokio::task::spawn_blocking(move || {

@@ -4,133 +4,25 @@
 //! provider that is not configured gets 555; registrations are announced.
 
 mod push_support;
+mod udp_client;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use md5::{Digest, Md5};
 use push_support::Mock;
 use tandem_signaling::config::SignalingConfig;
 use tandem_signaling::model::DeviceClass;
 use tandem_signaling::push::{targets_for_account, PushKind, PushPayload, WebhookConfig};
 use tandem_signaling::store::{DeviceLimits, NewAccount, NewDevice};
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+use udp_client::{header, temp_dir, Registration};
 
 const INSTANCE: &str = "urn:uuid:00000000-0000-4000-8000-00000000c0de";
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tandem_pushreg_{tag}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    msg.split("\r\n")
-        .filter_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-        .collect()
-}
-
-fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=");
-    let start = challenge.find(&key)? + key.len();
-    let rest = &challenge[start..];
-    if let Some(q) = rest.strip_prefix('"') {
-        q.split('"').next()
-    } else {
-        rest.split([',', ' ']).next()
-    }
-}
-
-fn md5_hex(s: &str) -> String {
-    hex::encode(Md5::digest(s.as_bytes()))
-}
-
-async fn exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
-    sock.send_to(msg.as_bytes(), to).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("SIP response in time")
-            .unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if !text.starts_with("SIP/2.0 1") {
-            return text;
-        }
-    }
-}
-
-/// A digest-authenticated REGISTER over UDP with `uri_params` in the Contact URI.
-async fn register(
-    sip: SocketAddr,
-    login: &str,
-    password: &str,
-    realm: &str,
-    uri_params: &str,
-    expires: u32,
-) -> String {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let me = sock.local_addr().unwrap();
-    let call_id = format!("c{}@127.0.0.1", rand::random::<u64>());
-    let build = |cseq: u32, auth: Option<String>| {
-        let mut m = format!(
-            "REGISTER sip:{realm} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {me};branch=z9hG4bK{}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:{login}@{realm}>;tag=t{}\r\n\
-             To: <sip:{login}@{realm}>\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{login}@{me}{uri_params}>;+sip.instance=\"<{INSTANCE}>\"\r\n\
-             Expires: {expires}\r\n",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
-        if let Some(a) = auth {
-            m.push_str(&format!("Authorization: {a}\r\n"));
-        }
-        m.push_str("Content-Length: 0\r\n\r\n");
-        m
-    };
-    let first = exchange(&sock, sip, &build(1, None)).await;
-    assert!(first.starts_with("SIP/2.0 401"), "{first}");
-    let challenge = header(&first, "WWW-Authenticate")
-        .into_iter()
-        .find(|c| param(c, "algorithm").is_none_or(|a| a.eq_ignore_ascii_case("MD5")))
-        .expect("an MD5 challenge")
-        .to_owned();
-    let nonce = param(&challenge, "nonce").unwrap();
-    let uri = format!("sip:{realm}");
-    let ha1 = md5_hex(&format!("{login}:{realm}:{password}"));
-    let ha2 = md5_hex(&format!("REGISTER:{uri}"));
-    let cnonce = format!("{:x}", rand::random::<u64>());
-    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
-    let mut auth = format!(
-        "Digest username=\"{login}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-         response=\"{response}\", algorithm=MD5, cnonce=\"{cnonce}\", qop=auth, nc=00000001"
-    );
-    if let Some(opaque) = param(&challenge, "opaque") {
-        auth.push_str(&format!(", opaque=\"{opaque}\""));
-    }
-    exchange(&sock, sip, &build(2, Some(auth))).await
-}
 
 #[tokio::test]
 async fn rfc8599_contact_params_give_a_usable_push_target_and_unknown_providers_get_555() {
     let mock = Mock::start().await;
-    let dir = temp_dir("pn");
+    let dir = temp_dir("pushreg_pn");
     let mut cfg = SignalingConfig {
         data_dir: dir.clone(),
         ..SignalingConfig::default()
@@ -278,4 +170,26 @@ async fn rfc8599_contact_params_give_a_usable_push_target_and_unknown_providers_
         .unwrap()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A digest-authenticated REGISTER of the test's device over UDP with `uri_params` in
+/// the Contact URI.
+async fn register(
+    sip: SocketAddr,
+    login: &str,
+    password: &str,
+    realm: &str,
+    uri_params: &str,
+    expires: u32,
+) -> String {
+    Registration {
+        login,
+        password,
+        realm,
+        instance: INSTANCE,
+        uri_params,
+        expires,
+    }
+    .run(sip)
+    .await
 }

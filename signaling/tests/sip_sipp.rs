@@ -4,40 +4,22 @@
 //!
 //! Without sipp on PATH the test fails when `CI` is set and is skipped otherwise.
 
+mod sipp_support;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sipp_support::{scenario, sipp_available};
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tandem_signaling::registrar::RegistrarConfig;
-use tandem_signaling::sip::SipConfig;
-use tandem_signaling::SignalingConfig;
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "sipp-test-admin-token-0123456789";
 const LOGIN: &str = "alice";
 const PASSWORD: &str = "s3cret-passw0rd";
 const REALM: &str = "tandem.local";
-
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/sipp")
-        .join(name)
-}
-
-fn sipp_available() -> bool {
-    match Command::new("sipp").arg("-v").output() {
-        Ok(_) => true,
-        Err(_) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("sipp is not installed (Debian package sip-tester) and CI is set");
-            }
-            eprintln!("SKIPPED: sipp is not installed (Debian package sip-tester); set CI to make this fail");
-            false
-        }
-    }
-}
 
 fn free_udp_port(ip: &str) -> u16 {
     UdpSocket::bind((ip, 0))
@@ -196,25 +178,9 @@ async fn sipp_multi_device_registration() {
         admin_token: Some(ADMIN.into()),
         ..Default::default()
     };
-    let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
-        // sipp 3.6 reads only the first WWW-Authenticate and does only MD5: offer MD5
-        // first (SHA-256 is still offered, second; the SHA-256 path is covered by the
-        // Rust registrar tests).
-        registrar: RegistrarConfig {
-            auth_fail_limit: 3,
-            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
-            ..RegistrarConfig::default()
-        },
-        api: api_cfg,
-        ..SignalingConfig::default()
-    };
+    let mut cfg = sipp_support::server_config(dir.path(), REALM, ADMIN);
+    cfg.registrar.auth_fail_limit = 3;
+    cfg.api = api_cfg;
     let shutdown = CancellationToken::new();
     let running = tandem_signaling::start(cfg, shutdown.clone())
         .await
