@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
             login: "alice".into(),
             ha1_md5: "0".repeat(32),
             ha1_sha256: "0".repeat(64),
+            country_code: "1".into(),
+            no_answer_forward: None,
         };
         let ip = std::net::IpAddr::from([192, 0, 2, 1]);
         let _ = r.authenticate(&auths, "REGISTER", Some(&creds), ip, 1_700_000_000);
