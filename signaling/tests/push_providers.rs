@@ -27,19 +27,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/push")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tandem_push_{tag}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn fast_retries() -> PushConfig {
     PushConfig {
         timeout_secs: 5,
@@ -108,13 +95,13 @@ async fn store_with_token(db: &TestDb, provider: &str, token: &str) -> (Store, i
 struct ApnsSetup {
     cfg: PushConfig,
     public_pem: String,
-    _dir: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 fn apns_setup(mock: &Mock) -> ApnsSetup {
     let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
-    let dir = temp_dir("apns");
-    let key_file = dir.join("AuthKey_KEY1234567.p8");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("AuthKey_KEY1234567.p8");
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     let cfg = PushConfig {
         apns: Some(ApnsConfig {
@@ -225,7 +212,7 @@ async fn apns_voip_and_alert_pushes_over_http2_with_a_verifiable_cached_jwt() {
 async fn apns_over_tls_negotiates_http2_and_trusts_a_configured_ca() {
     let (mock, ca_pem) = Mock::start_tls().await;
     let mut s = apns_setup(&mock);
-    let ca_file = s._dir.join("ca.pem");
+    let ca_file = s._dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca_pem).unwrap();
     if let Some(a) = s.cfg.apns.as_mut() {
         a.base_url = mock.tls_url();
@@ -446,8 +433,8 @@ async fn apns_dead_tokens(backend: Backend) {
 
 // ----- FCM -------------------------------------------------------------------------------
 
-fn fcm_setup(mock: &Mock) -> (PushConfig, PathBuf) {
-    let dir = temp_dir("fcm");
+fn fcm_setup(mock: &Mock) -> (PushConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
     let key = std::fs::read_to_string(fixtures().join("fcm_test_key.pem")).unwrap();
     let sa = serde_json::json!({
         "type": "service_account",
@@ -458,7 +445,7 @@ fn fcm_setup(mock: &Mock) -> (PushConfig, PathBuf) {
         "client_id": "1",
         "token_uri": "https://oauth2.googleapis.com/token",
     });
-    let file = dir.join("service-account.json");
+    let file = dir.path().join("service-account.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&sa).unwrap()).unwrap();
     let cfg = PushConfig {
         fcm: Some(FcmConfig {
@@ -821,8 +808,8 @@ async fn bad_provider_configuration_fails_at_start_naming_the_key() {
     };
     let err = Pusher::start(&cfg, None, CancellationToken::new()).unwrap_err();
     assert!(err.to_string().contains("push.apns.key_file"), "{err}");
-    let dir = temp_dir("badkey");
-    let bad = dir.join("sa.json");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("sa.json");
     std::fs::write(&bad, r#"{"client_email":"x","private_key":"not a key"}"#).unwrap();
     let cfg = PushConfig {
         fcm: Some(FcmConfig {
