@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --bins
+# Only the two servers: the benchmark tool (bench/) is built by bench/compare.sh.
+cargo build --release -p tandem-relay -p tandem-signaling --bins
 mkdir -p data
 
 pids=()
