@@ -877,3 +877,133 @@ async fn offline_hooks_see_forked_and_unroutable_requests() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// The next request `method` of call `call_id` at a device (retransmissions and other
+/// calls' requests are passed over).
+async fn recv_request(dev: &UdpSocket, method: &str, call_id: &str) -> String {
+    loop {
+        let m = recv(dev, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{method} of {call_id} at the device"));
+        let p = Message::parse(m.as_bytes()).unwrap();
+        if p.method() == Some(method) && p.call_id() == Some(call_id) {
+            return m;
+        }
+    }
+}
+
+/// The caller's first final response to the request with `call_id`.
+async fn final_of(caller: &UdpSocket, call_id: &str) -> String {
+    loop {
+        let m = recv(caller, Duration::from_secs(5))
+            .await
+            .expect("final response in time");
+        let p = Message::parse(m.as_bytes()).unwrap();
+        if p.call_id() == Some(call_id) && p.status().is_some_and(|s| s >= 200) {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_transaction_limit_counts_calls_in_progress_not_finished_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalingConfig {
+        data_dir: dir.path().to_path_buf(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: None,
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        proxy: ProxyConfig {
+            max_transactions: 2,
+            ..ProxyConfig::default()
+        },
+        ..SignalingConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    api(
+        &client,
+        &base,
+        "/accounts",
+        None,
+        json!({"login": "bob", "password": PASSWORD}),
+    )
+    .await;
+    let inst = "urn:uuid:00000000-0000-4000-8000-0000000b0b11";
+    api(
+        &client,
+        &base,
+        "/me/devices",
+        Some("bob"),
+        json!({"instance_id": inst, "class": "mobile", "name": "phone"}),
+    )
+    .await;
+    let dev = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    register_device(sip, &dev, "bob", inst).await;
+
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let to = format!("sip:bob@{REALM}");
+    let calls: Vec<Invite> = (0..4)
+        .map(|_| Invite::new(me, "sip:carol@example.org", &to))
+        .collect();
+
+    // Two calls ring: the limit is reached, a third is turned away for now.
+    let mut at_device = Vec::new();
+    for c in &calls[..2] {
+        caller
+            .send_to(c.build("INVITE").as_bytes(), sip)
+            .await
+            .unwrap();
+        at_device.push(recv_request(&dev, "INVITE", &c.call_id).await);
+    }
+    let refused = exchange(&caller, sip, &calls[2].build("INVITE")).await;
+    assert_eq!(status(&refused), 503, "{refused}");
+    let m = Message::parse(refused.as_bytes()).unwrap();
+    assert_eq!(m.header(HeaderName::Other("Retry-After")), Some("5"));
+
+    // The device declines the first call. That call is over for the caller, though
+    // the proxy keeps its branch up to 32 s to absorb retransmissions (Timer D): it
+    // no longer counts, and the fourth call rings.
+    dev.send_to(
+        answer(&at_device[0], 486, "Busy Here", "b0").as_bytes(),
+        sip,
+    )
+    .await
+    .unwrap();
+    let busy = final_of(&caller, &calls[0].call_id).await;
+    assert_eq!(status(&busy), 486, "{busy}");
+    caller
+        .send_to(calls[0].build("ACK").as_bytes(), sip)
+        .await
+        .unwrap();
+    caller
+        .send_to(calls[3].build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    let fourth = recv_request(&dev, "INVITE", &calls[3].call_id).await;
+    at_device.push(fourth);
+
+    // The rest end busy too.
+    for (i, c) in [(1usize, &calls[1]), (2, &calls[3])] {
+        dev.send_to(answer(&at_device[i], 486, "Busy Here", "b").as_bytes(), sip)
+            .await
+            .unwrap();
+        assert_eq!(status(&final_of(&caller, &c.call_id).await), 486);
+    }
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

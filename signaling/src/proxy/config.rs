@@ -9,7 +9,10 @@ pub struct ProxyConfig {
     /// How long a forked INVITE rings before every branch is cancelled and the caller
     /// gets the best final response so far (408 when nothing answered), in seconds.
     pub ring_timeout_secs: u64,
-    /// Most forked requests in progress at once; more are answered 503.
+    /// Most forked requests waiting for their final response at once; more are
+    /// answered 503 with Retry-After. A request that has its final response keeps its
+    /// branches up to 32 s more on UDP, to cancel late ones and absorb
+    /// retransmissions; up to eight times this many are held in all.
     pub max_transactions: usize,
     /// Most simultaneous outgoing calls per account (ringing or established); a further
     /// INVITE is answered 403 "Outgoing Call Limit Reached".

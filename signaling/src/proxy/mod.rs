@@ -19,6 +19,7 @@ pub mod msg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,27 @@ enum Input {
     Pushed(Vec<String>),
 }
 
+/// How many forked requests may be held in all, deciding and finishing, per place of
+/// `max_transactions`: finishing ones live up to 32 s, deciding ones mostly a few.
+const FINISHING_FACTOR: usize = 8;
+
+/// One place under `max_transactions`, given back when dropped (also if the call's
+/// task ends early).
+struct DecidingSlot(Arc<AtomicUsize>);
+
+impl DecidingSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        DecidingSlot(count.clone())
+    }
+}
+
+impl Drop for DecidingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A request in progress, as the proxy finds it again.
 #[derive(Clone)]
 struct CallEntry {
@@ -207,6 +229,10 @@ pub(crate) struct Proxy {
     routes: Mutex<HashMap<String, (mpsc::Sender<Input>, usize)>>,
     /// Server INVITE transaction key -> its task, for the caller's CANCEL.
     calls: Mutex<HashMap<String, CallEntry>>,
+    /// Forked requests whose final response has not gone upstream yet: what
+    /// `max_transactions` bounds. `calls` also holds the ones that only finish
+    /// cancelling branches and absorbing retransmissions (Timer B/D/K).
+    deciding: Arc<AtomicUsize>,
     /// Outgoing calls of authenticated callers, for the per-account limit.
     outgoing: Mutex<Outgoing>,
 }
@@ -285,6 +311,7 @@ impl Proxy {
             offline: std::sync::RwLock::new(Arc::new(Unavailable)),
             routes: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            deciding: Arc::new(AtomicUsize::new(0)),
             outgoing: Mutex::new(Outgoing::default()),
         }
     }
@@ -1049,11 +1076,19 @@ impl Proxy {
         setup: Option<CallSetup>,
     ) -> Handled {
         let (tx, rx) = mpsc::channel(64);
-        {
+        let deciding = {
             let Ok(mut calls) = self.calls.lock() else {
                 return Handled::Reply(Vec::new());
             };
-            if calls.len() >= self.cfg.max_transactions {
+            // A forked request counts against `max_transactions` until its final
+            // response goes upstream. After that its task lives up to 32 s more on
+            // UDP (Timer B/D/K) to cancel late branches and absorb retransmissions;
+            // those are bounded apart, so the limit measures calls in progress and
+            // not the last half-minute of finished ones.
+            let deciding = self.deciding.load(Ordering::Relaxed);
+            if deciding >= self.cfg.max_transactions
+                || calls.len() >= self.cfg.max_transactions.saturating_mul(FINISHING_FACTOR)
+            {
                 drop(calls);
                 let Ok(m) = Message::parse(raw) else {
                     return Handled::Reply(Vec::new());
@@ -1071,7 +1106,9 @@ impl Proxy {
                     account: setup.as_ref().map(|c| c.account),
                 },
             );
-        }
+            // Taken under the lock, so concurrent requests cannot both pass the check.
+            DecidingSlot::take(&self.deciding)
+        };
         if let Ok(mut r) = self.routes.lock() {
             for (i, b) in branches.iter().enumerate() {
                 r.insert(b.id.clone(), (tx.clone(), i));
@@ -1096,6 +1133,7 @@ impl Proxy {
             to_tag: new_tag(),
             invite_key: invite_key.to_owned(),
             fork: Fork::with_options(now, branches.len(), invite, ring, opts),
+            deciding: Some(deciding),
             outgoing_call,
             answered_2xx: false,
             setup,
@@ -1304,6 +1342,9 @@ struct Call {
     to_tag: String,
     invite_key: String,
     fork: Fork,
+    /// Held until the final response goes upstream (and the pushes it causes are
+    /// queued); dropping it frees a place under `max_transactions`.
+    deciding: Option<DecidingSlot>,
     /// Call-ID counted against the caller's outgoing call limit: released unless a
     /// 2xx established the call (then its BYE releases it).
     outgoing_call: Option<String>,
@@ -1348,8 +1389,11 @@ impl Call {
         }
         self.pump(Instant::now()).await;
         loop {
-            if self.fork.is_answered() && self.all_terminated() && self.push_pending == 0 {
-                break;
+            if self.fork.is_answered() && self.push_pending == 0 {
+                self.deciding = None;
+                if self.all_terminated() {
+                    break;
+                }
             }
             let now = Instant::now();
             if now >= give_up {
