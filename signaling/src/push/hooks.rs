@@ -5,8 +5,8 @@
 //! proxy names. Parking the call while pushed devices register is the proxy's.
 
 use crate::proxy::{CallPush, ForkedRequest, HookFuture, OfflineTargets, PushTo};
-use crate::push::offline::{defer_and_push, IncomingMessage};
-use crate::push::{targets_for_account, PushKind, PushPayload, Pusher};
+use crate::push::offline::{defer_and_push, push_devices, IncomingMessage};
+use crate::push::{PushKind, PushPayload, Pusher};
 use crate::sip::grammar::{name_addr, SipUri};
 use crate::store::Store;
 
@@ -85,37 +85,18 @@ impl PushHooks {
             video,
             body: None,
         };
-        let targets = match targets_for_account(&self.store, req.account).await {
-            Ok(t) => t,
+        let listed = |l: &[String], i: &str| l.iter().any(|x| x.eq_ignore_ascii_case(i));
+        let chosen = |i: &str| match &to {
+            PushTo::AllExcept(skip) => !listed(skip, i),
+            PushTo::Only(only) => listed(only, i),
+        };
+        match push_devices(&self.store, pusher, req.account, chosen, &payload).await {
+            Ok(pushed) => pushed,
             Err(e) => {
                 tracing::error!(error = %e, "looking up push targets failed");
-                return Vec::new();
-            }
-        };
-        let mut pushed = Vec::new();
-        for (device, target) in targets {
-            let listed = |l: &Vec<String>| {
-                l.iter()
-                    .any(|i| i.eq_ignore_ascii_case(&device.instance_id))
-            };
-            let chosen = match &to {
-                PushTo::AllExcept(skip) => !listed(skip),
-                PushTo::Only(only) => listed(only),
-            };
-            if !chosen {
-                continue;
-            }
-            match pusher.notify(&target, &payload).await {
-                Ok(()) => pushed.push(device.instance_id),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    account = req.account,
-                    kind = payload.kind.as_str(),
-                    "push not queued"
-                ),
+                Vec::new()
             }
         }
-        pushed
     }
 }
 

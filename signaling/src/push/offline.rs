@@ -91,25 +91,23 @@ pub async fn defer_and_push(
     ) else {
         return Ok(out);
     };
-    out.pushed = push_devices(store, pusher, m.account, live, &payload).await?;
+    let offline = |i: &str| !live.iter().any(|l| l.eq_ignore_ascii_case(i));
+    out.pushed = push_devices(store, pusher, m.account, offline, &payload).await?;
     Ok(out)
 }
 
-/// Queues `payload` for every device of the account with a push target except those
-/// in `skip`; returns the instance IDs it was queued for.
+/// Queues `payload` for every device of the account with a push target whose
+/// instance ID `chosen` accepts; returns the instance IDs it was queued for.
 pub async fn push_devices(
     store: &Store,
     pusher: &Pusher,
     account: AccountId,
-    skip: &[&str],
+    chosen: impl Fn(&str) -> bool,
     payload: &PushPayload,
 ) -> Result<Vec<String>, StoreError> {
     let mut pushed = Vec::new();
     for (device, target) in targets_for_account(store, account).await? {
-        if skip
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(&device.instance_id))
-        {
+        if !chosen(&device.instance_id) {
             continue;
         }
         match pusher.notify(&target, payload).await {
