@@ -106,6 +106,34 @@ impl Invite {
     }
 }
 
+/// The server's configuration for these tests: UDP SIP and the API on loopback
+/// ports the system picks, data under `dir`.
+fn base_config(dir: &std::path::Path) -> SignalingConfig {
+    SignalingConfig {
+        data_dir: dir.to_path_buf(),
+        sip: SipConfig {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: None,
+            realm: REALM.into(),
+            ..SipConfig::default()
+        },
+        api: tandem_signaling::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        ..SignalingConfig::default()
+    }
+}
+
+async fn start_server(cfg: SignalingConfig) -> (tandem_signaling::Running, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let running = tandem_signaling::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    (running, shutdown)
+}
+
 async fn api(
     client: &reqwest::Client,
     base: &str,
@@ -127,28 +155,13 @@ async fn api(
 async fn callers_authenticate_and_are_limited() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: None,
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
         proxy: ProxyConfig {
             max_outgoing_calls: 1,
             ..ProxyConfig::default()
         },
-        api: tandem_signaling::config::ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        ..SignalingConfig::default()
+        ..base_config(dir.path())
     };
-    let shutdown = CancellationToken::new();
-    let running = tandem_signaling::start(cfg, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_server(cfg).await;
     let sip = running.sip.udp.unwrap();
     let base = format!("http://{}", running.api);
     let client = reqwest::Client::new();
@@ -435,13 +448,6 @@ async fn offnet_calls_follow_the_dial_plan_for_our_callers_only() {
     let gw_addr = gw.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: None,
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
         dialplan: DialPlanConfig {
             offnet_prefix: "int".into(),
             routes: vec![DialRoute {
@@ -452,17 +458,9 @@ async fn offnet_calls_follow_the_dial_plan_for_our_callers_only() {
                 name: Some("Germany".into()),
             }],
         },
-        api: tandem_signaling::config::ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        ..SignalingConfig::default()
+        ..base_config(dir.path())
     };
-    let shutdown = CancellationToken::new();
-    let running = tandem_signaling::start(cfg, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_server(cfg).await;
     let sip = running.sip.udp.unwrap();
     let base = format!("http://{}", running.api);
     let client = reqwest::Client::new();
@@ -640,25 +638,7 @@ fn answer(req: &str, code: u16, reason: &str, to_tag: &str) -> String {
 #[tokio::test]
 async fn a_device_that_registers_while_the_call_rings_gets_it_as_a_new_branch() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: None,
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
-        api: tandem_signaling::config::ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        ..SignalingConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    let running = tandem_signaling::start(cfg, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_server(base_config(dir.path())).await;
     let sip = running.sip.udp.unwrap();
     let base = format!("http://{}", running.api);
     let client = reqwest::Client::new();
@@ -783,25 +763,7 @@ impl tandem_signaling::proxy::OfflineTargets for Hooks {
 #[tokio::test]
 async fn offline_hooks_see_forked_and_unroutable_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: None,
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
-        api: tandem_signaling::config::ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        ..SignalingConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    let running = tandem_signaling::start(cfg, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_server(base_config(dir.path())).await;
     let hooks = std::sync::Arc::new(Hooks::default());
     running.set_offline_targets(hooks.clone());
     let sip = running.sip.udp.unwrap();
@@ -909,28 +871,13 @@ async fn final_of(caller: &UdpSocket, call_id: &str) -> String {
 async fn the_transaction_limit_counts_calls_in_progress_not_finished_ones() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SignalingConfig {
-        data_dir: dir.path().to_path_buf(),
-        sip: SipConfig {
-            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_listen: None,
-            realm: REALM.into(),
-            ..SipConfig::default()
-        },
-        api: tandem_signaling::config::ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
         proxy: ProxyConfig {
             max_transactions: 2,
             ..ProxyConfig::default()
         },
-        ..SignalingConfig::default()
+        ..base_config(dir.path())
     };
-    let shutdown = CancellationToken::new();
-    let running = tandem_signaling::start(cfg, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_server(cfg).await;
     let sip = running.sip.udp.unwrap();
     let base = format!("http://{}", running.api);
     let client = reqwest::Client::new();
