@@ -109,7 +109,6 @@ impl Allocation {
     }
 }
 
-/// Token bucket for the relayed bytes per second of one allocation (both directions).
 /// Push onto one of an allocation's short lists (permissions, channels), growing it
 /// one entry at a time while it is short: most allocations hold one or two entries,
 /// and `Vec`'s first growth to four would keep 100-200 bytes idle per allocation.
@@ -120,6 +119,7 @@ pub(crate) fn push_small<T>(v: &mut Vec<T>, x: T) {
     v.push(x);
 }
 
+/// Token bucket for the relayed bytes per second of one allocation (both directions).
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket {
     tokens: u64,

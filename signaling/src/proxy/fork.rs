@@ -159,13 +159,10 @@ impl Fork {
             actions: VecDeque::new(),
         };
         if branches == 0 && f.park_until.is_none() {
-            f.finish(
-                now,
-                Final::Generated {
-                    code: 480,
-                    reason: "Temporarily Unavailable",
-                },
-            );
+            f.finish(Final::Generated {
+                code: 480,
+                reason: "Temporarily Unavailable",
+            });
         }
         f
     }
@@ -192,9 +189,9 @@ impl Fork {
 
     /// Ends a park early (nobody could be pushed): the request ends now if every
     /// branch is done.
-    pub fn unpark(&mut self, now: Instant) {
+    pub fn unpark(&mut self, _now: Instant) {
         if self.park_until.take().is_some() && !self.answered {
-            self.finish_if_settled(now);
+            self.finish_if_settled();
         }
     }
 
@@ -261,7 +258,7 @@ impl Fork {
             .all(|b| matches!(b, BranchState::Done(_)))
     }
 
-    fn finish(&mut self, _now: Instant, f: Final) {
+    fn finish(&mut self, f: Final) {
         if self.answered || self.held.is_some() {
             return;
         }
@@ -309,7 +306,7 @@ impl Fork {
     }
 
     /// A response (or a synthesized 408/503) arrived on `branch`.
-    pub fn handle_response(&mut self, now: Instant, branch: usize, code: u16) {
+    pub fn handle_response(&mut self, _now: Instant, branch: usize, code: u16) {
         let Some(state) = self.branches.get(branch).copied() else {
             return;
         };
@@ -362,7 +359,7 @@ impl Fork {
                     self.cancel_pending(Some(branch), CancelReason::GlobalFailure(code));
                     return;
                 }
-                self.finish_if_settled(now);
+                self.finish_if_settled();
             }
             _ => {}
         }
@@ -370,7 +367,7 @@ impl Fork {
 
     /// The caller's CANCEL matched this request (RFC 3261 16.10): every pending
     /// branch is cancelled; their 487s end the request through best-response selection.
-    pub fn handle_cancel(&mut self, now: Instant) {
+    pub fn handle_cancel(&mut self, _now: Instant) {
         if self.answered {
             return;
         }
@@ -387,14 +384,14 @@ impl Fork {
             }));
             return;
         }
-        self.finish_if_settled(now);
+        self.finish_if_settled();
     }
 
     /// Answers upstream once every branch has its final response, or (after the
     /// caller's CANCEL) has never answered at all: nothing rings there, and waiting for
     /// Timer B would hold the caller. Such a branch keeps its deferred CANCEL, sent
     /// if it answers later.
-    fn finish_if_settled(&mut self, now: Instant) {
+    fn finish_if_settled(&mut self) {
         let deciding = self.branches.get(self.first..).unwrap_or_default();
         let open = deciding
             .iter()
@@ -408,16 +405,11 @@ impl Fork {
             // Nothing rings (or nothing is left): 487 unless a branch gave a better
             // final response.
             let best = self.best_with_open_as(487);
-            self.finish(now, best);
-        } else if open == 0 && self.park_until.is_none() && !self.forwarding_pending() {
+            self.finish(best);
+        } else if open == 0 && self.park_until.is_none() && self.held.is_none() {
             let best = self.best();
-            self.finish(now, best);
+            self.finish(best);
         }
-    }
-
-    /// The no-answer rule fired and its branch does not exist yet.
-    fn forwarding_pending(&self) -> bool {
-        self.held.is_some()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -432,7 +424,7 @@ impl Fork {
         }
         if self.park_until.is_some_and(|p| now >= p) {
             self.park_until = None;
-            self.finish_if_settled(now);
+            self.finish_if_settled();
         }
         let Some(d) = self.deadline else { return };
         if now < d || self.answered {
@@ -445,7 +437,7 @@ impl Fork {
         // Every branch still open counts as 408 (RFC 3261 16.7 step 2, Timer C) and the
         // best response is chosen now; their late 487s are absorbed.
         let best = self.best_with_open_as(408);
-        self.finish(now, best);
+        self.finish(best);
     }
 
     fn set(&mut self, branch: usize, s: BranchState) {

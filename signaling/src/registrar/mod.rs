@@ -91,8 +91,8 @@ pub(crate) struct Origin {
 impl RegistrarHandle {
     /// Events for every binding a successful REGISTER creates or refreshes (not for
     /// unregistrations), sent when the binding is stored and the 200 OK has been
-    /// handed to the transport. Use: a parked call's new branch to a device that registered after
-    /// its push, delivery of deferred messages. A subscriber that falls more than
+    /// handed to the transport. Use: a parked call's new branch to a device that
+    /// registered after its push, delivery of deferred messages. A subscriber that falls more than
     /// [`core::REGISTERED_EVENTS`] behind gets `RecvError::Lagged`.
     pub fn subscribe_registrations(&self) -> tokio::sync::broadcast::Receiver<Registered> {
         match self.inner.core.lock() {

@@ -252,8 +252,6 @@ impl Store {
         Ok(n)
     }
 
-    /// Gives claimed but unconfirmed messages back at once (the deliverer gave up,
-    /// for example the device's flow closed), instead of waiting for the lease.
     /// Extends the delivery lease of claimed, undelivered messages to `until` (a
     /// round that is still sending keeps them).
     pub async fn extend_deferred_lease(&self, ids: &[i64], until: i64) -> Result<(), StoreError> {
@@ -272,6 +270,8 @@ impl Store {
         Ok(())
     }
 
+    /// Gives claimed but unconfirmed messages back at once (the deliverer gave up,
+    /// for example the device's flow closed), instead of waiting for the lease.
     pub async fn release_deferred(&self, ids: &[i64]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for id in ids {
