@@ -2,6 +2,7 @@
 //!
 //! - [`stun`]: the STUN/TURN wire format (borrowing decoder, encoder into caller buffers).
 //! - [`turn`]: the sans-IO TURN server core.
+//! - [`media`]: the sans-IO media core (sessions for calls placed by signaling).
 //! - [`driver`]: a portable tokio driver that runs the core on UDP sockets.
 //! - [`config`]: configuration file, flags and environment.
 #![deny(unsafe_code)]
@@ -9,6 +10,7 @@
 pub mod config;
 pub mod driver;
 pub mod io;
+pub mod media;
 pub mod pii;
 pub mod stun;
 pub mod turn;
