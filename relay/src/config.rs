@@ -33,6 +33,28 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Whether `ip` is an address that does not face the public network: loopback,
+/// RFC 1918, CGNAT (RFC 6598), link-local, or IPv6 unique-local. The wildcard
+/// address is not: it listens on every interface, the public ones too.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// The configuration file. Field names are the keys in kebab-case.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -83,6 +105,25 @@ pub struct Config {
     /// Worker threads, each with its own datapath, listening socket (SO_REUSEPORT)
     /// and share of the allocations; 0 (the default) = one per available core.
     pub workers: usize,
+    /// Private listener for the control API through which signaling places media
+    /// sessions (off unless set). A public address is refused unless
+    /// `control-allow-public` is set.
+    pub control_listen: Option<SocketAddr>,
+    /// Bearer tokens the control API accepts (several, for rotation). Prefer
+    /// `control-secret-file` or `TANDEM_CONTROL_SECRET` to a command-line flag, which
+    /// other users of the host can read in the process list.
+    pub control_secret: Vec<String>,
+    /// A file with one control API token per line (blank lines and `#` comments
+    /// ignored), read at start.
+    pub control_secret_file: Option<std::path::PathBuf>,
+    /// Let `control-listen` be a public (or wildcard) address.
+    pub control_allow_public: bool,
+    /// Seconds without media from either side after which a media session ends.
+    pub media_inactivity_timeout: u64,
+    /// Seconds after which a media session ends whatever happens.
+    pub media_max_duration: u64,
+    /// Most media sessions on this relay (0 = no limit but the ports).
+    pub media_max_sessions: u32,
 }
 
 impl Default for Config {
@@ -117,6 +158,13 @@ impl Default for Config {
             strict_channel_range: false,
             io: crate::io::IoMode::Auto,
             workers: 0,
+            control_listen: None,
+            control_secret: Vec::new(),
+            control_secret_file: None,
+            control_allow_public: false,
+            media_inactivity_timeout: 60,
+            media_max_duration: 12 * 3600,
+            media_max_sessions: 0,
         }
     }
 }
@@ -195,7 +243,80 @@ impl Config {
         if self.workers > 1024 {
             return Err(invalid("workers", "at most 1024"));
         }
+        if let Some(addr) = self.control_listen {
+            if !self.control_allow_public && !is_private(addr.ip()) {
+                return Err(invalid(
+                    "control-listen",
+                    format!(
+                        "{} is not a private address (loopback, RFC 1918, CGNAT, ULA or \
+                         link-local); the control API places calls' media and must not face \
+                         the public network (set control-allow-public to override)",
+                        addr.ip()
+                    ),
+                ));
+            }
+            if self.control_secrets()?.is_empty() {
+                return Err(invalid(
+                    "control-secret",
+                    "control-listen needs at least one token (control-secret, \
+                     control-secret-file or TANDEM_CONTROL_SECRET)",
+                ));
+            }
+        }
+        for s in &self.control_secret {
+            if s.len() < 16 {
+                return Err(invalid(
+                    "control-secret",
+                    "tokens must be at least 16 characters",
+                ));
+            }
+        }
+        if self.media_inactivity_timeout == 0 {
+            return Err(invalid("media-inactivity-timeout", "must be non-zero"));
+        }
+        if self.media_max_duration == 0 {
+            return Err(invalid("media-max-duration", "must be non-zero"));
+        }
         Ok(())
+    }
+
+    /// Every control API token: `control-secret` and the lines of
+    /// `control-secret-file`.
+    pub fn control_secrets(&self) -> Result<Vec<String>, ConfigError> {
+        let mut out = self.control_secret.clone();
+        if let Some(path) = &self.control_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                if line.len() < 16 {
+                    return Err(invalid(
+                        "control-secret-file",
+                        "tokens must be at least 16 characters",
+                    ));
+                }
+                out.push(line.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The media core's settings for one of `workers` workers.
+    pub fn media(&self, workers: usize) -> crate::media::MediaConfig {
+        let per_worker = match self.media_max_sessions {
+            0 => crate::media::MediaConfig::default().max_sessions,
+            n => (n as usize).div_ceil(workers.max(1)),
+        };
+        crate::media::MediaConfig {
+            inactivity_timeout: Duration::from_secs(self.media_inactivity_timeout),
+            max_duration: Duration::from_secs(self.media_max_duration),
+            max_sessions: per_worker,
+            external_ip: self.external_ip,
+        }
     }
 
     /// The number of workers to run (`workers`, or one per available core).

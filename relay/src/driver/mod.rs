@@ -11,6 +11,7 @@
 
 mod metrics;
 mod ports;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::io::{self, Datapath, IoMode, Received, SocketId, Transmit};
+use crate::media::{Media, MediaOutput, PortKey};
 use crate::turn::{AllocationId, ClientOutput, FiveTuple, Now, PeerOutput, Server};
-use ports::RelayTable;
+use ports::{Owner, RelayTable};
 
 /// Longest wait of a turn, so timers and shutdown are never late by more.
 const TURN_CAP: Duration = Duration::from_millis(50);
@@ -46,6 +48,7 @@ pub enum DriverError {
 
 pub(crate) struct Shared {
     pub(crate) server: Server,
+    pub(crate) media: Media,
     pub(crate) relays: RelayTable,
 }
 
@@ -53,6 +56,12 @@ pub(crate) struct Inner {
     /// One shard of allocation state per worker. Only that worker and the metrics
     /// endpoint take its lock, so packets never wait for another worker.
     pub(crate) shards: Vec<Mutex<Shared>>,
+    /// Public names of media sessions and the final state of recently ended ones.
+    /// Taken by control API calls and by a worker whose sessions timed out, never on
+    /// the packet path.
+    pub(crate) sessions: Mutex<sessions::Registry>,
+    /// Datagrams handled by all workers (for the packet rate in `GET /load`).
+    pub(crate) packets: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -84,6 +93,7 @@ fn lock(shard: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 enum Role {
     Listener(SocketAddr),
     Relay(AllocationId),
+    Media(PortKey),
 }
 
 /// One worker: a datapath and the sockets it serves.
@@ -96,9 +106,10 @@ struct Worker {
     listeners: Vec<(SocketAddr, SocketId)>,
     roles: Vec<Option<Role>>,
     relay_ids: HashMap<AllocationId, SocketId>,
+    media_ids: HashMap<PortKey, SocketId>,
     response: Vec<u8>,
-    opened: Vec<(AllocationId, StdUdpSocket)>,
-    closed: Vec<AllocationId>,
+    opened: Vec<(Owner, StdUdpSocket)>,
+    closed: Vec<Owner>,
 }
 
 impl Worker {
@@ -114,17 +125,31 @@ impl Worker {
         shared
             .relays
             .take_changes(&mut self.opened, &mut self.closed);
-        for (alloc, sock) in std::mem::take(&mut self.opened) {
+        for (owner, sock) in std::mem::take(&mut self.opened) {
             match self.dp.add(sock) {
-                Ok(sid) => {
-                    self.set_role(sid, Some(Role::Relay(alloc)));
-                    self.relay_ids.insert(alloc, sid);
-                }
+                Ok(sid) => match owner {
+                    Owner::Allocation(alloc) => {
+                        self.set_role(sid, Some(Role::Relay(alloc)));
+                        self.relay_ids.insert(alloc, sid);
+                    }
+                    Owner::Media(key) => {
+                        self.set_role(sid, Some(Role::Media(key)));
+                        self.media_ids.insert(key, sid);
+                        match u32::try_from(sid) {
+                            Ok(h) => shared.media.attach(key, h),
+                            Err(_) => tracing::warn!("socket id out of range for a media port"),
+                        }
+                    }
+                },
                 Err(e) => tracing::warn!(error = %e, "cannot add a relayed socket to the datapath"),
             }
         }
-        for alloc in std::mem::take(&mut self.closed) {
-            if let Some(sid) = self.relay_ids.remove(&alloc) {
+        for owner in std::mem::take(&mut self.closed) {
+            let sid = match owner {
+                Owner::Allocation(alloc) => self.relay_ids.remove(&alloc),
+                Owner::Media(key) => self.media_ids.remove(&key),
+            };
+            if let Some(sid) = sid {
                 self.set_role(sid, None);
                 self.dp.remove(sid);
             }
@@ -137,7 +162,12 @@ impl Worker {
                 break;
             }
             let timeout = {
-                let next = lock(&self.inner.shards[self.shard]).server.poll_timeout();
+                let g = lock(&self.inner.shards[self.shard]);
+                let next = match (g.server.poll_timeout(), g.media.poll_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                drop(g);
                 let t = Instant::now();
                 next.map_or(TURN_CAP, |n| n.saturating_duration_since(t).min(TURN_CAP))
             };
@@ -156,7 +186,11 @@ impl Worker {
             let mut handler = |r: Received<'_>| -> Option<Transmit> {
                 let g = guard.get_or_insert_with(|| lock(&inner.shards[*shard]));
                 let t = *at.get_or_insert_with(now);
-                let Shared { server, relays } = &mut **g;
+                let Shared {
+                    server,
+                    media,
+                    relays,
+                } = &mut **g;
                 match roles.get(r.socket).copied().flatten()? {
                     Role::Listener(local) => {
                         let tuple = FiveTuple {
@@ -207,19 +241,50 @@ impl Worker {
                             }
                         }
                     }
+                    Role::Media(key) => {
+                        match media.handle_packet(t.mono, key, r.from, r.buf, r.payload) {
+                            MediaOutput::None => None,
+                            MediaOutput::Forward { handle, to, range } => Some(Transmit {
+                                socket: handle as SocketId,
+                                to,
+                                range,
+                            }),
+                        }
+                    }
                 }
             };
             let res = dp.turn(timeout, &mut handler);
             drop(guard);
+            if let Ok(n) = res {
+                inner
+                    .packets
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Err(e) = res {
                 tracing::warn!(error = %e, "datapath turn failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
             let inner = self.inner.clone();
             let mut g = lock(&inner.shards[self.shard]);
-            if g.server.poll_timeout().is_some_and(|t| t <= Instant::now()) {
-                let Shared { server, relays } = &mut *g;
-                server.handle_timeout(now(), relays);
+            let t = now();
+            if g.server.poll_timeout().is_some_and(|d| d <= t.mono) {
+                let Shared { server, relays, .. } = &mut *g;
+                server.handle_timeout(t, relays);
+            }
+            if g.media.poll_timeout().is_some_and(|d| d <= t.mono) {
+                let Shared { media, relays, .. } = &mut *g;
+                media.handle_timeout(t.mono, relays);
+                let mut ended = Vec::new();
+                while let Some(info) = media.poll_ended() {
+                    ended.push(info);
+                }
+                if !ended.is_empty() {
+                    let mut reg = sessions::lock(&inner.sessions);
+                    for info in ended {
+                        sessions::log_end(&info);
+                        reg.ended(t.mono, info);
+                    }
+                }
             }
             if g.relays.changed() {
                 self.apply_changes(&mut g);
@@ -227,8 +292,13 @@ impl Worker {
         }
         let inner = self.inner.clone();
         let mut g = lock(&inner.shards[self.shard]);
-        let Shared { server, relays } = &mut *g;
+        let Shared {
+            server,
+            media,
+            relays,
+        } = &mut *g;
         server.shutdown(relays);
+        media.shutdown(Instant::now(), relays);
         relays.close_all();
         self.apply_changes(&mut g);
     }
@@ -302,11 +372,18 @@ impl Relay {
                     config.max_port,
                     reservations.clone(),
                 );
-                Mutex::new(Shared { server, relays })
+                let media = Media::new(config.media(workers), rand::random());
+                Mutex::new(Shared {
+                    server,
+                    media,
+                    relays,
+                })
             })
             .collect();
         let inner = Arc::new(Inner {
             shards,
+            sessions: Mutex::new(sessions::Registry::default()),
+            packets: std::sync::atomic::AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         Ok(Relay {
@@ -326,6 +403,12 @@ impl Relay {
     /// Which datapath runs (io_uring or portable), and why.
     pub fn io_mode(&self) -> IoMode {
         self.io.mode
+    }
+
+    /// The handle through which media sessions are placed on this relay's workers
+    /// (what the control API serves).
+    pub fn control(&self) -> sessions::Control {
+        sessions::Control::new(self.inner.clone())
     }
 
     /// The bound metrics address, if enabled.
@@ -474,6 +557,7 @@ impl Worker {
             listeners,
             roles,
             relay_ids: HashMap::new(),
+            media_ids: HashMap::new(),
             response: vec![0u8; RESPONSE_MAX],
             opened: Vec::new(),
             closed: Vec::new(),

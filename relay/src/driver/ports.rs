@@ -7,7 +7,16 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
+use crate::media::{MediaPorts, PortKey};
 use crate::turn::{AllocationId, Family, OpenedPort, PortError, PortRequest, RelayPorts};
+
+/// Who holds a relay port: a TURN allocation or a port of a media session. Both take
+/// ports from the same range on the same relay addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Owner {
+    Allocation(AllocationId),
+    Media(PortKey),
+}
 
 /// Most bind attempts for one allocation before answering 508.
 const MAX_ATTEMPTS: usize = 512;
@@ -72,14 +81,14 @@ pub(crate) struct RelayTable {
     fd_limit_logged: Option<std::time::Instant>,
     min: u16,
     max: u16,
-    /// Relayed address of every open allocation.
-    open: HashMap<AllocationId, SocketAddr>,
+    /// Address of every open port, by owner.
+    open: HashMap<Owner, SocketAddr>,
     reserved: SharedReservations,
     used: HashSet<SocketAddr>,
     /// Sockets opened during core calls, for the worker to add to its datapath.
-    pending: Vec<(AllocationId, StdUdpSocket)>,
-    /// Allocations closed during core calls whose sockets the datapath holds.
-    closed: Vec<AllocationId>,
+    pending: Vec<(Owner, StdUdpSocket)>,
+    /// Ports closed during core calls whose sockets the datapath holds.
+    closed: Vec<Owner>,
 }
 
 impl RelayTable {
@@ -102,7 +111,10 @@ impl RelayTable {
     /// A socket opened but not yet taken by the worker.
     #[cfg(test)]
     pub(crate) fn socket(&self, id: AllocationId) -> Option<&StdUdpSocket> {
-        self.pending.iter().find(|(p, _)| *p == id).map(|(_, s)| s)
+        self.pending
+            .iter()
+            .find(|(p, _)| *p == Owner::Allocation(id))
+            .map(|(_, s)| s)
     }
 
     /// Whether sockets were opened or closed since the last [`RelayTable::take_changes`].
@@ -110,11 +122,11 @@ impl RelayTable {
         !self.pending.is_empty() || !self.closed.is_empty()
     }
 
-    /// Sockets opened and allocations closed since the last call.
+    /// Sockets opened and ports closed since the last call.
     pub(crate) fn take_changes(
         &mut self,
-        opened: &mut Vec<(AllocationId, StdUdpSocket)>,
-        closed: &mut Vec<AllocationId>,
+        opened: &mut Vec<(Owner, StdUdpSocket)>,
+        closed: &mut Vec<Owner>,
     ) {
         opened.append(&mut self.pending);
         closed.append(&mut self.closed);
@@ -248,6 +260,53 @@ impl RelayTable {
     }
 }
 
+impl RelayTable {
+    fn register(&mut self, owner: Owner, addr: SocketAddr, sock: StdUdpSocket) {
+        self.used.insert(addr);
+        self.open.insert(owner, addr);
+        self.pending.push((owner, sock));
+    }
+
+    fn unregister(&mut self, owner: Owner) {
+        if let Some(addr) = self.open.remove(&owner) {
+            self.used.remove(&addr);
+            let before = self.pending.len();
+            self.pending.retain(|(p, _)| *p != owner);
+            if self.pending.len() == before {
+                self.closed.push(owner);
+            }
+        }
+    }
+}
+
+impl MediaPorts for RelayTable {
+    fn open_media(
+        &mut self,
+        first: PortKey,
+        second: Option<PortKey>,
+        family: Family,
+    ) -> Result<(SocketAddr, Option<SocketAddr>), PortError> {
+        if !self.ips.iter().any(|ip| Family::of(*ip) == family) {
+            return Err(PortError::Family);
+        }
+        let (sock, next) = self.find_any(family, second.is_some(), second.is_some())?;
+        let addr = sock.local_addr().map_err(|_| PortError::Exhausted)?;
+        self.register(Owner::Media(first), addr, sock);
+        let second_addr = match (second, next) {
+            (Some(key), Some((a, s))) => {
+                self.register(Owner::Media(key), a, s);
+                Some(a)
+            }
+            _ => None,
+        };
+        Ok((addr, second_addr))
+    }
+
+    fn close_media(&mut self, key: PortKey) {
+        self.unregister(Owner::Media(key));
+    }
+}
+
 /// Why a port could not be bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bind {
@@ -287,9 +346,7 @@ impl RelayPorts for RelayTable {
             set_dont_fragment(&std_sock, family).map_err(|_| PortError::DontFragment)?;
         }
         let addr = std_sock.local_addr().map_err(|_| PortError::Exhausted)?;
-        self.used.insert(addr);
-        self.open.insert(id, addr);
-        self.pending.push((id, std_sock));
+        self.register(Owner::Allocation(id), addr, std_sock);
         let reserved_addr = reserved.map(|(a, s)| {
             self.used.insert(a);
             lock(&self.reserved).sockets.insert(a, s);
@@ -302,14 +359,7 @@ impl RelayPorts for RelayTable {
     }
 
     fn close(&mut self, id: AllocationId) {
-        if let Some(addr) = self.open.remove(&id) {
-            self.used.remove(&addr);
-            let before = self.pending.len();
-            self.pending.retain(|(p, _)| *p != id);
-            if self.pending.len() == before {
-                self.closed.push(id);
-            }
-        }
+        self.unregister(Owner::Allocation(id));
     }
 
     fn release_reservation(&mut self, addr: SocketAddr) {
