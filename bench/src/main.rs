@@ -13,6 +13,7 @@ mod client;
 mod compare;
 mod forwarder;
 mod load;
+mod media_load;
 mod mmsg;
 mod procstat;
 
@@ -35,6 +36,39 @@ enum Cmd {
     Forwarder(ForwarderArgs),
     /// Start every contender, load them alike and write the report.
     Compare(compare::CompareArgs),
+    /// Call media through tandem-relay's media sessions (control API).
+    MediaLoad(MediaLoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct MediaLoadArgs {
+    /// The relay's control API address (127.0.0.1 only).
+    #[arg(long)]
+    control: SocketAddr,
+    /// Control API token (or TANDEM_CONTROL_SECRET).
+    #[arg(long, env = "TANDEM_CONTROL_SECRET")]
+    token: String,
+    /// Media sessions (each two legs).
+    #[arg(long, default_value_t = 500)]
+    sessions: usize,
+    /// RTP packets per second per leg (50 = 20 ms audio frames).
+    #[arg(long, default_value_t = 50)]
+    pps: u64,
+    /// RTP payload bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// SRTP on every caller leg, bridged to plain RTP on the callee leg.
+    #[arg(long)]
+    srtp: bool,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    server_cpu: Option<usize>,
+    #[arg(long)]
+    json: bool,
 }
 
 /// Server and credentials.
@@ -241,6 +275,42 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Cmd::Compare(a) => compare::run(a)?,
+        Cmd::MediaLoad(a) => {
+            if a.sessions == 0 || a.sessions > 20_000 || a.pps == 0 || a.pps > 10_000 {
+                bail!("--sessions 1..=20000 and --pps 1..=10000");
+            }
+            let r = media_load::run(&media_load::MediaLoadConfig {
+                control: a.control,
+                token: a.token,
+                sessions: a.sessions,
+                pps: a.pps,
+                size: a.size,
+                duration: secs(a.duration)?,
+                srtp: a.srtp,
+                server_pid: a.server_pid,
+                server_cpu: a.server_cpu,
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} sessions{}, {} B, offered {:.0} pps: forwarded {:.0} pps, lost {} \
+                     ({:.3}%), dup {}, latency p50 {:.0} us p99 {:.0} us, server {} ns/packet",
+                    r.sessions,
+                    if r.srtp { " (SRTP bridged)" } else { "" },
+                    r.size,
+                    r.offered_pps,
+                    r.forwarded_pps,
+                    r.lost,
+                    r.loss_pct,
+                    r.duplicates,
+                    r.latency_p50_us,
+                    r.latency_p99_us,
+                    r.server_cpu_ns_per_packet
+                        .map_or("-".into(), |c| format!("{c:.0}"))
+                );
+            }
+        }
     }
     Ok(())
 }
