@@ -11,7 +11,9 @@
 # - the floor: `tandem-bench forwarder` (one socket per client, no TURN or media
 #   logic) driven client-to-client with the same number of sockets and the same
 #   forwarded packet rate;
-# - a full-rate point: the same sessions at 500 packets/s per leg.
+# - rtpengine (Debian's rtpengine-daemon, userspace forwarding: no kernel module)
+#   with the same sessions set up through its NG protocol (offer/answer with SDP);
+# - a full-rate point: the same sessions at 500 packets/s per leg, on both.
 # The load generator runs on CPU 1. Everything on 127.0.0.1, bounded in time.
 # Writes bench/results/<date>-media.{md,json}.
 set -euo pipefail
@@ -19,7 +21,17 @@ cd "$(dirname "$0")/.."
 sessions=${1:-500}
 secs=${2:-10}
 target="${CARGO_TARGET_DIR:-target}"
-command -v taskset >/dev/null || { echo "needs taskset (util-linux)" >&2; exit 1; }
+need_apt=()
+command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v rtpengine >/dev/null || need_apt+=(rtpengine-daemon)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # Debian may start rtpengine as a service on install; the benchmark runs its own.
+  $SUDO systemctl stop rtpengine-daemon 2>/dev/null || true
+fi
 cargo build --release --quiet -p tandem-relay -p tandem-bench
 relay="$target/release/tandem-relay"
 bench="$target/release/tandem-bench"
@@ -83,23 +95,46 @@ run_floor() { # name forwarded-pps
   echo "$1: $(cat "$tmp/$1.json")"
 }
 
+run_rtpengine() { # name pps
+  # Userspace forwarding only (no kernel module: --table=-1), one worker thread,
+  # no configuration file, loopback only.
+  local ng
+  ng=$(free_port)
+  taskset -c 0 rtpengine --config-file=none --table=-1 --interface=127.0.0.1 \
+    --listen-ng="127.0.0.1:$ng" --foreground --log-stderr --log-level=3 \
+    --port-min=30000 --port-max=39999 --num-threads=1 >"$tmp/rtpengine.log" 2>&1 &
+  local pid=$!
+  pids+=($pid)
+  sleep 0.5
+  taskset -c 1 "$bench" media-load --ng "127.0.0.1:$ng" --sessions "$sessions" \
+    --pps "$2" --duration "$secs" --server-pid "$pid" --server-cpu 0 --json >"$tmp/$1.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$1: $(cat "$tmp/$1.json")"
+}
+
 pps=$(( sessions * 100 ))
 run_media media_plain 50 plain
 run_media media_srtp 50 srtp
 run_floor forwarder "$pps"
+run_rtpengine rtpengine 50
 run_media media_plain_full 500 plain
+run_rtpengine rtpengine_full 500
 
 python3 - "$tmp" "$out_json" "$out_md" "$sessions" "$secs" <<'EOF'
 import json, sys, os
 tmp, out_json, out_md, sessions, secs = sys.argv[1:6]
 r = {k: json.load(open(os.path.join(tmp, k + ".json"))) for k in
-     ["media_plain", "media_srtp", "forwarder", "media_plain_full"]}
+     ["media_plain", "media_srtp", "forwarder", "rtpengine", "media_plain_full",
+      "rtpengine_full"]}
 def cpu(x):
     return x.get("server_cpu_ns_per_packet") or x.get("server_cpu_ns_per_forwarded_packet")
 plain, srtp, floor = cpu(r["media_plain"]), cpu(r["media_srtp"]), cpu(r["forwarder"])
 r["ratios"] = {
     "media_plain_vs_forwarder": plain / floor if plain and floor else None,
     "srtp_bridge_vs_plain": srtp / plain if srtp and plain else None,
+    "media_plain_vs_rtpengine": plain / cpu(r["rtpengine"]) if plain and cpu(r["rtpengine"]) else None,
+    "full_rate_vs_rtpengine_full": (cpu(r["media_plain_full"]) / cpu(r["rtpengine_full"])
+        if cpu(r["media_plain_full"]) and cpu(r["rtpengine_full"]) else None),
 }
 json.dump(r, open(out_json, "w"), indent=2)
 with open(out_md, "w") as f:

@@ -42,12 +42,15 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct MediaLoadArgs {
-    /// The relay's control API address (127.0.0.1 only).
-    #[arg(long)]
-    control: SocketAddr,
+    /// tandem-relay's control API address (127.0.0.1 only).
+    #[arg(long, required_unless_present = "ng")]
+    control: Option<SocketAddr>,
     /// Control API token (or TANDEM_CONTROL_SECRET).
-    #[arg(long, env = "TANDEM_CONTROL_SECRET")]
+    #[arg(long, env = "TANDEM_CONTROL_SECRET", default_value = "")]
     token: String,
+    /// Set sessions up through rtpengine's NG protocol at this address instead.
+    #[arg(long, conflicts_with = "control")]
+    ng: Option<SocketAddr>,
     /// Media sessions (each two legs).
     #[arg(long, default_value_t = 500)]
     sessions: usize,
@@ -279,9 +282,16 @@ fn main() -> anyhow::Result<()> {
             if a.sessions == 0 || a.sessions > 20_000 || a.pps == 0 || a.pps > 10_000 {
                 bail!("--sessions 1..=20000 and --pps 1..=10000");
             }
+            let setup = match (a.control, a.ng) {
+                (_, Some(addr)) if addr.ip().is_loopback() => media_load::Setup::Ng { addr },
+                (Some(addr), None) if addr.ip().is_loopback() => media_load::Setup::Control {
+                    addr,
+                    token: a.token,
+                },
+                _ => bail!("give --control or --ng, a loopback address"),
+            };
             let r = media_load::run(&media_load::MediaLoadConfig {
-                control: a.control,
-                token: a.token,
+                setup,
                 sessions: a.sessions,
                 pps: a.pps,
                 size: a.size,
@@ -294,8 +304,9 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} sessions{}, {} B, offered {:.0} pps: forwarded {:.0} pps, lost {} \
+                    "{}: {} sessions{}, {} B, offered {:.0} pps: forwarded {:.0} pps, lost {} \
                      ({:.3}%), dup {}, latency p50 {:.0} us p99 {:.0} us, server {} ns/packet",
+                    r.server,
                     r.sessions,
                     if r.srtp { " (SRTP bridged)" } else { "" },
                     r.size,

@@ -27,10 +27,18 @@ use tandem_relay::media::srtp::{new_key, Termination};
 
 use crate::procstat;
 
+/// How sessions are set up.
+#[derive(Debug, Clone)]
+pub enum Setup {
+    /// tandem-relay's control API.
+    Control { addr: SocketAddr, token: String },
+    /// rtpengine's NG protocol (bencode over UDP): offer and answer with SDP.
+    Ng { addr: SocketAddr },
+}
+
 #[derive(Debug, Clone)]
 pub struct MediaLoadConfig {
-    pub control: SocketAddr,
-    pub token: String,
+    pub setup: Setup,
     pub sessions: usize,
     /// Packets per second per leg.
     pub pps: u64,
@@ -43,6 +51,7 @@ pub struct MediaLoadConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MediaLoadReport {
+    pub server: String,
     pub sessions: usize,
     pub srtp: bool,
     pub size: usize,
@@ -114,66 +123,43 @@ const HEADER: usize = 12;
 const STAMP: usize = 20;
 
 pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
-    if !cfg.control.ip().is_loopback() {
-        bail!("the harness only runs against loopback addresses");
-    }
     if cfg.size < STAMP || cfg.size > 1200 {
         bail!("--size must be {STAMP}..=1200 bytes");
     }
     let setup_start = std::time::Instant::now();
     let mut legs: Vec<Leg> = Vec::with_capacity(cfg.sessions * 2);
     let mut ids = Vec::with_capacity(cfg.sessions);
+    let ng = match &cfg.setup {
+        Setup::Ng { addr } => {
+            if cfg.srtp {
+                bail!("--srtp is only measured against tandem-relay");
+            }
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.connect(addr)?;
+            Some(s)
+        }
+        Setup::Control { addr, .. } if !addr.ip().is_loopback() => {
+            bail!("the harness only runs against loopback addresses")
+        }
+        Setup::Control { .. } => None,
+    };
     for s in 0..cfg.sessions {
         let a = UdpSocket::bind("127.0.0.1:0")?;
         let b = UdpSocket::bind("127.0.0.1:0")?;
-        let device_key = new_key(
-            tandem_control::CryptoSuite::AesCm128HmacSha1_80,
-            &rand::random::<[u8; 32]>(),
-        );
-        let caller = if cfg.srtp {
-            serde_json::json!({
-                "srtp": {"suite": "AES_CM_128_HMAC_SHA1_80", "key": device_key.key},
-                "streams": [{"rtcp_mux": true, "rtp": a.local_addr()?.to_string()}],
-            })
-        } else {
-            serde_json::json!({"streams": [{"rtcp_mux": true, "rtp": a.local_addr()?.to_string()}]})
+        let (pa, pb, srtp) = match (&cfg.setup, &ng) {
+            (Setup::Control { addr, token }, _) => {
+                let (pa, pb, srtp, id) = setup_control(*addr, token, cfg.srtp, s, &a, &b)?;
+                ids.push(id);
+                (pa, pb, srtp)
+            }
+            (Setup::Ng { .. }, Some(sock)) => {
+                let (pa, pb) = setup_ng(sock, s, &a, &b)?;
+                ids.push(format!("bench-{s}"));
+                (pa, pb, None)
+            }
+            _ => bail!("no NG socket"),
         };
-        let create = serde_json::json!({
-            "call_id": format!("bench-{s}"),
-            "caller": caller,
-            "callee": {"streams": [{"rtcp_mux": true}]},
-        });
-        let (st, body) = http(
-            cfg.control,
-            &cfg.token,
-            "POST",
-            "/sessions",
-            Some(&create.to_string()),
-        )?;
-        if st != 201 {
-            bail!("creating session {s}: HTTP {st}: {body}");
-        }
-        let info: tandem_control::SessionInfo =
-            serde_json::from_str(&body).context("session JSON")?;
-        let answer = serde_json::json!({
-            "answer": {"streams": [{"rtcp_mux": true, "rtp": b.local_addr()?.to_string()}]}
-        });
-        let (st, body) = http(
-            cfg.control,
-            &cfg.token,
-            "PATCH",
-            &format!("/sessions/{}", info.id),
-            Some(&answer.to_string()),
-        )?;
-        if st != 200 {
-            bail!("answering session {s}: HTTP {st}: {body}");
-        }
-        let srtp = match (&info.caller.srtp, cfg.srtp) {
-            (Some(relay_key), true) => Some(Termination::new(relay_key, device_key)?),
-            _ => None,
-        };
-        let pa = info.caller.streams.first().context("no stream")?.relay_rtp;
-        let pb = info.callee.streams.first().context("no stream")?.relay_rtp;
         legs.push(Leg {
             sock: a,
             relay: pa,
@@ -188,7 +174,6 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
             ssrc: rand::random(),
             seq: 0,
         });
-        ids.push(info.id);
     }
     let setup_s = setup_start.elapsed().as_secs_f64();
     // The relay adds new ports to its workers between turns; give them a moment.
@@ -233,7 +218,7 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
             let leg = &mut legs[li];
             let seq = k / n_legs;
             pkt[0] = 0x80;
-            pkt[1] = 0x60;
+            pkt[1] = 0x00; // PT 0 (PCMU), as the SDP offered to rtpengine says
             pkt[2..4].copy_from_slice(&leg.seq.to_be_bytes());
             pkt[4..8].copy_from_slice(&((seq as u32).wrapping_mul(160)).to_be_bytes());
             pkt[8..12].copy_from_slice(&leg.ssrc.to_be_bytes());
@@ -330,16 +315,25 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
         _ => None,
     };
     for id in &ids {
-        let _ = http(
-            cfg.control,
-            &cfg.token,
-            "DELETE",
-            &format!("/sessions/{id}"),
-            None,
-        );
+        match (&cfg.setup, &ng) {
+            (Setup::Control { addr, token }, _) => {
+                let _ = http(*addr, token, "DELETE", &format!("/sessions/{id}"), None);
+            }
+            (Setup::Ng { .. }, Some(sock)) => {
+                let _ = ng_call(
+                    sock,
+                    &[("command", "delete"), ("call-id", id), ("from-tag", "a")],
+                );
+            }
+            _ => {}
+        }
     }
     let lost = sent.saturating_sub(received);
     Ok(MediaLoadReport {
+        server: match cfg.setup {
+            Setup::Control { .. } => "tandem-relay".into(),
+            Setup::Ng { .. } => "rtpengine (NG)".into(),
+        },
         sessions: cfg.sessions,
         srtp: cfg.srtp,
         size: cfg.size,
@@ -364,4 +358,214 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
         server_cpu_other_pct: other,
         setup_s,
     })
+}
+
+/// One session through the control API: the caller leg announces `a`, the callee
+/// leg `b` (no ICE: the relay latches the announced addresses). Returns the relay
+/// ports each side sends to, the caller's SRTP state and the session id.
+fn setup_control(
+    addr: SocketAddr,
+    token: &str,
+    srtp: bool,
+    s: usize,
+    a: &UdpSocket,
+    b: &UdpSocket,
+) -> anyhow::Result<(SocketAddr, SocketAddr, Option<Termination>, String)> {
+    let device_key = new_key(
+        tandem_control::CryptoSuite::AesCm128HmacSha1_80,
+        &rand::random::<[u8; 32]>(),
+    );
+    let caller = if srtp {
+        serde_json::json!({
+            "srtp": {"suite": "AES_CM_128_HMAC_SHA1_80", "key": device_key.key},
+            "streams": [{"rtcp_mux": true, "rtp": a.local_addr()?.to_string()}],
+        })
+    } else {
+        serde_json::json!({"streams": [{"rtcp_mux": true, "rtp": a.local_addr()?.to_string()}]})
+    };
+    let create = serde_json::json!({
+        "call_id": format!("bench-{s}"),
+        "caller": caller,
+        "callee": {"streams": [{"rtcp_mux": true}]},
+    });
+    let (st, body) = http(addr, token, "POST", "/sessions", Some(&create.to_string()))?;
+    if st != 201 {
+        bail!("creating session {s}: HTTP {st}: {body}");
+    }
+    let info: tandem_control::SessionInfo = serde_json::from_str(&body).context("session JSON")?;
+    let answer = serde_json::json!({
+        "answer": {"streams": [{"rtcp_mux": true, "rtp": b.local_addr()?.to_string()}]}
+    });
+    let (st, body) = http(
+        addr,
+        token,
+        "PATCH",
+        &format!("/sessions/{}", info.id),
+        Some(&answer.to_string()),
+    )?;
+    if st != 200 {
+        bail!("answering session {s}: HTTP {st}: {body}");
+    }
+    let term = match (&info.caller.srtp, srtp) {
+        (Some(relay_key), true) => Some(Termination::new(relay_key, device_key)?),
+        _ => None,
+    };
+    let pa = info.caller.streams.first().context("no stream")?.relay_rtp;
+    let pb = info.callee.streams.first().context("no stream")?.relay_rtp;
+    Ok((pa, pb, term, info.id))
+}
+
+fn sdp(addr: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
+/// The `c=` address and the first `m=` port of an SDP.
+fn sdp_media(sdp: &str) -> Option<SocketAddr> {
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("c=IN IP4 "))?
+        .trim()
+        .parse::<std::net::IpAddr>()
+        .ok()?;
+    let port = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("m=audio "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// One session through rtpengine's NG protocol: offer with A's SDP (the answer
+/// names the port B sends to), answer with B's SDP (names the port A sends to).
+fn setup_ng(
+    sock: &UdpSocket,
+    s: usize,
+    a: &UdpSocket,
+    b: &UdpSocket,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let call_id = format!("bench-{s}");
+    let offer = ng_call(
+        sock,
+        &[
+            ("command", "offer"),
+            ("call-id", &call_id),
+            ("from-tag", "a"),
+            ("sdp", &sdp(a.local_addr()?)),
+        ],
+    )?;
+    let pb = sdp_media(&offer).context("offer result without media")?;
+    let answer = ng_call(
+        sock,
+        &[
+            ("command", "answer"),
+            ("call-id", &call_id),
+            ("from-tag", "a"),
+            ("to-tag", "b"),
+            ("sdp", &sdp(b.local_addr()?)),
+        ],
+    )?;
+    let pa = sdp_media(&answer).context("answer result without media")?;
+    Ok((pa, pb))
+}
+
+/// Send an NG command (a bencoded dictionary of strings behind a cookie) and return
+/// the `sdp` of an `ok` result (empty when there is none).
+fn ng_call(sock: &UdpSocket, items: &[(&str, &str)]) -> anyhow::Result<String> {
+    let cookie = format!("{:016x}", rand::random::<u64>());
+    let mut msg = format!("{cookie} d");
+    let mut sorted = items.to_vec();
+    sorted.sort_by_key(|(k, _)| *k);
+    for (k, v) in sorted {
+        msg.push_str(&format!("{}:{}{}:{}", k.len(), k, v.len(), v));
+    }
+    msg.push('e');
+    sock.send(msg.as_bytes())?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = sock.recv(&mut buf)?;
+        let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+        let Some(body) = reply.strip_prefix(&format!("{cookie} ")) else {
+            continue;
+        };
+        let dict = bdecode_dict(body.as_bytes()).context("NG reply is not a dictionary")?;
+        let get = |k: &str| dict.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+        if get("result").as_deref() != Some("ok") {
+            bail!(
+                "NG {}: {} {}",
+                items.first().map_or("", |i| i.1),
+                get("result").unwrap_or_default(),
+                get("error-reason").unwrap_or_default()
+            );
+        }
+        return Ok(get("sdp").unwrap_or_default());
+    }
+}
+
+/// The string values of a bencoded dictionary (others skipped).
+fn bdecode_dict(b: &[u8]) -> Option<Vec<(String, String)>> {
+    fn string(b: &[u8], i: &mut usize) -> Option<String> {
+        let colon = *i + b.get(*i..)?.iter().position(|&c| c == b':')?;
+        let len: usize = std::str::from_utf8(b.get(*i..colon)?).ok()?.parse().ok()?;
+        let s = b.get(colon + 1..colon + 1 + len)?;
+        *i = colon + 1 + len;
+        Some(String::from_utf8_lossy(s).to_string())
+    }
+    fn skip(b: &[u8], i: &mut usize) -> Option<Option<String>> {
+        match b.get(*i)? {
+            b'0'..=b'9' => string(b, i).map(Some),
+            b'i' => {
+                *i += b.get(*i..)?.iter().position(|&c| c == b'e')? + 1;
+                Some(None)
+            }
+            b'l' | b'd' => {
+                *i += 1;
+                while *b.get(*i)? != b'e' {
+                    skip(b, i)?;
+                }
+                *i += 1;
+                Some(None)
+            }
+            _ => None,
+        }
+    }
+    if *b.first()? != b'd' {
+        return None;
+    }
+    let mut i = 1;
+    let mut out = Vec::new();
+    while *b.get(i)? != b'e' {
+        let k = string(b, &mut i)?;
+        if let Some(v) = skip(b, &mut i)? {
+            out.push((k, v));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bencode_reply() {
+        let d =
+            bdecode_dict(b"d6:result2:ok3:sdp5:v=0\r\n7:createdi12345e4:tagsd1:a1:bee").unwrap();
+        assert_eq!(d[0], ("result".into(), "ok".into()));
+        assert_eq!(d[1], ("sdp".into(), "v=0\r\n".into()));
+        assert_eq!(d.len(), 2);
+        assert!(bdecode_dict(b"d3:abc").is_none());
+    }
+
+    #[test]
+    fn sdp_round_trip() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(sdp_media(&sdp(a)), Some(a));
+    }
 }
