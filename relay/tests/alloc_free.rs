@@ -18,6 +18,13 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc::new();
 
+/// The allocation count is process-wide: the tests here run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn roundtrip(sock: &UdpSocket, to: SocketAddr, p: &[u8]) -> Vec<u8> {
     sock.send_to(p, to).unwrap();
     let mut buf = vec![0u8; 2048];
@@ -161,6 +168,7 @@ fn measure(rt: &tokio::runtime::Runtime, io: &str) {
 
 #[test]
 fn relay_path_does_not_allocate_per_packet() {
+    let _serial = serial();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -169,6 +177,122 @@ fn relay_path_does_not_allocate_per_packet() {
     measure(&rt, "portable");
     match tandem_relay::io::choose(IoMode::Uring) {
         Ok(_) => measure(&rt, "uring"),
+        Err(e) => eprintln!("SKIPPED uring: {e}"),
+    }
+}
+
+/// The media path: RTP from one leg of a media session to the other and back.
+fn measure_media(rt: &tokio::runtime::Runtime, io: &str) {
+    let cfg = Config::from_toml(
+        &format!(
+            "listening-ip = [\"127.0.0.1\"]\nlistening-port = 0\nuser = [\"alice:wonderland\"]\n\
+             io = \"{io}\"\n"
+        ),
+        "inline",
+    )
+    .unwrap();
+    let relay = rt.block_on(tandem_relay::Relay::bind(&cfg)).unwrap();
+    let control = relay.control();
+    let shutdown = CancellationToken::new();
+    rt.spawn(relay.run(shutdown.clone()));
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    let leg = |s: &UdpSocket| tandem_control::LegRequest {
+        streams: vec![tandem_control::StreamRequest {
+            rtcp_mux: true,
+            rtp: Some(s.local_addr().unwrap()),
+            rtcp: None,
+        }],
+        ..Default::default()
+    };
+    let now = std::time::Instant::now();
+    let info = control
+        .create(
+            now,
+            &tandem_control::CreateSession {
+                call_id: None,
+                caller: leg(&a),
+                callee: None,
+                family: Default::default(),
+                inactivity_timeout_secs: None,
+                max_duration_secs: None,
+            },
+        )
+        .unwrap();
+    control
+        .update(
+            now,
+            &info.id,
+            &tandem_control::UpdateSession {
+                answer: Some(leg(&b)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (pa, pb) = (
+        info.caller.streams[0].relay_rtp,
+        info.callee.streams[0].relay_rtp,
+    );
+    // The worker registers the new ports at the end of its turn.
+    std::thread::sleep(Duration::from_millis(200));
+    let run = |n: usize| {
+        let mut pkt = [0u8; 12 + 200];
+        pkt[0] = 0x80;
+        let mut buf = [0u8; 512];
+        for i in 0..n {
+            pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+            pkt[12..20].copy_from_slice(&(i as u64).to_be_bytes());
+            a.send_to(&pkt, pa).unwrap();
+            let (k, from) = b.recv_from(&mut buf).expect("callee receives");
+            assert!(
+                k == 212 && buf[..k] == pkt[..] && from == pb,
+                "to callee #{i}"
+            );
+            b.send_to(&buf[..k], pb).unwrap();
+            let (k, from) = a.recv_from(&mut buf).expect("caller receives");
+            assert!(
+                k == 212 && buf[..k] == pkt[..] && from == pa,
+                "to caller #{i}"
+            );
+        }
+    };
+    run(500);
+    std::thread::sleep(Duration::from_millis(100));
+    let x = GLOBAL.count();
+    run(1_000);
+    let y = GLOBAL.count();
+    run(10_000);
+    let z = GLOBAL.count();
+    let (small, large) = (y - x, z - y);
+    eprintln!("{io} media: {small} allocations for 2000 RTP packets, {large} for 20000");
+    assert!(
+        small <= 32,
+        "{io} media: {small} allocations for 2000 packets"
+    );
+    assert!(
+        large <= 32,
+        "{io} media: {large} allocations for 20000 packets"
+    );
+    let fin = control.get(std::time::Instant::now(), &info.id).unwrap();
+    assert_eq!(fin.caller.counters.packets_in, 11_500);
+    assert_eq!(fin.callee.counters.packets_in, 11_500);
+    shutdown.cancel();
+}
+
+#[test]
+fn media_path_does_not_allocate_per_packet() {
+    let _serial = serial();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    measure_media(&rt, "portable");
+    match tandem_relay::io::choose(IoMode::Uring) {
+        Ok(_) => measure_media(&rt, "uring"),
         Err(e) => eprintln!("SKIPPED uring: {e}"),
     }
 }
