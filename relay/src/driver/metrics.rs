@@ -1,7 +1,9 @@
-//! `/metrics` (Prometheus text format, no per-user labels) and `/health` on a
-//! private listener.
+//! `/metrics` (OpenMetrics text, no per-user or per-session labels) and `/health` on
+//! a private listener.
+//!
+//! Nothing is counted on the packet path for this: the TURN and media cores keep
+//! their own counters, and a collector reads every worker's shard once per scrape.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,15 +11,24 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::{lock, Inner};
+use crate::media::MediaStats;
 
 pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
     let shutdown = inner.shutdown.clone();
+    let mut registry = Registry::with_prefix("tandem_relay");
+    registry.register_collector(Box::new(Shards(inner)));
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
-        .with_state(inner);
+        .with_state(Arc::new(registry));
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -26,122 +37,254 @@ pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) 
     }
 }
 
-async fn metrics(State(inner): State<Arc<Inner>>) -> impl IntoResponse {
-    let mut s = crate::turn::Stats::default();
-    let (mut live, mut sockets, mut fd_refusals) = (0, 0, 0);
-    for shard in &inner.shards {
-        let g = lock(shard);
-        s.merge(g.server.stats());
-        live += g.server.allocation_count();
-        sockets += g.relays.open_count();
-        fd_refusals += g.relays.fd_limit_refusals();
-    }
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     let mut o = String::new();
-    let mut gauge = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-    };
-    gauge(
-        "tandem_relay_allocations",
-        "Live TURN allocations.",
-        live as u64,
-    );
-    gauge(
-        "tandem_relay_relayed_sockets",
-        "Open relayed sockets.",
-        sockets as u64,
-    );
-    let _ = writeln!(
-        o,
-        "# HELP tandem_relay_allocations_refused_fd_limit_total Allocations refused (508) \
-         because the open file limit was reached.\n\
-         # TYPE tandem_relay_allocations_refused_fd_limit_total counter\n\
-         tandem_relay_allocations_refused_fd_limit_total {fd_refusals}"
-    );
-    let counters: [(&str, &str, u64); 18] = [
-        (
-            "allocations_created",
-            "Allocations created.",
-            s.allocations_created,
-        ),
-        (
-            "allocations_expired",
-            "Allocations that expired.",
-            s.allocations_expired,
-        ),
-        (
-            "allocations_deleted",
-            "Allocations deleted by Refresh 0.",
-            s.allocations_deleted,
-        ),
-        (
-            "binding_requests",
-            "STUN Binding requests.",
-            s.binding_requests,
-        ),
-        ("unauthorized", "401/438 challenges sent.", s.unauthorized),
-        (
-            "unauthorized_rate_limited",
-            "Challenges not sent (rate limit).",
-            s.unauthorized_rate_limited,
-        ),
-        (
-            "auth_failures",
-            "Requests with wrong credentials.",
-            s.auth_failures,
-        ),
-        (
-            "error_responses",
-            "Error responses sent.",
-            s.error_responses,
-        ),
-        ("malformed", "Malformed datagrams dropped.", s.malformed),
-        ("peer_refused", "Peers refused by policy.", s.peer_refused),
-        (
-            "quota_refused",
-            "Requests refused by a quota.",
-            s.quota_refused,
-        ),
-        (
-            "to_peer_packets",
-            "Datagrams relayed to peers.",
-            s.to_peer_packets,
-        ),
-        (
-            "to_peer_bytes",
-            "Payload bytes relayed to peers.",
-            s.to_peer_bytes,
-        ),
-        (
-            "to_client_packets",
-            "Datagrams relayed to clients.",
-            s.to_client_packets,
-        ),
-        (
-            "to_client_bytes",
-            "Payload bytes relayed to clients.",
-            s.to_client_bytes,
-        ),
-        (
-            "dropped_no_permission",
-            "Datagrams dropped without permission.",
-            s.dropped_no_permission,
-        ),
-        (
-            "dropped_bandwidth",
-            "Datagrams dropped by the bandwidth quota.",
-            s.dropped_bandwidth,
-        ),
-        (
-            "amplification_dropped",
-            "Error answers not sent (larger than the request).",
-            s.amplification_dropped,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let _ = writeln!(
-            o,
-            "# HELP tandem_relay_{name}_total {help}\n# TYPE tandem_relay_{name}_total counter\ntandem_relay_{name}_total {v}"
-        );
+    if prometheus_client::encoding::text::encode(&mut o, &registry).is_err() {
+        o.clear();
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        o,
+    )
+}
+
+/// Reads the counters of every worker's shard at scrape time.
+#[derive(Debug)]
+struct Shards(Arc<Inner>);
+
+/// Everything one scrape reports, summed over the workers.
+#[derive(Default)]
+struct Snapshot {
+    turn: crate::turn::Stats,
+    allocations: u64,
+    sockets: u64,
+    fd_refusals: u64,
+    media: MediaStats,
+    media_sessions: u64,
+}
+
+impl Shards {
+    fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for shard in &self.0.shards {
+            let g = lock(shard);
+            s.turn.merge(g.server.stats());
+            s.allocations += g.server.allocation_count() as u64;
+            s.sockets += g.relays.open_count() as u64;
+            s.fd_refusals += g.relays.fd_limit_refusals();
+            s.media.merge(g.media.stats());
+            s.media_sessions += g.media.session_count() as u64;
+        }
+        s
+    }
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A counter; `name` without the `_total` suffix, which the encoder adds.
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// A counter with one label, one sample per `(value, count)`.
+fn counter_by(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, v) in values {
+        let labels = [(label, *value)];
+        ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Shards {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.snapshot();
+        let t = &s.turn;
+        gauge(
+            &mut e,
+            "allocations",
+            "Live TURN allocations.",
+            s.allocations,
+        )?;
+        gauge(
+            &mut e,
+            "relayed_sockets",
+            "Open relayed sockets.",
+            s.sockets,
+        )?;
+        counter(
+            &mut e,
+            "allocations_refused_fd_limit",
+            "Allocations refused (508) because the open file limit was reached.",
+            s.fd_refusals,
+        )?;
+        let turn: [(&str, &str, u64); 18] = [
+            (
+                "allocations_created",
+                "Allocations created.",
+                t.allocations_created,
+            ),
+            (
+                "allocations_expired",
+                "Allocations that expired.",
+                t.allocations_expired,
+            ),
+            (
+                "allocations_deleted",
+                "Allocations deleted by Refresh 0.",
+                t.allocations_deleted,
+            ),
+            (
+                "binding_requests",
+                "STUN Binding requests.",
+                t.binding_requests,
+            ),
+            ("unauthorized", "401/438 challenges sent.", t.unauthorized),
+            (
+                "unauthorized_rate_limited",
+                "Challenges not sent (rate limit).",
+                t.unauthorized_rate_limited,
+            ),
+            (
+                "auth_failures",
+                "Requests with wrong credentials.",
+                t.auth_failures,
+            ),
+            (
+                "error_responses",
+                "Error responses sent.",
+                t.error_responses,
+            ),
+            ("malformed", "Malformed datagrams dropped.", t.malformed),
+            ("peer_refused", "Peers refused by policy.", t.peer_refused),
+            (
+                "quota_refused",
+                "Requests refused by a quota.",
+                t.quota_refused,
+            ),
+            (
+                "to_peer_packets",
+                "Datagrams relayed to peers.",
+                t.to_peer_packets,
+            ),
+            (
+                "to_peer_bytes",
+                "Payload bytes relayed to peers.",
+                t.to_peer_bytes,
+            ),
+            (
+                "to_client_packets",
+                "Datagrams relayed to clients.",
+                t.to_client_packets,
+            ),
+            (
+                "to_client_bytes",
+                "Payload bytes relayed to clients.",
+                t.to_client_bytes,
+            ),
+            (
+                "dropped_no_permission",
+                "Datagrams dropped without permission.",
+                t.dropped_no_permission,
+            ),
+            (
+                "dropped_bandwidth",
+                "Datagrams dropped by the bandwidth quota.",
+                t.dropped_bandwidth,
+            ),
+            (
+                "amplification_dropped",
+                "Error answers not sent (larger than the request).",
+                t.amplification_dropped,
+            ),
+        ];
+        for (name, help, v) in turn {
+            counter(&mut e, name, help, v)?;
+        }
+
+        let m = &s.media;
+        gauge(
+            &mut e,
+            "media_sessions",
+            "Live media sessions.",
+            s.media_sessions,
+        )?;
+        counter(
+            &mut e,
+            "media_sessions_created",
+            "Media sessions created.",
+            m.sessions_created,
+        )?;
+        counter_by(
+            &mut e,
+            "media_sessions_ended",
+            "Media sessions ended, by reason.",
+            "reason",
+            &[
+                ("deleted", m.ended_deleted),
+                ("inactivity", m.ended_inactivity),
+                ("max_duration", m.ended_max_duration),
+                ("shutdown", m.ended_shutdown),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "media_packets_forwarded",
+            "Media datagrams forwarded between the legs.",
+            m.packets_forwarded,
+        )?;
+        counter(
+            &mut e,
+            "media_bytes_forwarded",
+            "Media bytes forwarded between the legs.",
+            m.bytes_forwarded,
+        )?;
+        counter(
+            &mut e,
+            "media_ice_checks",
+            "ICE connectivity checks that authenticated.",
+            m.ice_checks,
+        )?;
+        let d = &m.dropped;
+        counter_by(
+            &mut e,
+            "media_dropped",
+            "Media datagrams dropped, by reason.",
+            "reason",
+            &[
+                ("unauthenticated", d.unauthenticated),
+                ("bleed", d.bleed),
+                ("unlatched", d.unlatched),
+                ("srtp_auth", d.srtp_auth),
+                ("malformed", d.malformed),
+            ],
+        )?;
+        counter_by(
+            &mut e,
+            "media_srtp_bridged",
+            "Packets transformed by SRTP bridging: decrypted from or encrypted to an SRTP leg.",
+            "op",
+            &[("decrypt", m.srtp_decrypted), ("encrypt", m.srtp_encrypted)],
+        )?;
+        counter(
+            &mut e,
+            "media_ports_exhausted",
+            "Media sessions or updates refused for want of a free relay port.",
+            m.ports_exhausted,
+        )?;
+        Ok(())
+    }
 }
