@@ -67,6 +67,30 @@ struct Args {
     /// Private address for /metrics and /health.
     #[arg(long, env = "TANDEM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Private address for the control API through which signaling places media
+    /// sessions (a public one is refused without --control-allow-public).
+    #[arg(long, env = "TANDEM_CONTROL_LISTEN")]
+    control_listen: Option<SocketAddr>,
+    /// Control API bearer token (repeatable, for rotation; at least 16 characters).
+    /// A flag is visible to every user of the host in the process list: prefer
+    /// TANDEM_CONTROL_SECRET or --control-secret-file.
+    #[arg(long, env = "TANDEM_CONTROL_SECRET", value_delimiter = ',')]
+    control_secret: Vec<String>,
+    /// File with one control API token per line (blank lines and # comments ignored).
+    #[arg(long, env = "TANDEM_CONTROL_SECRET_FILE")]
+    control_secret_file: Option<PathBuf>,
+    /// Let --control-listen be a public or wildcard address.
+    #[arg(long, env = "TANDEM_CONTROL_ALLOW_PUBLIC")]
+    control_allow_public: bool,
+    /// Seconds without media from either side after which a media session ends.
+    #[arg(long, env = "TANDEM_MEDIA_INACTIVITY_TIMEOUT")]
+    media_inactivity_timeout: Option<u64>,
+    /// Seconds after which a media session ends whatever happens.
+    #[arg(long, env = "TANDEM_MEDIA_MAX_DURATION")]
+    media_max_duration: Option<u64>,
+    /// Most media sessions on this relay (0 = no limit but the ports).
+    #[arg(long, env = "TANDEM_MEDIA_MAX_SESSIONS")]
+    media_max_sessions: Option<u32>,
 }
 
 impl Args {
@@ -103,6 +127,20 @@ impl Args {
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
         }
+        if self.control_listen.is_some() {
+            c.control_listen = self.control_listen;
+        }
+        set_list(&mut c.control_secret, self.control_secret);
+        if self.control_secret_file.is_some() {
+            c.control_secret_file = self.control_secret_file;
+        }
+        c.control_allow_public |= self.control_allow_public;
+        set(
+            &mut c.media_inactivity_timeout,
+            self.media_inactivity_timeout,
+        );
+        set(&mut c.media_max_duration, self.media_max_duration);
+        set(&mut c.media_max_sessions, self.media_max_sessions);
     }
 }
 
