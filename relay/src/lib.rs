@@ -4,10 +4,12 @@
 //! - [`turn`]: the sans-IO TURN server core.
 //! - [`media`]: the sans-IO media core (sessions for calls placed by signaling).
 //! - [`driver`]: a portable tokio driver that runs the core on UDP sockets.
+//! - [`control`]: the HTTP control API through which signaling places media sessions.
 //! - [`config`]: configuration file, flags and environment.
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod driver;
 pub mod io;
 pub mod media;

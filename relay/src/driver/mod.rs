@@ -309,6 +309,8 @@ impl Worker {
 pub struct Relay {
     inner: Arc<Inner>,
     metrics: Option<tokio::net::TcpListener>,
+    /// The control API's listener and the tokens it accepts.
+    control: Option<(tokio::net::TcpListener, crate::control::Tokens)>,
     listening: Vec<SocketAddr>,
     /// Listening sockets of each worker (one per listening address).
     sockets: Vec<Vec<StdUdpSocket>>,
@@ -316,7 +318,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Bind the listening sockets (and the metrics listener) from `config`.
+    /// Bind the listening sockets (and the metrics and control listeners) from
+    /// `config`.
     pub async fn bind(config: &Config) -> Result<Relay, DriverError> {
         config.validate()?;
         crate::pii::set_show(config.log_addresses);
@@ -346,6 +349,16 @@ impl Relay {
                     .await
                     .map_err(|source| DriverError::Bind { addr, source })?,
             ),
+            None => None,
+        };
+        let control = match config.control_listen {
+            Some(addr) => {
+                let tokens = crate::control::Tokens::new(config.control_secrets()?);
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DriverError::Bind { addr, source })?;
+                Some((l, tokens))
+            }
             None => None,
         };
         let core = config.core(&listening);
@@ -389,6 +402,7 @@ impl Relay {
         Ok(Relay {
             inner,
             metrics,
+            control,
             listening,
             sockets,
             io,
@@ -414,6 +428,11 @@ impl Relay {
     /// The bound metrics address, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound control API address, if enabled.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serve until `shutdown` is cancelled, then close every allocation.
@@ -443,6 +462,18 @@ impl Relay {
                 tracing::info!(metrics = %a, "serving /metrics and /health");
             }
             tasks.spawn(metrics::serve(inner.clone(), l));
+        }
+        if let Some((l, tokens)) = self.control {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(control = %a, "serving the control API");
+            }
+            let control = sessions::Control::new(inner.clone());
+            tasks.spawn(crate::control::serve(
+                control,
+                tokens,
+                l,
+                inner.shutdown.clone(),
+            ));
         }
         for l in &self.listening {
             tracing::info!(listen = %l, "tandem-relay serving STUN/TURN over UDP");

@@ -1,0 +1,283 @@
+//! The control API through which signaling places, changes, reads and ends media
+//! sessions for calls, served over HTTP on a private listener (`control-listen`).
+//! The request and response types are the `tandem-control` crate's; its doc has the
+//! model and the routes:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /sessions` | 201 `SessionInfo` |
+//! | `PATCH /sessions/{id}` | 200 `SessionInfo` |
+//! | `GET /sessions/{id}` | 200 `SessionInfo` (an ended one's final state for a while) |
+//! | `DELETE /sessions/{id}` | 200 `SessionInfo` with the final counters |
+//! | `GET /load` | 200 `Load` |
+//! | `GET /health` | 200 `Health` |
+//! | `GET /openapi.json` | this API as OpenAPI 3.1 |
+//!
+//! Every route, the unknown ones too, needs `Authorization: Bearer <token>` with one
+//! of the configured tokens (`control-secret`, `control-secret-file`); errors are
+//! `ErrorBody` JSON. Handlers read the clock once and pass the time down; the
+//! [`Control`] handle logs sessions created and ended, so nothing is logged per
+//! request.
+
+pub mod error;
+pub mod openapi;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tandem_control::{CreateSession, ErrorBody, Health, Load, SessionInfo, UpdateSession};
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::sessions::Control;
+use error::{ApiError, ApiJson, ApiPath};
+
+/// Every route, as (method, OpenAPI path). A test checks that the OpenAPI document
+/// lists exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/sessions"),
+    ("PATCH", "/sessions/{id}"),
+    ("GET", "/sessions/{id}"),
+    ("DELETE", "/sessions/{id}"),
+    ("GET", "/load"),
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+];
+
+/// Largest request body accepted (413 above).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The bearer tokens the API accepts, kept as SHA-256 digests so that comparing a
+/// presented token takes the same time whatever its length and content.
+#[derive(Clone)]
+pub struct Tokens(Arc<[[u8; 32]]>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens(<{} redacted>)", self.0.len())
+    }
+}
+
+impl Tokens {
+    pub fn new<S: AsRef<[u8]>>(tokens: impl IntoIterator<Item = S>) -> Tokens {
+        Tokens(
+            tokens
+                .into_iter()
+                .map(|t| Sha256::digest(t.as_ref()).into())
+                .collect(),
+        )
+    }
+
+    /// Whether `presented` is one of the tokens. Every token is compared, in
+    /// constant time, so the answer's timing tells nothing about which matched.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut ok = subtle::Choice::from(0);
+        for t in self.0.iter() {
+            ok |= t.ct_eq(&digest);
+        }
+        bool::from(ok)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ApiState {
+    control: Control,
+    tokens: Tokens,
+}
+
+/// The API's router, every route behind the bearer token check.
+pub fn router(control: Control, tokens: Tokens) -> Router {
+    let state = ApiState { control, tokens };
+    Router::new()
+        .route("/sessions", post(create))
+        .route("/sessions/{id}", get(read).patch(update).delete(remove))
+        .route("/load", get(load))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serve the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    control: Control,
+    tokens: Tokens,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) {
+    let r = axum::serve(listener, router(control, tokens))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "control API listener stopped");
+    }
+}
+
+/// The one place a request is authenticated: `Authorization: Bearer <token>`, the
+/// scheme matched case-insensitively (RFC 9110 section 11.1).
+async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, t)| t.trim());
+    match token {
+        Some(t) if state.tokens.accepts(t.as_bytes()) => next.run(req).await,
+        Some(_) => {
+            tracing::debug!("control API: refused a wrong bearer token");
+            ApiError::unauthorized("wrong bearer token").into_response()
+        }
+        None => {
+            tracing::debug!("control API: refused a request without a bearer token");
+            ApiError::unauthorized("Authorization: Bearer <token> required").into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "bad_request",
+        "method not allowed on this route",
+    )
+}
+
+/// Place a media session for a call: the caller leg's data from the offer.
+#[utoipa::path(post, path = "/sessions", tag = "sessions",
+    request_body = CreateSession,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; the relay ports of both legs", body = SessionInfo),
+        (status = 400, description = "bad_request: invalid request or no relay address of that family", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 413, description = "request body too large", body = ErrorBody),
+        (status = 503, description = "ports_exhausted: no free port or the session limit is reached (Retry-After)", body = ErrorBody),
+    ))]
+async fn create(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<CreateSession>,
+) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
+    let now = Instant::now();
+    let info = s.control.create(now, &req)?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// The callee's answer (once), or a later change of either leg.
+#[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body = UpdateSession,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed; the session as it is now", body = SessionInfo),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "not_found: no such live session", body = ErrorBody),
+        (status = 409, description = "already_answered (a second answer) or not_answered (callee before the answer)", body = ErrorBody),
+        (status = 413, description = "request body too large", body = ErrorBody),
+        (status = 503, description = "ports_exhausted (Retry-After)", body = ErrorBody),
+    ))]
+async fn update(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateSession>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let now = Instant::now();
+    Ok(Json(s.control.update(now, &id, &req)?))
+}
+
+/// A session's state and counters; an ended one's final state for a while after
+/// it ended.
+#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The session, live or recently ended", body = SessionInfo),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+    ))]
+async fn read(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let now = Instant::now();
+    Ok(Json(s.control.get(now, &id)?))
+}
+
+/// End a session; its ports are free at once.
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ended; the final counters", body = SessionInfo),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "not_found: no such live session", body = ErrorBody),
+    ))]
+async fn remove(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let now = Instant::now();
+    Ok(Json(s.control.delete(now, &id)?))
+}
+
+/// What placement needs to know about this relay.
+#[utoipa::path(get, path = "/load", tag = "service",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Sessions, allocations, packet rate, workers", body = Load),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+    ))]
+async fn load(State(s): State<ApiState>) -> Json<Load> {
+    let now = Instant::now();
+    Json(s.control.load(now))
+}
+
+/// Whether the relay serves, and its version.
+#[utoipa::path(get, path = "/health", tag = "service",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Serving; the relay's version", body = Health),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+    ))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// This API as OpenAPI 3.1.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json"),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+    ))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
+        .into_response()
+}
