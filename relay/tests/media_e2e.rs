@@ -503,3 +503,149 @@ async fn srtp_caller_bridged_to_a_plain_rtp_gateway() {
     assert_eq!(now.caller.counters.packets_in, 30);
     assert_eq!(now.callee.counters.packets_in, 10);
 }
+
+/// Two ICE agents of the webrtc-rs project (not ours) that can only reach each other
+/// through the relay: each is given only the relay candidate of its own leg as a
+/// remote candidate (no host candidates of the other), as signaling's SDP rewriting
+/// with `force-relay` will do. ICE must complete on the relay pair, with the agents'
+/// own checks and nominations passing through the relay unchanged, and RTP must flow
+/// both ways over the selected pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_webrtc_ice_agents_connect_through_the_relay() {
+    use std::sync::Arc;
+    use webrtc_ice::agent::agent_config::AgentConfig;
+    use webrtc_ice::agent::Agent;
+    use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
+    use webrtc_ice::candidate::{Candidate, CandidateType};
+    use webrtc_ice::network_type::NetworkType;
+    use webrtc_util::Conn;
+
+    let (min, max) = two_free_udp_ports();
+    let relay = start_relay(min, max);
+    relay.wait_ready().await;
+
+    let agent = |controlling: bool| AgentConfig {
+        network_types: vec![NetworkType::Udp4],
+        candidate_types: vec![CandidateType::Host],
+        include_loopback: true,
+        // Host candidates on loopback only: nothing leaves this machine.
+        ip_filter: Arc::new(Some(Box::new(|ip: std::net::IpAddr| ip.is_loopback()))),
+        is_controlling: controlling,
+        ..Default::default()
+    };
+    let a = Arc::new(Agent::new(agent(true)).await.unwrap());
+    let b = Arc::new(Agent::new(agent(false)).await.unwrap());
+    let (ua, pwa) = a.get_local_user_credentials().await;
+    let (ub, pwb) = b.get_local_user_credentials().await;
+
+    let (s, v) = relay
+        .call(
+            reqwest::Method::POST,
+            "/sessions",
+            Some(json!({"caller": {"ice": {"ufrag": ua, "pwd": pwa}, "streams": [{"rtcp_mux": true}]}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let info: SessionInfo = serde_json::from_value(v).unwrap();
+    let (s, v) = relay
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/sessions/{}", info.id),
+            Some(json!({"answer": {"ice": {"ufrag": ub, "pwd": pwb}, "streams": [{"rtcp_mux": true}]}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let pa = info.caller.streams[0].relay_rtp;
+    let pb = info.callee.streams[0].relay_rtp;
+
+    // Each agent knows the other only by the relay candidate of its own leg.
+    let relay_candidate = |p: SocketAddr| -> Arc<dyn Candidate + Send + Sync> {
+        Arc::new(
+            unmarshal_candidate(&format!(
+                "candidate:relay1 1 udp 16777215 {} {} typ relay raddr 0.0.0.0 rport 0",
+                p.ip(),
+                p.port()
+            ))
+            .unwrap(),
+        )
+    };
+    a.add_remote_candidate(&relay_candidate(pa)).unwrap();
+    b.add_remote_candidate(&relay_candidate(pb)).unwrap();
+    // Local candidates need no signaling here: the other side only ever sees the
+    // relay's address.
+    a.on_candidate(Box::new(|_| Box::pin(async {})));
+    b.on_candidate(Box::new(|_| Box::pin(async {})));
+    a.gather_candidates().unwrap();
+    b.gather_candidates().unwrap();
+
+    let (_ca_tx, ca_rx) = tokio::sync::mpsc::channel(1);
+    let (_cb_tx, cb_rx) = tokio::sync::mpsc::channel(1);
+    let (a2, b2) = (a.clone(), b.clone());
+    let dial = tokio::spawn(async move { a2.dial(ca_rx, ub, pwb).await });
+    let accept = tokio::spawn(async move { b2.accept(cb_rx, ua, pwa).await });
+    let (conn_a, conn_b) = tokio::time::timeout(Duration::from_secs(20), async {
+        (dial.await.unwrap().unwrap(), accept.await.unwrap().unwrap())
+    })
+    .await
+    .expect("ICE completes through the relay");
+
+    let pair = a.get_selected_candidate_pair().expect("a selected pair");
+    assert!(
+        pair.to_string().contains(&format!(":{}", pa.port())),
+        "the selected pair uses the relay candidate: {pair}"
+    );
+
+    // RTP both ways over the selected pair.
+    for seq in 0..20u16 {
+        conn_a
+            .send(&rtp(seq, 0xa1, format!("agent A {seq}").as_bytes()))
+            .await
+            .unwrap();
+        conn_b
+            .send(&rtp(seq, 0xb1, format!("agent B {seq}").as_bytes()))
+            .await
+            .unwrap();
+    }
+    let recv_all = |conn: Arc<dyn Conn + Send + Sync>, tag: &'static str| async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1500];
+        while got.len() < 20 {
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.recv(&mut buf))
+                .await
+                .expect("RTP arrives")
+                .unwrap();
+            let p = &buf[..n];
+            if p.len() > 12 && p[0] == 0x80 {
+                let s = String::from_utf8_lossy(&p[12..]).to_string();
+                if s.starts_with(tag) {
+                    got.push(s);
+                }
+            }
+        }
+        got
+    };
+    let at_b = recv_all(conn_b.clone(), "agent A").await;
+    let at_a = recv_all(conn_a.clone(), "agent B").await;
+    assert_eq!(at_b.first().map(String::as_str), Some("agent A 0"));
+    assert_eq!(at_a.len(), 20);
+
+    let now = relay.session(&info.id).await;
+    assert!(now.caller.counters.ice_checks > 0 && now.callee.counters.ice_checks > 0);
+    assert!(
+        now.caller.counters.packets_in >= 20,
+        "{:?}",
+        now.caller.counters
+    );
+    assert!(
+        now.callee.counters.packets_in >= 20,
+        "{:?}",
+        now.callee.counters
+    );
+    assert!(now.caller.streams[0]
+        .latched_rtp
+        .unwrap()
+        .ip()
+        .is_loopback());
+    let _ = a.close().await;
+    let _ = b.close().await;
+}
