@@ -6,8 +6,10 @@
 //! - [`driver`]: a portable tokio driver that runs the core on UDP sockets.
 //! - [`control`]: the HTTP control API through which signaling places media sessions.
 //! - [`config`]: configuration file, flags and environment.
+//! - [`cli`]: the binary's flags and how they override the configuration.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod driver;

@@ -1,0 +1,234 @@
+//! The command line of `tandem-relay`: its flags (each with a `TANDEM_*` variable),
+//! how they override the configuration file, and what the binary logs about
+//! capacity at start. `main` only parses and starts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::Config;
+
+/// STUN/TURN server. Flags (and TANDEM_* variables) override the config file.
+#[derive(Debug, Parser)]
+#[command(name = "tandem-relay", version)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listening address (repeatable).
+    #[arg(long, env = "TANDEM_LISTENING_IP", value_delimiter = ',')]
+    listening_ip: Vec<IpAddr>,
+    /// Listening UDP port (default 3478).
+    #[arg(long, env = "TANDEM_LISTENING_PORT")]
+    listening_port: Option<u16>,
+    /// Address relayed sockets bind to (repeatable).
+    #[arg(long, env = "TANDEM_RELAY_IP", value_delimiter = ',')]
+    relay_ip: Vec<IpAddr>,
+    /// Public address advertised for relayed sockets.
+    #[arg(long, env = "TANDEM_EXTERNAL_IP")]
+    external_ip: Option<IpAddr>,
+    #[arg(long, env = "TANDEM_MIN_PORT")]
+    min_port: Option<u16>,
+    #[arg(long, env = "TANDEM_MAX_PORT")]
+    max_port: Option<u16>,
+    #[arg(long, env = "TANDEM_REALM")]
+    realm: Option<String>,
+    /// Long-term user NAME:PASSWORD (repeatable).
+    #[arg(long, short = 'u', env = "TANDEM_USER", value_delimiter = ',')]
+    user: Vec<String>,
+    /// Shared secret for REST credentials (repeatable, for rotation).
+    #[arg(long, env = "TANDEM_STATIC_AUTH_SECRET", value_delimiter = ',')]
+    static_auth_secret: Vec<String>,
+    /// Allow relaying to loopback peers (tests only).
+    #[arg(long, env = "TANDEM_ALLOW_LOOPBACK_PEERS")]
+    allow_loopback_peers: bool,
+    /// Peer range to allow (CIDR, repeatable).
+    #[arg(long, env = "TANDEM_ALLOWED_PEER_IP", value_delimiter = ',')]
+    allowed_peer_ip: Vec<IpNet>,
+    /// Peer range to deny (CIDR, repeatable).
+    #[arg(long, env = "TANDEM_DENIED_PEER_IP", value_delimiter = ',')]
+    denied_peer_ip: Vec<IpNet>,
+    #[arg(long, env = "TANDEM_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log client and peer addresses in clear.
+    #[arg(long, env = "TANDEM_LOG_ADDRESSES")]
+    log_addresses: bool,
+    /// Refuse channel numbers 0x5000-0x7FFF (RFC 8656); by default the RFC 5766
+    /// range 0x4000-0x7FFF is accepted, as coturn does.
+    #[arg(long, env = "TANDEM_STRICT_CHANNEL_RANGE")]
+    strict_channel_range: bool,
+    /// Datapath: auto (io_uring when the kernel allows it), uring or portable.
+    #[arg(long, env = "TANDEM_IO", value_enum)]
+    io: Option<crate::io::IoMode>,
+    /// Worker threads (default: one per available core).
+    #[arg(long, env = "TANDEM_WORKERS")]
+    workers: Option<usize>,
+    /// Private address for /metrics and /health.
+    #[arg(long, env = "TANDEM_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Private address for the control API through which signaling places media
+    /// sessions (a public one is refused without --control-allow-public).
+    #[arg(long, env = "TANDEM_CONTROL_LISTEN")]
+    control_listen: Option<SocketAddr>,
+    /// Control API bearer token (repeatable, for rotation; at least 16 characters).
+    /// A flag is visible to every user of the host in the process list: prefer
+    /// TANDEM_CONTROL_SECRET or --control-secret-file.
+    #[arg(long, env = "TANDEM_CONTROL_SECRET", value_delimiter = ',')]
+    control_secret: Vec<String>,
+    /// File with one control API token per line (blank lines and # comments ignored).
+    #[arg(long, env = "TANDEM_CONTROL_SECRET_FILE")]
+    control_secret_file: Option<PathBuf>,
+    /// Let --control-listen be a public or wildcard address.
+    #[arg(long, env = "TANDEM_CONTROL_ALLOW_PUBLIC")]
+    control_allow_public: bool,
+    /// Seconds without media from either side after which a media session ends.
+    #[arg(long, env = "TANDEM_MEDIA_INACTIVITY_TIMEOUT")]
+    media_inactivity_timeout: Option<u64>,
+    /// Seconds after which a media session ends whatever happens.
+    #[arg(long, env = "TANDEM_MEDIA_MAX_DURATION")]
+    media_max_duration: Option<u64>,
+    /// Most media sessions on this relay (0 = no limit but the ports).
+    #[arg(long, env = "TANDEM_MEDIA_MAX_SESSIONS")]
+    media_max_sessions: Option<u32>,
+}
+
+impl Args {
+    /// Override `c` with the flags and variables that were given.
+    pub fn apply(self, c: &mut Config) {
+        fn set<T>(dst: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        }
+        fn set_list<T>(dst: &mut Vec<T>, v: Vec<T>) {
+            if !v.is_empty() {
+                *dst = v;
+            }
+        }
+        set_list(&mut c.listening_ip, self.listening_ip);
+        set(&mut c.listening_port, self.listening_port);
+        set_list(&mut c.relay_ip, self.relay_ip);
+        if self.external_ip.is_some() {
+            c.external_ip = self.external_ip;
+        }
+        set(&mut c.min_port, self.min_port);
+        set(&mut c.max_port, self.max_port);
+        set(&mut c.realm, self.realm);
+        set_list(&mut c.user, self.user);
+        set_list(&mut c.static_auth_secret, self.static_auth_secret);
+        c.allow_loopback_peers |= self.allow_loopback_peers;
+        set_list(&mut c.allowed_peer_ip, self.allowed_peer_ip);
+        set_list(&mut c.denied_peer_ip, self.denied_peer_ip);
+        set(&mut c.log_level, self.log_level);
+        c.log_addresses |= self.log_addresses;
+        c.strict_channel_range |= self.strict_channel_range;
+        set(&mut c.io, self.io);
+        set(&mut c.workers, self.workers);
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
+        }
+        if self.control_listen.is_some() {
+            c.control_listen = self.control_listen;
+        }
+        set_list(&mut c.control_secret, self.control_secret);
+        if self.control_secret_file.is_some() {
+            c.control_secret_file = self.control_secret_file;
+        }
+        c.control_allow_public |= self.control_allow_public;
+        set(
+            &mut c.media_inactivity_timeout,
+            self.media_inactivity_timeout,
+        );
+        set(&mut c.media_max_duration, self.media_max_duration);
+        set(&mut c.media_max_sessions, self.media_max_sessions);
+    }
+}
+
+/// Raise the open file limit and log how many allocations the limit, the relay
+/// addresses' port ranges and `total-quota` allow.
+pub fn log_capacity(config: &Config) {
+    let fmt = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |v| v.to_string());
+    let nofile = match crate::driver::raise_nofile_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft_before = %fmt(before.soft),
+                soft = %fmt(after.soft),
+                hard = %fmt(after.hard),
+                "open file limit (RLIMIT_NOFILE): soft raised to the hard limit"
+            );
+            after.soft
+        }
+        Err(e) => {
+            let now = crate::driver::nofile_limit();
+            tracing::warn!(error = %e, limit = ?now, "could not raise the open file limit");
+            now.and_then(|l| l.soft)
+        }
+    };
+    let ports = u64::from(config.max_port.saturating_sub(config.min_port)) + 1;
+    let by_ports = ports * config.relay_ips().len() as u64;
+    // One descriptor per allocation, plus the listening sockets, rings and logs.
+    let by_files = nofile.map(|n| n.saturating_sub(64));
+    let quota = (config.total_quota > 0).then_some(u64::from(config.total_quota));
+    let cap = [Some(by_ports), by_files, quota]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(by_ports);
+    tracing::info!(
+        relay_addresses = config.relay_ips().len(),
+        ports_per_address = ports,
+        by_ports,
+        by_open_file_limit = %fmt(by_files),
+        total_quota = %fmt(quota),
+        "allocations possible: at most {cap}"
+    );
+    if by_files.is_some_and(|f| f < by_ports.min(quota.unwrap_or(u64::MAX))) {
+        tracing::warn!(
+            "the open file limit caps allocations at about {}; raise the hard limit \
+             (ulimit -Hn, systemd LimitNOFILE) for more",
+            by_files.unwrap_or(0)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut c = Config::default();
+        let args = Args::try_parse_from([
+            "tandem-relay",
+            "--control-listen",
+            "10.0.0.1:9000",
+            "--control-secret",
+            "aaaaaaaaaaaaaaaa",
+            "--control-secret",
+            "bbbbbbbbbbbbbbbb",
+            "--control-secret-file",
+            "/run/secrets/control",
+            "--control-allow-public",
+            "--media-inactivity-timeout",
+            "30",
+            "--media-max-duration",
+            "7200",
+            "--media-max-sessions",
+            "500",
+        ])
+        .unwrap();
+        args.apply(&mut c);
+        assert_eq!(c.control_listen, Some("10.0.0.1:9000".parse().unwrap()));
+        assert_eq!(c.control_secret, ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]);
+        assert_eq!(
+            c.control_secret_file.as_deref(),
+            Some(std::path::Path::new("/run/secrets/control"))
+        );
+        assert!(c.control_allow_public);
+        assert_eq!(c.media_inactivity_timeout, 30);
+        assert_eq!(c.media_max_duration, 7200);
+        assert_eq!(c.media_max_sessions, 500);
+    }
+}
