@@ -49,7 +49,8 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use tandem_control::{
     AddressFamily, CreateSession, DropCounters, EndReason, IceCredentials, Invalid, LegCounters,
-    LegInfo, LegRequest, SessionInfo, SessionState, StreamInfo, StreamRequest, UpdateSession,
+    LegInfo, LegRequest, SessionInfo, SessionState, SrtpCrypto, StreamInfo, StreamRequest,
+    UpdateSession,
 };
 
 use crate::turn::{Family, PortError};
@@ -304,6 +305,8 @@ struct Leg {
     ice: Option<IceCredentials>,
     learn_first_source: bool,
     srtp: Option<srtp::Termination>,
+    /// The key the device announced, which `srtp` decrypts with.
+    srtp_device: Option<SrtpCrypto>,
     streams: Vec<Stream>,
     counters: LegCounters,
     last_packet: Option<Instant>,
@@ -520,6 +523,7 @@ impl Media {
             ice: req.ice.clone(),
             learn_first_source: req.learn_first_source,
             srtp,
+            srtp_device: req.srtp.clone(),
             streams: Vec::with_capacity(req.streams.len()),
             counters: LegCounters::default(),
             last_packet: None,
@@ -1020,10 +1024,9 @@ fn update_leg(
     let ice_changed = leg.ice != req.ice;
     leg.ice = req.ice.clone();
     leg.learn_first_source = req.learn_first_source;
-    let srtp_changed = match (&leg.srtp, &req.srtp) {
-        (None, None) => false,
-        _ => true,
-    };
+    // The same key again (a session refresh, hold) keeps the termination: its
+    // rollover counters and replay windows go on, and the relay's key stays.
+    let srtp_changed = leg.srtp_device != req.srtp;
     if srtp_changed {
         // A new key from the device (or none): a new termination. The relay's own
         // key changes with it, which the SDP sent to the device carries.
@@ -1034,6 +1037,7 @@ fn update_leg(
             )?),
             None => None,
         };
+        leg.srtp_device = req.srtp.clone();
     }
     for (i, r) in req.streams.iter().enumerate() {
         let stream = u8::try_from(i).map_err(|_| MediaError::Invalid(Invalid::TooManyStreams))?;
