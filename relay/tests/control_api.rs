@@ -291,6 +291,23 @@ async fn bad_requests_are_answered_with_error_bodies() {
             assert_eq!(body["error"], "unauthorized", "{body}");
         }
     }
+    // Counted by reason, 6 routes each: no header, or `Bearer` without a token (the
+    // trailing space is not kept on the wire), is missing; a wrong token is wrong.
+    let m = r.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "tandem_relay_control_auth_failures_total{reason=\"missing\"}"
+        ),
+        12
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tandem_relay_control_auth_failures_total{reason=\"wrong\"}"
+        ),
+        6
+    );
     let resp = r
         .http
         .get(r.url("/health"))

@@ -22,6 +22,7 @@
 pub mod error;
 pub mod openapi;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -88,15 +89,29 @@ impl Tokens {
     }
 }
 
+/// Requests the API refused before looking at them, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    /// Without an `Authorization: Bearer` header.
+    pub auth_missing: AtomicU64,
+    /// With a token that is none of the configured ones.
+    pub auth_wrong: AtomicU64,
+}
+
 #[derive(Debug, Clone)]
 struct ApiState {
     control: Control,
     tokens: Tokens,
+    stats: Arc<ApiStats>,
 }
 
 /// The API's router, every route behind the bearer token check.
-pub fn router(control: Control, tokens: Tokens) -> Router {
-    let state = ApiState { control, tokens };
+pub fn router(control: Control, tokens: Tokens, stats: Arc<ApiStats>) -> Router {
+    let state = ApiState {
+        control,
+        tokens,
+        stats,
+    };
     Router::new()
         .route("/sessions", post(create))
         .route("/sessions/{id}", get(read).patch(update).delete(remove))
@@ -117,10 +132,11 @@ pub fn router(control: Control, tokens: Tokens) -> Router {
 pub async fn serve(
     control: Control,
     tokens: Tokens,
+    stats: Arc<ApiStats>,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) {
-    let r = axum::serve(listener, router(control, tokens))
+    let r = axum::serve(listener, router(control, tokens, stats))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(e) = r {
@@ -141,10 +157,12 @@ async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -
     match token {
         Some(t) if state.tokens.accepts(t.as_bytes()) => next.run(req).await,
         Some(_) => {
+            state.stats.auth_wrong.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("control API: refused a wrong bearer token");
             ApiError::unauthorized("wrong bearer token").into_response()
         }
         None => {
+            state.stats.auth_missing.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("control API: refused a request without a bearer token");
             ApiError::unauthorized("Authorization: Bearer <token> required").into_response()
         }

@@ -19,12 +19,21 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{lock, Inner};
+use crate::control::ApiStats;
 use crate::media::MediaStats;
 
-pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+/// Serve `/metrics` and `/health`; `api` are the control API's counters when it runs.
+pub(super) async fn serve(
+    inner: Arc<Inner>,
+    api: Option<Arc<ApiStats>>,
+    listener: tokio::net::TcpListener,
+) {
     let shutdown = inner.shutdown.clone();
     let mut registry = Registry::with_prefix("tandem_relay");
     registry.register_collector(Box::new(Shards(inner)));
+    if let Some(api) = api {
+        registry.register_collector(Box::new(Api(api)));
+    }
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
@@ -286,5 +295,25 @@ impl Collector for Shards {
             m.ports_exhausted,
         )?;
         Ok(())
+    }
+}
+
+/// The control API's counters.
+#[derive(Debug)]
+struct Api(Arc<ApiStats>);
+
+impl Collector for Api {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        counter_by(
+            &mut e,
+            "control_auth_failures",
+            "Control API requests refused (401): without a bearer token or with a wrong one.",
+            "reason",
+            &[
+                ("missing", self.0.auth_missing.load(Relaxed)),
+                ("wrong", self.0.auth_wrong.load(Relaxed)),
+            ],
+        )
     }
 }

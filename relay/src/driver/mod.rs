@@ -457,13 +457,17 @@ impl Relay {
             }
         }
         let mut tasks = tokio::task::JoinSet::new();
+        let api_stats = self
+            .control
+            .as_ref()
+            .map(|_| Arc::new(crate::control::ApiStats::default()));
         if let Some(l) = self.metrics {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(metrics = %a, "serving /metrics and /health");
             }
-            tasks.spawn(metrics::serve(inner.clone(), l));
+            tasks.spawn(metrics::serve(inner.clone(), api_stats.clone(), l));
         }
-        if let Some((l, tokens)) = self.control {
+        if let (Some((l, tokens)), Some(stats)) = (self.control, api_stats) {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(control = %a, "serving the control API");
             }
@@ -471,6 +475,7 @@ impl Relay {
             tasks.spawn(crate::control::serve(
                 control,
                 tokens,
+                stats,
                 l,
                 inner.shutdown.clone(),
             ));
