@@ -45,7 +45,7 @@ fn two_free_udp_ports() -> (u16, u16) {
     for _ in 0..200 {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = a.local_addr().unwrap().port();
-        if p >= 65535 {
+        if p == u16::MAX {
             continue;
         }
         if UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
@@ -361,7 +361,7 @@ async fn ice_latching_rtp_both_ways_and_an_attacker_gets_nothing_through() {
     );
     // Forwarded from A: its RTP and the checks and answer that crossed.
     assert!(ca.packets_in >= sent_a, "{ca:?}");
-    assert!(cb.packets_in >= sent_b + 1, "{cb:?}");
+    assert!(cb.packets_in > sent_b, "{cb:?}");
     assert_eq!(ca.packets_in, cb.packets_out);
     assert_eq!(cb.packets_in, ca.packets_out);
     assert!(

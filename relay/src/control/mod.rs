@@ -38,8 +38,9 @@ use subtle::ConstantTimeEq;
 use tandem_control::{CreateSession, ErrorBody, Health, Load, SessionInfo, UpdateSession};
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::sessions::Control;
 use error::{ApiError, ApiJson, ApiPath};
+
+use crate::media::MediaError;
 
 /// Every route, as (method, OpenAPI path). A test checks that the OpenAPI document
 /// lists exactly these.
@@ -98,15 +99,32 @@ pub struct ApiStats {
     pub auth_wrong: AtomicU64,
 }
 
+/// What the API needs from the relay. The driver's `Control` handle implements it,
+/// so this module knows sessions by their operations, not by the workers that hold
+/// them (the driver depends on this module, not the reverse). Every method takes the
+/// time from its caller.
+pub trait Sessions: Send + Sync + std::fmt::Debug {
+    fn create(&self, now: Instant, req: &CreateSession) -> Result<SessionInfo, MediaError>;
+    fn update(
+        &self,
+        now: Instant,
+        id: &str,
+        req: &UpdateSession,
+    ) -> Result<SessionInfo, MediaError>;
+    fn get(&self, now: Instant, id: &str) -> Result<SessionInfo, MediaError>;
+    fn delete(&self, now: Instant, id: &str) -> Result<SessionInfo, MediaError>;
+    fn load(&self, now: Instant) -> Load;
+}
+
 #[derive(Debug, Clone)]
 struct ApiState {
-    control: Control,
+    control: Arc<dyn Sessions>,
     tokens: Tokens,
     stats: Arc<ApiStats>,
 }
 
 /// The API's router, every route behind the bearer token check.
-pub fn router(control: Control, tokens: Tokens, stats: Arc<ApiStats>) -> Router {
+pub fn router(control: Arc<dyn Sessions>, tokens: Tokens, stats: Arc<ApiStats>) -> Router {
     let state = ApiState {
         control,
         tokens,
@@ -130,7 +148,7 @@ pub fn router(control: Control, tokens: Tokens, stats: Arc<ApiStats>) -> Router 
 
 /// Serve the API on `listener` until `shutdown` is cancelled.
 pub async fn serve(
-    control: Control,
+    control: Arc<dyn Sessions>,
     tokens: Tokens,
     stats: Arc<ApiStats>,
     listener: tokio::net::TcpListener,

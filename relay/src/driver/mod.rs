@@ -471,7 +471,7 @@ impl Relay {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(control = %a, "serving the control API");
             }
-            let control = sessions::Control::new(inner.clone());
+            let control = Arc::new(sessions::Control::new(inner.clone()));
             tasks.spawn(crate::control::serve(
                 control,
                 tokens,

@@ -133,11 +133,13 @@ impl Control {
         Err(last)
     }
 
-    fn find(&self, id: &str) -> Result<(usize, SessionKey), Option<SessionInfo>> {
+    /// Where a live session is, or the final state of an ended one (boxed: it is
+    /// the rare answer).
+    fn find(&self, id: &str) -> Result<(usize, SessionKey), Option<Box<SessionInfo>>> {
         let reg = lock(&self.inner.sessions);
         match reg.live.get(id) {
             Some(&v) => Ok(v),
-            None => Err(reg.ended.get(id).cloned()),
+            None => Err(reg.ended.get(id).cloned().map(Box::new)),
         }
     }
 
@@ -165,9 +167,13 @@ impl Control {
                 }
                 drop(g);
                 // Ended between the two look-ups.
-                self.find(id).err().flatten().ok_or(MediaError::NotFound)
+                self.find(id)
+                    .err()
+                    .flatten()
+                    .map(|b| *b)
+                    .ok_or(MediaError::NotFound)
             }
-            Err(ended) => ended.ok_or(MediaError::NotFound),
+            Err(ended) => ended.map(|b| *b).ok_or(MediaError::NotFound),
         }
     }
 
@@ -229,5 +235,28 @@ impl Control {
             .iter()
             .map(|s| lock_shard(s).media.session_count())
             .sum()
+    }
+}
+
+impl crate::control::Sessions for Control {
+    fn create(&self, now: Instant, req: &CreateSession) -> Result<SessionInfo, MediaError> {
+        Control::create(self, now, req)
+    }
+    fn update(
+        &self,
+        now: Instant,
+        id: &str,
+        req: &UpdateSession,
+    ) -> Result<SessionInfo, MediaError> {
+        Control::update(self, now, id, req)
+    }
+    fn get(&self, now: Instant, id: &str) -> Result<SessionInfo, MediaError> {
+        Control::get(self, now, id)
+    }
+    fn delete(&self, now: Instant, id: &str) -> Result<SessionInfo, MediaError> {
+        Control::delete(self, now, id)
+    }
+    fn load(&self, now: Instant) -> Load {
+        Control::load(self, now)
     }
 }
