@@ -557,27 +557,31 @@ impl Media {
         if req.callee.is_some() && !answered {
             return Err(MediaError::NotAnswered);
         }
-        let mut random = [0u8; 32];
-        self.rng.fill_bytes(&mut random);
+        // A fresh key for each leg that may need one: two legs never share a key.
+        let mut random = [[0u8; 32]; 2];
+        for r in &mut random {
+            self.rng.fill_bytes(r);
+        }
         let session = self.get_mut(key).ok_or(MediaError::NotFound)?;
         let family = session.family;
         let changes = [
             (Side::Caller, req.caller.as_ref()),
             (Side::Callee, req.answer.as_ref().or(req.callee.as_ref())),
         ];
-        // Check everything before changing anything, so a refused update leaves the
-        // session as it was.
+        // Check the keys before changing anything, so a bad key leaves the session as
+        // it was. (Ports that run out half way through leave what was already
+        // changed; the caller sees 503 and the session stays usable.)
         for (_, r) in changes {
             if let Some(r) = r {
                 if let Some(device) = &r.srtp {
-                    srtp::Termination::new(device, srtp::new_key(device.suite, &random))?;
+                    srtp::Termination::new(device, srtp::new_key(device.suite, &random[0]))?;
                 }
             }
         }
         for (side, r) in changes {
             let Some(r) = r else { continue };
             let leg = &mut session.legs[side as usize];
-            update_leg(key, side, family, leg, r, &random, ports)?;
+            update_leg(key, side, family, leg, r, &random[side as usize], ports)?;
         }
         // Both legs carry the same streams: a stream added on one side gets ports on
         // the other, a stream removed is closed on both.
