@@ -7,6 +7,10 @@
 //! receiver's password. A check that arrives on side X's port was sent by X's device
 //! towards the other side's device, so it is verified with the *other* side's
 //! credentials. The relay never answers a check; it verifies and forwards it.
+//!
+//! Wire input never panics here: the datagram is decoded by [`crate::stun`], where
+//! every length goes through `get`, and nothing below indexes it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use crate::stun::message::Message;
 use crate::stun::{attr, integrity, method, Class};
@@ -134,6 +138,7 @@ pub fn write_response(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,9 @@
 //! What a datagram on a media port is, judged from its first two bytes without
 //! parsing it (RFC 7983 section 7 for the first byte, RFC 5761 section 4 for RTP
 //! versus RTCP on a multiplexed port).
+//!
+//! Wire input never panics here: every length goes through `get`.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 /// The kinds of datagram a media port carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,7 @@ pub fn ssrc(kind: Kind, packet: &[u8]) -> Option<u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -64,7 +68,7 @@ mod tests {
         rtp[0] = 0x80;
         rtp[1] = 0x60; // PT 96, no marker
         assert_eq!(classify(&rtp), Kind::Rtp);
-        rtp[1] = 0x80 | 0x00; // marker set, PT 0
+        rtp[1] = 0x80; // marker set, PT 0
         assert_eq!(classify(&rtp), Kind::Rtp);
         let mut rtcp = [0u8; 8];
         rtcp[0] = 0x80;

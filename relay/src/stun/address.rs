@@ -60,29 +60,39 @@ pub fn decode_xor(value: &[u8], tid: &TransactionId) -> Option<SocketAddr> {
     })
 }
 
-/// Write an XOR-*-ADDRESS value into `out` (which must be `encoded_len` long).
-pub fn encode_xor(addr: &SocketAddr, tid: &TransactionId, out: &mut [u8]) {
+/// Write an XOR-*-ADDRESS value into `out`, which must be exactly `encoded_len(addr)`
+/// bytes long; `false` (and nothing written) when it is not.
+pub fn encode_xor(addr: &SocketAddr, tid: &TransactionId, out: &mut [u8]) -> bool {
     let mask = xor_mask(tid);
-    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    out[0] = 0;
-    out[2..4].copy_from_slice(&port.to_be_bytes());
+    let [p0, p1] = (addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes();
     match addr.ip() {
         IpAddr::V4(ip) => {
-            out[1] = FAMILY_IPV4;
-            for (i, b) in ip.octets().iter().enumerate() {
-                out[4 + i] = b ^ mask[i];
-            }
+            let Ok(out) = <&mut [u8; 8]>::try_from(out) else {
+                return false;
+            };
+            out[..4].copy_from_slice(&[0, FAMILY_IPV4, p0, p1]);
+            xor_into(&mut out[4..], &ip.octets(), &mask);
         }
         IpAddr::V6(ip) => {
-            out[1] = FAMILY_IPV6;
-            for (i, b) in ip.octets().iter().enumerate() {
-                out[4 + i] = b ^ mask[i];
-            }
+            let Ok(out) = <&mut [u8; 20]>::try_from(out) else {
+                return false;
+            };
+            out[..4].copy_from_slice(&[0, FAMILY_IPV6, p0, p1]);
+            xor_into(&mut out[4..], &ip.octets(), &mask);
         }
+    }
+    true
+}
+
+/// `out[i] = ip[i] ^ mask[i]` over the shortest of the three.
+fn xor_into(out: &mut [u8], ip: &[u8], mask: &[u8; 16]) {
+    for ((o, b), m) in out.iter_mut().zip(ip).zip(mask) {
+        *o = b ^ m;
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -96,7 +106,8 @@ mod tests {
             let a: SocketAddr = a.parse().unwrap();
             let mut buf = [0u8; 20];
             let n = encoded_len(&a);
-            encode_xor(&a, &tid, &mut buf[..n]);
+            assert!(encode_xor(&a, &tid, &mut buf[..n]));
+            assert!(!encode_xor(&a, &tid, &mut buf[..n - 1]));
             assert_eq!(decode_xor(&buf[..n], &tid), Some(a));
         }
         assert_eq!(decode_xor(&[0, 1, 0], &tid), None);

@@ -30,16 +30,18 @@ impl<'a> ChannelData<'a> {
     /// optional, so any bytes after `length` are accepted and ignored as long as they
     /// are fewer than 4 (a longer tail is not padding and the datagram is dropped).
     pub fn decode(packet: &'a [u8]) -> Result<Self, DecodeError> {
-        let h = packet.get(..HEADER_LEN).ok_or(DecodeError::TooShort)?;
+        let (h, rest) = packet
+            .split_first_chunk::<HEADER_LEN>()
+            .ok_or(DecodeError::TooShort)?;
         let number = u16::from_be_bytes([h[0], h[1]]);
         if !is_legacy_number(number) {
             return Err(DecodeError::BadChannelNumber);
         }
         let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        let data = packet
-            .get(HEADER_LEN..HEADER_LEN + len)
+        let (data, tail) = rest
+            .split_at_checked(len)
             .ok_or(DecodeError::LengthMismatch)?;
-        if packet.len() - HEADER_LEN - len > 3 {
+        if tail.len() > 3 {
             return Err(DecodeError::LengthMismatch);
         }
         Ok(ChannelData { number, data })
@@ -53,6 +55,7 @@ impl<'a> ChannelData<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -47,41 +47,37 @@ impl<'a> Message<'a> {
     /// Decode a whole datagram as one STUN message (UDP framing: the message length
     /// must account for every byte of the datagram).
     pub fn decode(packet: &'a [u8]) -> Result<Self, DecodeError> {
-        let header: &[u8; HEADER_LEN] = packet
-            .get(..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
+        let (fixed, rest) = packet
+            .split_first_chunk::<8>()
             .ok_or(DecodeError::TooShort)?;
-        if header[0] & 0xC0 != 0 {
+        let (tid, body) = rest
+            .split_first_chunk::<12>()
+            .ok_or(DecodeError::TooShort)?;
+        let [t0, t1, l0, l1, c0, c1, c2, c3] = *fixed;
+        if t0 & 0xC0 != 0 {
             return Err(DecodeError::NotStun);
         }
-        let typ = u16::from_be_bytes([header[0], header[1]]);
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        if u32::from_be_bytes([header[4], header[5], header[6], header[7]]) != MAGIC_COOKIE {
+        let typ = u16::from_be_bytes([t0, t1]);
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if u32::from_be_bytes([c0, c1, c2, c3]) != MAGIC_COOKIE {
             return Err(DecodeError::BadCookie);
         }
         if len % 4 != 0 {
             return Err(DecodeError::BadLength);
         }
-        if HEADER_LEN + len != packet.len() {
+        if body.len() != len {
             return Err(DecodeError::LengthMismatch);
         }
-        let tid: &TransactionId = packet
-            .get(8..HEADER_LEN)
-            .and_then(|t| t.try_into().ok())
-            .ok_or(DecodeError::TooShort)?;
         // Walk the attributes once so the iterator never meets a bad length.
-        let mut off = HEADER_LEN;
-        while off < packet.len() {
-            let h = packet
-                .get(off..off + 4)
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (h, after) = rest
+                .split_first_chunk::<4>()
                 .ok_or(DecodeError::TruncatedAttribute)?;
             let vlen = usize::from(u16::from_be_bytes([h[2], h[3]]));
-            let padded = vlen.checked_add(3).ok_or(DecodeError::TruncatedAttribute)? & !3;
-            let end = off + 4 + padded;
-            if end > packet.len() {
-                return Err(DecodeError::TruncatedAttribute);
-            }
-            off = end;
+            // At most 0xFFFF + 3: no overflow.
+            let padded = (vlen + 3) & !3;
+            rest = after.get(padded..).ok_or(DecodeError::TruncatedAttribute)?;
         }
         Ok(Message {
             buf: packet,
@@ -137,18 +133,19 @@ impl<'a> Iterator for Attributes<'a> {
     type Item = Attribute<'a>;
 
     fn next(&mut self) -> Option<Attribute<'a>> {
-        let h = self.buf.get(self.off..self.off.checked_add(4)?)?;
+        let (h, rest) = self.buf.get(self.off..)?.split_first_chunk::<4>()?;
         let typ = u16::from_be_bytes([h[0], h[1]]);
         let vlen = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        let start = self.off + 4;
-        let value = self.buf.get(start..start.checked_add(vlen)?)?;
+        let value = rest.get(..vlen)?;
         let offset = self.off;
-        self.off = start + ((vlen + 3) & !3);
+        // `decode` checked every attribute, so this stays within the message.
+        self.off = offset + 4 + ((vlen + 3) & !3);
         Some(Attribute { typ, value, offset })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

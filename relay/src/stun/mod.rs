@@ -11,6 +11,10 @@
 //! Layout: [`message`] (decoder and attribute iterator), [`writer`] (encoder into a
 //! caller-owned buffer), [`integrity`] (MESSAGE-INTEGRITY, -SHA256, FINGERPRINT, keys),
 //! [`address`] (MAPPED/XOR-* address attributes), [`channel_data`] and [`demux`].
+//!
+//! Wire input never panics here: every length from the wire goes through `get` (or
+//! `split_at_checked`/`first_chunk`) and fixed-size arrays, and the lint below keeps it so.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod address;
 pub mod attr;
@@ -95,6 +99,7 @@ pub fn demux(packet: &[u8]) -> Kind {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

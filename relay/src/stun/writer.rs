@@ -24,11 +24,11 @@ pub struct MessageWriter<'b> {
 impl<'b> MessageWriter<'b> {
     /// Start a message of type `typ` (see [`super::message_type`]).
     pub fn new(buf: &'b mut [u8], typ: u16, tid: &TransactionId) -> Result<Self, EncodeError> {
-        let h = buf.get_mut(..HEADER_LEN).ok_or(EncodeError)?;
+        let h = buf.first_chunk_mut::<HEADER_LEN>().ok_or(EncodeError)?;
         h[..2].copy_from_slice(&typ.to_be_bytes());
         h[2..4].copy_from_slice(&[0, 0]);
         h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        h[8..20].copy_from_slice(tid);
+        h[8..].copy_from_slice(tid);
         Ok(MessageWriter {
             buf,
             len: HEADER_LEN,
@@ -58,37 +58,50 @@ impl<'b> MessageWriter<'b> {
         vlen: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), EncodeError> {
-        let padded = (vlen + 3) & !3;
-        let end = self.len + 4 + padded;
-        if vlen > usize::from(u16::MAX) || end - HEADER_LEN > usize::from(u16::MAX) {
-            return Err(EncodeError);
-        }
-        let a = self.buf.get_mut(self.len..end).ok_or(EncodeError)?;
-        a[..2].copy_from_slice(&typ.to_be_bytes());
-        a[2..4].copy_from_slice(&(vlen as u16).to_be_bytes());
-        fill(&mut a[4..4 + vlen]);
-        a[4 + vlen..].fill(0);
-        self.len = end;
-        let body = ((end - HEADER_LEN) as u16).to_be_bytes();
-        self.buf[2..4].copy_from_slice(&body);
-        Ok(())
+        self.put(typ, vlen, |v| {
+            fill(v);
+            true
+        })
     }
 
     /// Append an attribute whose value is already in the buffer right after where its
     /// header goes (used to wrap a payload in place); only header and padding are written.
     pub fn attr_in_place(&mut self, typ: u16, vlen: usize) -> Result<(), EncodeError> {
+        self.put(typ, vlen, |_| true)
+    }
+
+    /// Append an attribute: check that it fits (buffer and 16-bit lengths), let `fill`
+    /// write the `vlen`-byte value (`false` aborts with nothing committed), then write
+    /// the attribute header and zero padding and update the message length field.
+    fn put(
+        &mut self,
+        typ: u16,
+        vlen: usize,
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<(), EncodeError> {
+        let vlen16 = u16::try_from(vlen).map_err(|_| EncodeError)?;
+        // vlen <= 0xFFFF, so the padding cannot overflow.
         let padded = (vlen + 3) & !3;
-        let end = self.len + 4 + padded;
-        if vlen > usize::from(u16::MAX) || end - HEADER_LEN > usize::from(u16::MAX) {
+        let end = self.len.checked_add(4 + padded).ok_or(EncodeError)?;
+        // self.len >= HEADER_LEN always.
+        let body = u16::try_from(end - HEADER_LEN).map_err(|_| EncodeError)?;
+        let (header, rest) = self
+            .buf
+            .get_mut(self.len..end)
+            .and_then(|a| a.split_first_chunk_mut::<4>())
+            .ok_or(EncodeError)?;
+        let (value, padding) = rest.split_at_mut_checked(vlen).ok_or(EncodeError)?;
+        if !fill(value) {
             return Err(EncodeError);
         }
-        let a = self.buf.get_mut(self.len..end).ok_or(EncodeError)?;
-        a[..2].copy_from_slice(&typ.to_be_bytes());
-        a[2..4].copy_from_slice(&(vlen as u16).to_be_bytes());
-        a[4 + vlen..].fill(0);
+        header[..2].copy_from_slice(&typ.to_be_bytes());
+        header[2..].copy_from_slice(&vlen16.to_be_bytes());
+        padding.fill(0);
+        self.buf
+            .get_mut(2..4)
+            .ok_or(EncodeError)?
+            .copy_from_slice(&body.to_be_bytes());
         self.len = end;
-        let body = ((end - HEADER_LEN) as u16).to_be_bytes();
-        self.buf[2..4].copy_from_slice(&body);
         Ok(())
     }
 
@@ -105,7 +118,7 @@ impl<'b> MessageWriter<'b> {
     /// Append an XOR-*-ADDRESS attribute.
     pub fn xor_address(&mut self, typ: u16, addr: &SocketAddr) -> Result<(), EncodeError> {
         let tid = self.tid;
-        self.attr_with(typ, address::encoded_len(addr), |v| {
+        self.put(typ, address::encoded_len(addr), |v| {
             address::encode_xor(addr, &tid, v)
         })
     }
@@ -113,12 +126,13 @@ impl<'b> MessageWriter<'b> {
     /// Append ERROR-CODE.
     pub fn error_code(&mut self, code: u16, reason: &str) -> Result<(), EncodeError> {
         let r = reason.as_bytes();
-        self.attr_with(attr::ERROR_CODE, 4 + r.len(), |v| {
-            v[0] = 0;
-            v[1] = 0;
-            v[2] = (code / 100) as u8 & 0x07;
-            v[3] = (code % 100) as u8;
-            v[4..].copy_from_slice(r);
+        self.put(attr::ERROR_CODE, 4 + r.len(), |v| {
+            let Some((head, text)) = v.split_first_chunk_mut::<4>() else {
+                return false;
+            };
+            *head = [0, 0, (code / 100) as u8 & 0x07, (code % 100) as u8];
+            text.copy_from_slice(r);
+            true
         })
     }
 
@@ -133,30 +147,22 @@ impl<'b> MessageWriter<'b> {
 
     /// Append MESSAGE-INTEGRITY computed with `key`.
     pub fn integrity_sha1(&mut self, key: &[u8]) -> Result<(), EncodeError> {
-        let off = self.len;
-        // Reserve first so the length field and bounds are right.
-        self.attr_with(attr::MESSAGE_INTEGRITY, 20, |_| {})?;
-        let mac = integrity::hmac_sha1(key, self.buf, off);
-        self.buf[off + 4..off + 24].copy_from_slice(&mac);
-        Ok(())
+        // The HMAC covers only what precedes the attribute (with the length field as it
+        // will be), so it is computed first and then written like any other value.
+        let mac = integrity::hmac_sha1(key, self.buf, self.len).ok_or(EncodeError)?;
+        self.attr(attr::MESSAGE_INTEGRITY, &mac)
     }
 
     /// Append MESSAGE-INTEGRITY-SHA256 (full 32 bytes) computed with `key`.
     pub fn integrity_sha256(&mut self, key: &[u8]) -> Result<(), EncodeError> {
-        let off = self.len;
-        self.attr_with(attr::MESSAGE_INTEGRITY_SHA256, 32, |_| {})?;
-        let mac = integrity::hmac_sha256(key, self.buf, off);
-        self.buf[off + 4..off + 36].copy_from_slice(&mac);
-        Ok(())
+        let mac = integrity::hmac_sha256(key, self.buf, self.len).ok_or(EncodeError)?;
+        self.attr(attr::MESSAGE_INTEGRITY_SHA256, &mac)
     }
 
     /// Append FINGERPRINT; this must be the last attribute.
     pub fn fingerprint(&mut self) -> Result<(), EncodeError> {
-        let off = self.len;
-        self.attr_with(attr::FINGERPRINT, 4, |_| {})?;
-        let crc = integrity::fingerprint(self.buf, off);
-        self.buf[off + 4..off + 8].copy_from_slice(&crc.to_be_bytes());
-        Ok(())
+        let crc = integrity::fingerprint(self.buf, self.len).ok_or(EncodeError)?;
+        self.u32_attr(attr::FINGERPRINT, crc)
     }
 
     /// Finish and return the message length.
@@ -166,6 +172,7 @@ impl<'b> MessageWriter<'b> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::super::{message::Message, message_type, method, Class};
     use super::*;
@@ -199,5 +206,33 @@ mod tests {
         let mut w = MessageWriter::new(&mut buf, 1, &tid).unwrap();
         assert_eq!(w.attr(attr::USERNAME, b"abcde"), Err(EncodeError));
         assert!(MessageWriter::new(&mut [0u8; 10], 1, &tid).is_err());
+        // Integrity, fingerprint and addresses that do not fit leave the message as it was.
+        let mut buf = [0u8; 40];
+        let mut w = MessageWriter::new(&mut buf, 1, &tid).unwrap();
+        assert_eq!(w.integrity_sha1(b"key"), Err(EncodeError));
+        assert_eq!(w.integrity_sha256(b"key"), Err(EncodeError));
+        let v6 = "[2001:db8::1]:9".parse().unwrap();
+        assert_eq!(w.xor_address(attr::XOR_PEER_ADDRESS, &v6), Err(EncodeError));
+        assert_eq!(
+            w.error_code(400, "Bad Request, twice over"),
+            Err(EncodeError)
+        );
+        assert_eq!(w.len(), HEADER_LEN);
+        w.fingerprint().unwrap();
+        assert_eq!(w.finish(), HEADER_LEN + 8);
+        assert_eq!(&buf[2..4], &[0, 8]);
+    }
+
+    #[test]
+    fn error_code_layout() {
+        let mut buf = [0u8; 64];
+        let mut w = MessageWriter::new(&mut buf, 0x0111, &[1; 12]).unwrap();
+        w.error_code(401, "Nope").unwrap();
+        let n = w.finish();
+        assert_eq!(n, HEADER_LEN + 4 + 8);
+        assert_eq!(
+            &buf[HEADER_LEN..n],
+            &[0, 9, 0, 8, 0, 0, 4, 1, b'N', b'o', b'p', b'e']
+        );
     }
 }
