@@ -568,23 +568,32 @@ impl Media {
             (Side::Caller, req.caller.as_ref()),
             (Side::Callee, req.answer.as_ref().or(req.callee.as_ref())),
         ];
-        // Check the keys before changing anything, so a bad key leaves the session as
-        // it was. (Ports that run out half way through leave what was already
-        // changed; the caller sees 503 and the session stays usable.)
-        for (_, r) in changes {
-            if let Some(r) = r {
-                if let Some(device) = &r.srtp {
-                    srtp::Termination::new(device, srtp::new_key(device.suite, &random[0]))?;
-                }
+        // Check the keys, then open every port the change needs, before changing
+        // anything: a bad key or ports that run out leave the session as it was.
+        for (side, r) in changes {
+            if let Some(device) = r.and_then(|r| r.srtp.as_ref()) {
+                srtp::Termination::new(
+                    device,
+                    srtp::new_key(device.suite, &random[side as usize]),
+                )?;
             }
         }
+        let mut prepared = Prepared::open(key, family, plan(session, &changes), ports)?;
         for (side, r) in changes {
             let Some(r) = r else { continue };
             let leg = &mut session.legs[side as usize];
-            update_leg(key, side, family, leg, r, &random[side as usize], ports)?;
+            update_leg(
+                key,
+                side,
+                family,
+                leg,
+                r,
+                &random[side as usize],
+                &mut prepared,
+            )?;
         }
         // Both legs carry the same streams: a stream added on one side gets ports on
-        // the other, a stream removed is closed on both.
+        // the other.
         let n = session
             .legs
             .iter()
@@ -605,11 +614,14 @@ impl Media {
                         rtcp_mux: mux,
                         ..StreamRequest::default()
                     },
-                    ports,
+                    &mut prepared,
                 )?;
                 leg.streams.push(st);
             }
         }
+        prepared.commit(ports);
+        // A change is activity: a call that rang a long time keeps its session.
+        session.last_media = session.last_media.max(now);
         if req.answer.is_some() {
             session.answered = true;
         }
@@ -767,6 +779,7 @@ impl Media {
             this.latching()
         };
 
+        let mut latch_after_auth = false;
         // Where it came from: accept, latch, or drop.
         match kind {
             Kind::Stun if latching == Latching::Ice => {
@@ -836,7 +849,13 @@ impl Media {
                     Latching::LearnFirst => match port.latched {
                         Some(l) => l == from,
                         None => {
-                            port.latched = Some(from);
+                            if this.srtp.is_some() && matches!(kind, Kind::Rtp | Kind::Rtcp) {
+                                // Only a source that knows the SRTP key: latched below,
+                                // once the packet authenticates.
+                                latch_after_auth = true;
+                            } else {
+                                port.latched = Some(from);
+                            }
                             true
                         }
                     },
@@ -846,6 +865,32 @@ impl Media {
                     stats.dropped.bleed += 1;
                     return MediaOutput::None;
                 }
+            }
+        }
+
+        // SRTP terminated on this leg: authenticate and decrypt in place.
+        let bridged = this.srtp.is_some() || other.srtp.is_some();
+        let mut range = payload.clone();
+        if kind == Kind::Dtls && bridged {
+            // A bridged leg speaks SDES; DTLS has no place on it.
+            this.counters.dropped.malformed += 1;
+            stats.dropped.malformed += 1;
+            return MediaOutput::None;
+        }
+        let media = matches!(kind, Kind::Rtp | Kind::Rtcp);
+        if media && this.srtp.is_some() {
+            match decrypt_in_place(kind, this, buf, range.clone(), stats) {
+                Some(r) => range = r,
+                None => return MediaOutput::None,
+            }
+        }
+        if latch_after_auth {
+            if let Some(p) = this
+                .streams
+                .get_mut(stream)
+                .and_then(|s| s.port_mut(at.component))
+            {
+                p.latched = Some(from);
             }
         }
 
@@ -871,18 +916,12 @@ impl Media {
             return MediaOutput::None;
         };
 
-        // SRTP bridging: decrypt what this side sends, encrypt for the other side.
-        let mut range = payload.clone();
-        if matches!(kind, Kind::Rtp | Kind::Rtcp) && (this.srtp.is_some() || other.srtp.is_some()) {
-            match bridge(kind, this, other, buf, payload.clone(), stats) {
+        // SRTP terminated on the other leg: encrypt for it in place.
+        if media && other.srtp.is_some() {
+            match encrypt_in_place(kind, this, other, buf, range.clone(), stats) {
                 Some(r) => range = r,
                 None => return MediaOutput::None,
             }
-        } else if kind == Kind::Dtls && (this.srtp.is_some() || other.srtp.is_some()) {
-            // A bridged leg speaks SDES; DTLS has no place on it.
-            this.counters.dropped.malformed += 1;
-            stats.dropped.malformed += 1;
-            return MediaOutput::None;
         }
 
         let n = (range.end - range.start) as u64;
@@ -899,61 +938,76 @@ impl Media {
     }
 }
 
-/// Decrypt (when `this` terminates SRTP) and encrypt (when `other` does) the packet
-/// in `buf[payload]`, writing the result over it. `None` when it is dropped.
-fn bridge(
+/// Authenticate and decrypt SRTP or SRTCP from `this` leg's device, writing the plain
+/// packet over it in `buf`. `None` when it is dropped (and counted).
+fn decrypt_in_place(
+    kind: Kind,
+    this: &mut Leg,
+    buf: &mut [u8],
+    range: Range<usize>,
+    stats: &mut MediaStats,
+) -> Option<Range<usize>> {
+    let t = this.srtp.as_mut()?;
+    let packet = buf.get(range.clone())?;
+    match t.decrypt(kind, packet) {
+        Ok(plain) => {
+            stats.srtp_decrypted += 1;
+            write_over(buf, range.start, &plain, this, stats)
+        }
+        Err(srtp::Refused::Auth) => {
+            this.counters.dropped.srtp_auth += 1;
+            stats.dropped.srtp_auth += 1;
+            None
+        }
+        Err(srtp::Refused::Malformed) => {
+            this.counters.dropped.malformed += 1;
+            stats.dropped.malformed += 1;
+            None
+        }
+    }
+}
+
+/// Encrypt plain RTP or RTCP for `other` leg's device, writing the SRTP packet over it
+/// in `buf` (the tailroom after it holds the tag). Drops count on `this` leg, where
+/// the packet came from.
+fn encrypt_in_place(
     kind: Kind,
     this: &mut Leg,
     other: &mut Leg,
     buf: &mut [u8],
-    payload: Range<usize>,
+    range: Range<usize>,
     stats: &mut MediaStats,
 ) -> Option<Range<usize>> {
-    let packet = buf.get(payload.clone())?;
-    let plain = match this.srtp.as_mut() {
-        Some(t) => match t.decrypt(kind, packet) {
-            Ok(p) => {
-                stats.srtp_decrypted += 1;
-                Some(p)
-            }
-            Err(srtp::Refused::Auth) => {
-                this.counters.dropped.srtp_auth += 1;
-                stats.dropped.srtp_auth += 1;
-                return None;
-            }
-            Err(srtp::Refused::Malformed) => {
-                this.counters.dropped.malformed += 1;
-                stats.dropped.malformed += 1;
-                return None;
-            }
-        },
-        None => None,
-    };
-    let out = match other.srtp.as_mut() {
-        Some(t) => {
-            let input: &[u8] = plain.as_deref().unwrap_or(packet);
-            match t.encrypt(kind, input) {
-                Ok(e) => {
-                    stats.srtp_encrypted += 1;
-                    e
-                }
-                Err(_) => {
-                    this.counters.dropped.malformed += 1;
-                    stats.dropped.malformed += 1;
-                    return None;
-                }
-            }
+    let t = other.srtp.as_mut()?;
+    let packet = buf.get(range.clone())?;
+    match t.encrypt(kind, packet) {
+        Ok(enc) => {
+            stats.srtp_encrypted += 1;
+            write_over(buf, range.start, &enc, this, stats)
         }
-        None => plain?,
-    };
-    let end = payload.start.checked_add(out.len())?;
-    let Some(dst) = buf.get_mut(payload.start..end) else {
+        Err(_) => {
+            this.counters.dropped.malformed += 1;
+            stats.dropped.malformed += 1;
+            None
+        }
+    }
+}
+
+fn write_over(
+    buf: &mut [u8],
+    start: usize,
+    bytes: &[u8],
+    this: &mut Leg,
+    stats: &mut MediaStats,
+) -> Option<Range<usize>> {
+    let end = start.checked_add(bytes.len())?;
+    let Some(dst) = buf.get_mut(start..end) else {
         this.counters.dropped.malformed += 1;
         stats.dropped.malformed += 1;
         return None;
     };
-    dst.copy_from_slice(&out);
-    Some(payload.start..end)
+    dst.copy_from_slice(bytes);
+    Some(start..end)
 }
 
 impl Leg {
@@ -1013,6 +1067,157 @@ fn announced_rtcp(req: &StreamRequest) -> Option<SocketAddr> {
         req.rtp
             .and_then(|a| a.port().checked_add(1).map(|p| SocketAddr::new(a.ip(), p)))
     })
+}
+
+/// A port an update needs opened: a whole stream (RTP, and RTCP unless muxed) or the
+/// RTCP port of a stream that stops multiplexing.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    Stream { side: Side, index: usize, mux: bool },
+    Rtcp { side: Side, index: usize },
+}
+
+/// What `update_leg` and the stream growth after it will open, worked out from the
+/// session as it is (the same rules, without changing anything).
+fn plan(session: &Session, changes: &[(Side, Option<&LegRequest>); 2]) -> Vec<Need> {
+    let mut needs = Vec::new();
+    let mut muxes: [Vec<bool>; 2] = [Vec::new(), Vec::new()];
+    for (side, r) in changes {
+        let leg = session.leg(*side);
+        let m = &mut muxes[*side as usize];
+        *m = leg.streams.iter().map(|s| s.rtcp_mux).collect();
+        let Some(r) = r else { continue };
+        for (index, sr) in r.streams.iter().enumerate() {
+            match m.get_mut(index) {
+                Some(mux) => {
+                    if *mux != sr.rtcp_mux {
+                        let has_rtcp = leg.streams.get(index).is_some_and(|s| s.rtcp.is_some());
+                        if !sr.rtcp_mux && !has_rtcp {
+                            needs.push(Need::Rtcp { side: *side, index });
+                        }
+                        *mux = sr.rtcp_mux;
+                    }
+                }
+                None => {
+                    needs.push(Need::Stream {
+                        side: *side,
+                        index,
+                        mux: sr.rtcp_mux,
+                    });
+                    m.push(sr.rtcp_mux);
+                }
+            }
+        }
+    }
+    let n = muxes.iter().map(Vec::len).max().unwrap_or(1);
+    for side in [Side::Caller, Side::Callee] {
+        let m = &mut muxes[side as usize];
+        while m.len() < n {
+            let mux = m.last().copied().unwrap_or(false);
+            needs.push(Need::Stream {
+                side,
+                index: m.len(),
+                mux,
+            });
+            m.push(mux);
+        }
+    }
+    needs
+}
+
+/// Ports opened ahead of an update, handed out as the update asks for them; closes
+/// asked for during the update wait for [`Prepared::commit`].
+struct Prepared {
+    opened: Vec<(PortKey, SocketAddr)>,
+    closes: Vec<PortKey>,
+}
+
+impl Prepared {
+    /// Open what `needs` says, or nothing: on failure every port opened here is
+    /// closed again.
+    fn open(
+        key: SessionKey,
+        family: Family,
+        needs: Vec<Need>,
+        ports: &mut dyn MediaPorts,
+    ) -> Result<Prepared, MediaError> {
+        let mut opened = Vec::new();
+        for need in needs {
+            let pk = |side, index: usize, component| {
+                u8::try_from(index).ok().map(|stream| PortKey {
+                    session: key,
+                    side,
+                    stream,
+                    component,
+                })
+            };
+            let (first, second) = match need {
+                Need::Stream { side, index, mux } => (
+                    pk(side, index, Component::Rtp),
+                    if mux {
+                        None
+                    } else {
+                        pk(side, index, Component::Rtcp)
+                    },
+                ),
+                Need::Rtcp { side, index } => (pk(side, index, Component::Rtcp), None),
+            };
+            let result = match first {
+                Some(first) => ports.open_media(first, second, family).map(|(a, b)| {
+                    opened.push((first, a));
+                    if let (Some(k), Some(b)) = (second, b) {
+                        opened.push((k, b));
+                    }
+                }),
+                None => Err(PortError::Exhausted),
+            };
+            if let Err(e) = result {
+                for (k, _) in opened {
+                    ports.close_media(k);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(Prepared {
+            opened,
+            closes: Vec::new(),
+        })
+    }
+
+    /// Close what the update let go of, and any port prepared but not taken.
+    fn commit(self, ports: &mut dyn MediaPorts) {
+        for k in self.closes {
+            ports.close_media(k);
+        }
+        for (k, _) in self.opened {
+            ports.close_media(k);
+        }
+    }
+
+    fn take(&mut self, key: PortKey) -> Option<SocketAddr> {
+        let i = self.opened.iter().position(|(k, _)| *k == key)?;
+        Some(self.opened.swap_remove(i).1)
+    }
+}
+
+impl MediaPorts for Prepared {
+    fn open_media(
+        &mut self,
+        first: PortKey,
+        second: Option<PortKey>,
+        _family: Family,
+    ) -> Result<(SocketAddr, Option<SocketAddr>), PortError> {
+        let a = self.take(first).ok_or(PortError::Exhausted)?;
+        let b = match second {
+            Some(k) => Some(self.take(k).ok_or(PortError::Exhausted)?),
+            None => None,
+        };
+        Ok((a, b))
+    }
+
+    fn close_media(&mut self, key: PortKey) {
+        self.closes.push(key);
+    }
 }
 
 fn update_leg(

@@ -1184,9 +1184,6 @@ fn poll_timeout_is_the_next_deadline_of_any_session() {
 }
 
 #[test]
-#[ignore = "BUG: the inactivity timer runs from create and the answer does not restart \
-            it: a call answered after 59 s of ringing loses its session 1 s later, before \
-            ICE can complete (and one that rings 60 s loses it before the answer)"]
 fn a_call_answered_after_a_long_ring_keeps_its_session() {
     let mut w = World::new(&offer(caller_ice(true)));
     w.advance(Duration::from_secs(59));
@@ -1340,8 +1337,6 @@ fn ports_exhausted_fails_create_and_leaks_no_port() {
 }
 
 #[test]
-#[ignore = "BUG: an update refused for want of ports is half applied (the caller keeps a \
-            stream with open ports that the callee leg lacks)"]
 fn a_refused_update_leaves_no_half_added_stream() {
     // Adding a stream needs ports on both legs; when the callee's cannot be opened,
     // the update fails.
@@ -1588,9 +1583,6 @@ fn a_reinvite_with_a_new_srtp_key_makes_a_new_termination() {
 }
 
 #[test]
-#[ignore = "BUG: learn_first_source latches the first source even when the leg terminates \
-            SRTP and that source's packet fails authentication: anyone who knows the port \
-            takes the leg over before the device speaks"]
 fn learn_first_with_srtp_latches_only_a_source_that_authenticates() {
     let suite = CryptoSuite::AesCm128HmacSha1_80;
     let device_key = srtp::new_key(suite, &[0x42; 32]);
