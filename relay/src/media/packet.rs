@@ -57,6 +57,71 @@ pub fn ssrc(kind: Kind, packet: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b))
 }
 
+/// The length of a well-formed RTP header (fixed part, CSRCs, header extension), or
+/// `None` when the header does not fit in `packet` or an RFC 8285 extension element
+/// (one-byte profile 0xBEDE, two-byte profile 0x1000) runs past the extension block.
+/// SRTP bridging checks this before a packet reaches the SRTP library, whose header
+/// parser trusts those lengths.
+pub fn rtp_header_len(packet: &[u8]) -> Option<usize> {
+    let b0 = *packet.first()?;
+    let cc = usize::from(b0 & 0x0f);
+    let len = RTP_MIN.checked_add(cc * 4)?;
+    if len > packet.len() {
+        return None;
+    }
+    if b0 & 0x10 == 0 {
+        return Some(len);
+    }
+    let ext: [u8; 4] = packet.get(len..len + 4)?.try_into().ok()?;
+    let profile = u16::from_be_bytes([ext[0], ext[1]]);
+    let words = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+    let start = len + 4;
+    let end = start.checked_add(words * 4)?;
+    let block = packet.get(start..end)?;
+    let fits = match profile {
+        0xBEDE => one_byte_elements_fit(block),
+        0x1000 => two_byte_elements_fit(block),
+        _ => true,
+    };
+    fits.then_some(end)
+}
+
+fn one_byte_elements_fit(block: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = block.get(i) {
+        i += 1;
+        if b == 0 {
+            continue; // padding
+        }
+        if b >> 4 == 0x0f {
+            return true; // the reserved id ends the walk
+        }
+        i += usize::from(b & 0x0f) + 1;
+        if i > block.len() {
+            return false;
+        }
+    }
+    true
+}
+
+fn two_byte_elements_fit(block: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = block.get(i) {
+        i += 1;
+        if b == 0 {
+            continue; // padding
+        }
+        let Some(&n) = block.get(i) else {
+            return false;
+        };
+        i += 1 + usize::from(n);
+        if i > block.len() {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -84,6 +149,34 @@ mod tests {
         assert_eq!(classify(&[0x40, 0, 0, 0]), Kind::Other);
         assert_eq!(classify(&[]), Kind::Other);
         assert_eq!(classify(&[0x80]), Kind::Other);
+    }
+
+    #[test]
+    fn rtp_header_lengths() {
+        let mut p = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(rtp_header_len(&p), Some(12));
+        p[0] = 0x81; // one CSRC, missing
+        assert_eq!(rtp_header_len(&p), None);
+        p.extend_from_slice(&[0, 0, 0, 2]);
+        assert_eq!(rtp_header_len(&p), Some(16));
+        // One-byte extension: id 1 with 2 bytes, padding; one word.
+        let mut e = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xBE, 0xDE, 0, 1];
+        e.extend_from_slice(&[0x11, 0xaa, 0xbb, 0x00]);
+        assert_eq!(rtp_header_len(&e), Some(20));
+        e[16] = 0x13; // 4 bytes claimed, 3 left
+        assert_eq!(rtp_header_len(&e), None);
+        // Two-byte extension: id 1, 255 bytes claimed in one word.
+        let mut t = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00, 0, 1];
+        t.extend_from_slice(&[0x01, 0xff, 0, 0]);
+        assert_eq!(rtp_header_len(&t), None);
+        t[17] = 2;
+        assert_eq!(rtp_header_len(&t), Some(20));
+        // An extension block longer than the packet.
+        t[15] = 9;
+        assert_eq!(rtp_header_len(&t), None);
+        // Another profile: opaque.
+        let o = [0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x12, 0x34, 0, 0];
+        assert_eq!(rtp_header_len(&o), Some(16));
     }
 
     #[test]

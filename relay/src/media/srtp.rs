@@ -138,7 +138,8 @@ impl Termination {
         match kind {
             Kind::Rtp => {
                 let tag = self.profile.rtp_auth_tag_len() + self.profile.aead_auth_tag_len();
-                if packet.len() < 12 + tag {
+                let header = packet::rtp_header_len(packet).ok_or(Refused::Malformed)?;
+                if packet.len() < header + tag {
                     return Err(Refused::Malformed);
                 }
                 if !self.admit_ssrc(ssrc) {
@@ -170,7 +171,7 @@ impl Termination {
     /// Encrypt plain RTP or RTCP for the device.
     pub fn encrypt(&mut self, kind: Kind, packet: &[u8]) -> Result<bytes::Bytes, Refused> {
         match kind {
-            Kind::Rtp if packet.len() >= 12 => self
+            Kind::Rtp if packet::rtp_header_len(packet).is_some() => self
                 .outbound
                 .encrypt_rtp(packet)
                 .map_err(|_| Refused::Malformed),
