@@ -1934,29 +1934,3 @@ fn property_an_attacker_gets_and_injects_nothing_on_announced_legs() {
         attacker_property(w, devices, announced(q, true), seed);
     }
 }
-
-#[test]
-fn zz_tmp_seeds() {
-    let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/");
-    for f in ["create_ice", "create_srtp"] {
-        let b = std::fs::read(format!("{d}control_json/{f}.json")).unwrap();
-        let c: CreateSession = serde_json::from_slice(&b).unwrap();
-        c.validate().unwrap();
-        eprintln!("{f} ok");
-    }
-    for f in ["answer", "reinvite"] {
-        let b = std::fs::read(format!("{d}control_json/{f}.json")).unwrap();
-        let c: UpdateSession = serde_json::from_slice(&b).unwrap();
-        c.validate().unwrap();
-        eprintln!("{f} ok");
-    }
-    let e = ice::Expect {
-        receiver_ufrag: "CALE",
-        receiver_pwd: CALLEE_PWD,
-        sender_ufrag: Some("CALR"),
-    };
-    let b = std::fs::read(format!("{d}media_packet/ice_caller_check")).unwrap();
-    assert_eq!(ice::check(&b[1..], Some(e)), ice::Stun::AuthenticatedCheck);
-    assert_eq!(&b[1..], &caller_check(9)[..]);
-    eprintln!("check ok");
-}
