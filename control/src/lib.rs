@@ -83,7 +83,11 @@ pub struct CreateSession {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSession {
-    /// The callee's answer. Accepted once; a second one is refused (409).
+    /// The callee's answer. Accepted once; a second one is refused (409). When the
+    /// answer has no ICE while the offer had it, neither side uses ICE (RFC 8445
+    /// section 5.1.3 / RFC 8839): send `caller` along with the answer, without `ice`
+    /// and with its announced addresses or `learn_first_source`, or the caller leg
+    /// keeps waiting for connectivity checks that will never come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<LegRequest>,
     /// New data for the caller leg (re-INVITE or UPDATE from either side).

@@ -15,7 +15,10 @@
 //! - hands every datagram that arrives on a media port to [`Media::handle_packet`],
 //!   in place, and sends what it answers: `buf[range]` from the port whose handle it
 //!   names to the address it names. Nothing is allocated or copied on the forwarding
-//!   path; SRTP bridging writes the transformed packet over the received one;
+//!   path; SRTP bridging writes the transformed packet over the received one, so the
+//!   buffer must have room after the datagram for the tag that encryption adds (up
+//!   to 16 bytes; the datapath's buffers have far more), else the packet is dropped
+//!   as malformed;
 //! - sleeps no longer than [`Media::poll_timeout`] and then calls
 //!   [`Media::handle_timeout`]; sessions that end there (inactivity, maximum duration)
 //!   come out of [`Media::poll_ended`] with their final counters.
