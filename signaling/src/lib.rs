@@ -10,6 +10,7 @@ pub mod number;
 pub mod proxy;
 pub mod push;
 pub mod registrar;
+pub mod service;
 pub mod sip;
 pub mod store;
 
@@ -34,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::SignalingConfig;
 use registrar::RegistrarHandle;
-use sip::{SipAddrs, SipError, SipServer};
+use service::{ServiceError, SipServer};
+use sip::{SipAddrs, SipError};
 use store::{Store, StoreError};
 
 /// Errors that stop the process from starting (or from running on).
@@ -47,6 +49,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("SIP: {0}")]
     Sip(#[from] SipError),
+    #[error("SIP: {0}")]
+    Service(#[from] ServiceError),
     #[error("push: {0}")]
     Push(#[from] push::PushError),
     #[error("cannot bind the HTTP API on {addr}: {source}")]

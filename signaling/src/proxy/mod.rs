@@ -29,13 +29,12 @@ use tokio::sync::mpsc;
 
 use crate::model::{AccountId, Binding};
 use crate::registrar::core::AuthDecision;
-use crate::registrar::{new_tag, unix_now, Origin, RegistrarHandle};
+use crate::registrar::{unix_now, RegistrarHandle};
 use crate::sip::grammar::{self, AuthParams, SipUri};
-use crate::sip::message::{HeaderName, Message, ResponseBuilder};
-use crate::sip::server::Upstream;
+use crate::sip::message::{new_tag, HeaderName, Message, Reply, ResponseBuilder};
 use crate::sip::transaction::{ClientInvite, ClientNonInvite, Event, TimerConfig};
 use crate::sip::transport::{Flows, Transport};
-use crate::sip::SipAddrs;
+use crate::sip::{Handled, Origin, Request, SipAddrs, Upstream, ALLOW};
 
 pub use config::ProxyConfig;
 pub use dialplan::DialPlanConfig;
@@ -215,7 +214,7 @@ struct NewBranch {
 }
 
 /// The proxy shared by every connection of the SIP server.
-pub(crate) struct Proxy {
+pub struct Proxy {
     cfg: ProxyConfig,
     dialplan: DialPlanConfig,
     realm: String,
@@ -276,17 +275,17 @@ impl PendingCancel {
     }
 }
 
-/// A decision for a new request.
-pub(crate) enum Handled {
-    /// Answer now with these bytes through the server transaction.
-    Reply(Vec<u8>),
-    /// A REGISTER's answer: send it, then announce the bindings it saved.
-    Registered(Vec<u8>, Vec<crate::registrar::Registered>),
-    /// The 200 to a CANCEL: send it, then cancel the INVITE (whose 487 must not
-    /// overtake the 200).
-    Cancelled(Vec<u8>, PendingCancel),
-    /// A task took the request and answers through the [`Upstream`].
-    Taken,
+/// Boxed future of [`RequestSender::send_request`].
+pub type SendFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<u16>> + Send + 'a>>;
+
+/// Sends a complete non-INVITE request to a registered device over its flow (RFC 5626)
+/// as a client transaction, resolving with the final response's status code, or
+/// `None` when there was none (flow gone, Timer F). Responses are matched by the top
+/// Via branch of `request`, which is unique. The proxy implements it (requests we
+/// originate, such as deferred messages); tests put a fake in its place.
+pub trait RequestSender: Send + Sync + 'static {
+    fn send_request<'a>(&'a self, binding: &'a Binding, request: Vec<u8>) -> SendFuture<'a>;
 }
 
 impl Proxy {
@@ -325,10 +324,10 @@ impl Proxy {
         origin: Origin,
         top_via: &str,
         tag: &str,
-    ) -> Result<Caller, Vec<u8>> {
+    ) -> Result<Caller, Reply> {
         let method = msg.method().unwrap_or("");
         let reply = |code: u16, reason: &str| {
-            ResponseBuilder::new(msg, code, reason, top_via, Some(tag)).finish()
+            ResponseBuilder::new(msg, code, reason, top_via, Some(tag)).reply()
         };
         let Some(from) = msg.from() else {
             return Err(reply(400, "Bad Request"));
@@ -361,7 +360,7 @@ impl Proxy {
             for v in &values {
                 r = r.header("Proxy-Authenticate", v);
             }
-            r.finish()
+            r.reply()
         };
         if self
             .registrar
@@ -693,17 +692,20 @@ impl Proxy {
     /// us, CANCEL or ACK).
     pub(crate) async fn handle_request(
         self: &Arc<Self>,
-        msg: &Message<'_>,
-        raw: &[u8],
-        origin: Origin,
-        top_via: &str,
+        req: &Request<'_>,
         upstream: Upstream,
-        invite_key: &str,
     ) -> Handled {
+        let Request {
+            msg,
+            raw,
+            origin,
+            top_via,
+            invite_key,
+        } = *req;
         let method = msg.method().unwrap_or("");
         let tag = new_tag();
         let reply = |code: u16, reason: &str| {
-            Handled::Reply(ResponseBuilder::new(msg, code, reason, top_via, Some(&tag)).finish())
+            Handled::Reply(ResponseBuilder::new(msg, code, reason, top_via, Some(&tag)).reply())
         };
         // RFC 3261 16.3 step 3.
         let max_forwards = match msg.header(HeaderName::MaxForwards) {
@@ -802,7 +804,7 @@ impl Proxy {
                         counted_call = Some(call_id.to_owned());
                     }
                 }
-                Err(bytes) => return Handled::Reply(bytes),
+                Err(r) => return Handled::Reply(r),
             }
         }
         let release = |h: Handled| {
@@ -821,8 +823,8 @@ impl Proxy {
         if !matches!(method, "INVITE" | "MESSAGE") {
             return release(Handled::Reply(
                 ResponseBuilder::new(msg, 405, "Method Not Allowed", top_via, Some(&tag))
-                    .header("Allow", crate::sip::server::ALLOW)
-                    .finish(),
+                    .header("Allow", ALLOW)
+                    .reply(),
             ));
         }
         let Some(identity) = uri.user_decoded() else {
@@ -997,7 +999,7 @@ impl Proxy {
     ) -> Handled {
         let tag = new_tag();
         let reply = |code: u16, reason: &str| {
-            Handled::Reply(ResponseBuilder::new(msg, code, reason, top_via, Some(&tag)).finish())
+            Handled::Reply(ResponseBuilder::new(msg, code, reason, top_via, Some(&tag)).reply())
         };
         let Some(routed) = dialplan::route(&self.dialplan, identity) else {
             return reply(404, "Not Found");
@@ -1076,9 +1078,19 @@ impl Proxy {
         setup: Option<CallSetup>,
     ) -> Handled {
         let (tx, rx) = mpsc::channel(64);
+        let refuse = |code: u16, reason: &str, retry_after: Option<&str>| {
+            let Ok(m) = Message::parse(raw) else {
+                return Handled::Taken;
+            };
+            let mut r = ResponseBuilder::new(&m, code, reason, top_via, Some(&new_tag()));
+            if let Some(secs) = retry_after {
+                r = r.header("Retry-After", secs);
+            }
+            Handled::Reply(r.reply())
+        };
         let deciding = {
             let Ok(mut calls) = self.calls.lock() else {
-                return Handled::Reply(Vec::new());
+                return refuse(500, "Server Internal Error", None);
             };
             // A forked request counts against `max_transactions` until its final
             // response goes upstream. After that its task lives up to 32 s more on
@@ -1090,14 +1102,7 @@ impl Proxy {
                 || calls.len() >= self.cfg.max_transactions.saturating_mul(FINISHING_FACTOR)
             {
                 drop(calls);
-                let Ok(m) = Message::parse(raw) else {
-                    return Handled::Reply(Vec::new());
-                };
-                return Handled::Reply(
-                    ResponseBuilder::new(&m, 503, "Service Unavailable", top_via, Some(&new_tag()))
-                        .header("Retry-After", "5")
-                        .finish(),
-                );
+                return refuse(503, "Service Unavailable", Some("5"));
             }
             calls.insert(
                 invite_key.to_owned(),
@@ -1262,12 +1267,8 @@ fn forked_request(msg: &Message<'_>, account: AccountId, live: Vec<String>) -> F
     }
 }
 
-impl crate::push::deferred::RequestSender for Proxy {
-    fn send_request<'a>(
-        &'a self,
-        binding: &'a Binding,
-        request: Vec<u8>,
-    ) -> crate::push::deferred::SendFuture<'a> {
+impl RequestSender for Proxy {
+    fn send_request<'a>(&'a self, binding: &'a Binding, request: Vec<u8>) -> SendFuture<'a> {
         Box::pin(self.send_own_request(binding, request))
     }
 }

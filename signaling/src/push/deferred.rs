@@ -8,8 +8,6 @@
 //! Sending a request and learning its final status needs a client transaction, which
 //! the proxy owns: it implements [`RequestSender`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -19,16 +17,7 @@ use crate::model::{Binding, DeferredMessage};
 use crate::registrar::Registered;
 use crate::store::Store;
 
-/// Boxed future of [`RequestSender::send_request`].
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Option<u16>> + Send + 'a>>;
-
-/// Sends a complete non-INVITE request to a registered device over its flow (RFC 5626)
-/// as a client transaction, resolving with the final response's status code, or
-/// `None` when there was none (flow gone, Timer F). Responses are matched by the top
-/// Via branch of `request`, which is unique.
-pub trait RequestSender: Send + Sync + 'static {
-    fn send_request<'a>(&'a self, binding: &'a Binding, request: Vec<u8>) -> SendFuture<'a>;
-}
+pub use crate::proxy::{RequestSender, SendFuture};
 
 /// How a delivery round ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,14 +12,16 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::model::{AccountId, Binding};
 use crate::sip::grammar::{self, AuthParams, SipUri};
-use crate::sip::message::{HeaderName, Message, ResponseBuilder};
+use crate::sip::message::{new_tag, HeaderName, Message, Reply, ResponseBuilder};
 use crate::sip::transport::{Flows, Transport};
+use crate::sip::Origin;
 
 use self::core::{AuthDecision, ContactRequest, ContactsSpec, RegisterRequest, Registrar, StoreOp};
 pub use config::RegistrarConfig;
@@ -80,15 +82,74 @@ impl std::fmt::Debug for RegistrarHandle {
     }
 }
 
-/// Where a request came from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Origin {
-    pub transport: Transport,
-    pub source: SocketAddr,
-    pub local: SocketAddr,
+/// Errors starting the registrar.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrarError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("loading stored bindings: {0}")]
+    Store(String),
 }
 
 impl RegistrarHandle {
+    /// Builds the registrar: loads the stored bindings (deleting expired ones) and
+    /// starts its expiry task, which runs until `shutdown` is cancelled. `flows` is
+    /// where requests to devices go out and replaced flows are closed.
+    pub async fn start(
+        cfg: &RegistrarConfig,
+        realm: &str,
+        store: Arc<dyn RegistrarStore>,
+        flows: Arc<Flows>,
+        shutdown: CancellationToken,
+    ) -> Result<(RegistrarHandle, tokio::task::JoinHandle<()>), RegistrarError> {
+        cfg.validate().map_err(RegistrarError::Config)?;
+        let secret = if cfg.nonce_secret.is_empty() {
+            rand::random::<[u8; 32]>().to_vec()
+        } else {
+            cfg.nonce_secret.as_bytes().to_vec()
+        };
+        let mut core = Registrar::new(cfg.clone(), realm.to_owned(), secret);
+        let stored = store
+            .load_bindings()
+            .await
+            .map_err(|e| RegistrarError::Store(e.to_string()))?;
+        let expired = core.restore(stored, unix_now());
+        for b in expired {
+            store
+                .delete_binding(b.account_id, &b.instance_id, b.reg_id)
+                .await
+                .map_err(|e| RegistrarError::Store(e.to_string()))?;
+        }
+        let handle = RegistrarHandle {
+            inner: Arc::new(Shared {
+                realm: realm.to_owned(),
+                core: Mutex::new(core),
+                store,
+                flows,
+                expiry_changed: Notify::new(),
+            }),
+        };
+        let task = tokio::spawn(handle.clone().expiry_loop(shutdown));
+        Ok((handle, task))
+    }
+
+    /// Removes bindings as they expire.
+    async fn expiry_loop(self, shutdown: CancellationToken) {
+        loop {
+            let next = self.expire().await;
+            let wait = match next {
+                Some(t) => Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0).max(1)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.inner.expiry_changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
     /// Events for every binding a successful REGISTER creates or refreshes (not for
     /// unregistrations), sent when the binding is stored and the 200 OK has been
     /// handed to the transport. Use: a parked call's new branch to a device that
@@ -193,7 +254,7 @@ impl RegistrarHandle {
         msg: &Message<'_>,
         origin: Origin,
         top_via: &str,
-    ) -> (Vec<u8>, Vec<Registered>) {
+    ) -> (Reply, Vec<Registered>) {
         let mut saved = Vec::new();
         let bytes = self
             .handle_register_inner(msg, origin, top_via, &mut saved)
@@ -221,7 +282,7 @@ impl RegistrarHandle {
         origin: Origin,
         top_via: &str,
         saved: &mut Vec<Registered>,
-    ) -> Vec<u8> {
+    ) -> Reply {
         let now = unix_now();
         let reply = |code: u16, reason: &str| {
             ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()))
@@ -234,17 +295,17 @@ impl RegistrarHandle {
             .map(|c| c.is_banned(ip, now))
             .unwrap_or(false)
         {
-            return reply(403, "Forbidden").finish();
+            return reply(403, "Forbidden").reply();
         }
         // The AOR: the To URI's user (login, username or phone number).
         let Some(to) = msg.to() else {
-            return reply(400, "Bad Request").finish();
+            return reply(400, "Bad Request").reply();
         };
         let Some(to_uri) = SipUri::parse(to.uri) else {
-            return reply(416, "Unsupported URI Scheme").finish();
+            return reply(416, "Unsupported URI Scheme").reply();
         };
         let Some(identity) = to_uri.user_decoded() else {
-            return reply(404, "Not Found").finish();
+            return reply(404, "Not Found").reply();
         };
         // User parameters (";...") in the user part are not part of the identity.
         let identity = identity.split(';').next().unwrap_or("").to_owned();
@@ -265,12 +326,12 @@ impl RegistrarHandle {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "account lookup failed");
-                return reply(500, "Server Internal Error").finish();
+                return reply(500, "Server Internal Error").reply();
             }
         };
         let decision = match self.inner.core.lock() {
             Ok(mut c) => c.authenticate(&auths, "REGISTER", account.as_ref(), ip, now),
-            Err(_) => return reply(500, "Server Internal Error").finish(),
+            Err(_) => return reply(500, "Server Internal Error").reply(),
         };
         let account = match (decision, account) {
             (AuthDecision::Accept, Some(a)) => a,
@@ -285,19 +346,19 @@ impl RegistrarHandle {
                         "source banned after repeated digest authentication failures"
                     );
                 }
-                return reply(403, "Forbidden").finish();
+                return reply(403, "Forbidden").reply();
             }
-            (AuthDecision::Accept, None) => return reply(403, "Forbidden").finish(),
+            (AuthDecision::Accept, None) => return reply(403, "Forbidden").reply(),
         };
 
         // Contacts.
         let contacts = match parse_contacts(msg) {
             Ok(c) => c,
-            Err((code, reason)) => return reply(code, reason).finish(),
+            Err((code, reason)) => return reply(code, reason).reply(),
         };
         let unsupported = match self.inner.core.lock() {
             Ok(c) => c.unsupported_push(&contacts).map(str::to_owned),
-            Err(_) => return reply(500, "Server Internal Error").finish(),
+            Err(_) => return reply(500, "Server Internal Error").reply(),
         };
         if let Some(p) = unsupported {
             tracing::info!(
@@ -305,12 +366,12 @@ impl RegistrarHandle {
                 provider = %p.chars().take(32).collect::<String>(),
                 "REGISTER names a push service that is not configured"
             );
-            return reply(555, "Push Notification Service Not Supported").finish();
+            return reply(555, "Push Notification Service Not Supported").reply();
         }
         let expires_header = match msg.header(HeaderName::Expires) {
             Some(e) => match grammar::decimal(e, u32::MAX as u64) {
                 Some(v) => Some(v as u32),
-                None => return reply(400, "Bad Request").finish(),
+                None => return reply(400, "Bad Request").reply(),
             },
             None => None,
         };
@@ -332,18 +393,18 @@ impl RegistrarHandle {
                             account = account.id,
                             "REGISTER from an instance that is not an authorised device"
                         );
-                        return reply(403, "Device Not Authorized").finish();
+                        return reply(403, "Device Not Authorized").reply();
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "device lookup failed");
-                        return reply(500, "Server Internal Error").finish();
+                        return reply(500, "Server Internal Error").reply();
                     }
                 }
             }
         }
         let (call_id, cseq) = match (msg.call_id(), msg.cseq()) {
             (Some(c), Some((n, _))) => (c.to_owned(), n),
-            _ => return reply(400, "Bad Request").finish(),
+            _ => return reply(400, "Bad Request").reply(),
         };
         let req = RegisterRequest {
             account: account.id,
@@ -360,7 +421,7 @@ impl RegistrarHandle {
         };
         let outcome = match self.inner.core.lock() {
             Ok(mut c) => c.register(&req, now),
-            Err(_) => return reply(500, "Server Internal Error").finish(),
+            Err(_) => return reply(500, "Server Internal Error").reply(),
         };
         for op in &outcome.ops {
             let r = match op {
@@ -378,7 +439,7 @@ impl RegistrarHandle {
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "writing a binding to the store failed");
-                return reply(500, "Server Internal Error").finish();
+                return reply(500, "Server Internal Error").reply();
             }
         }
         // The device's RFC 8599 parameters outlive the binding (it is pushed when
@@ -447,10 +508,10 @@ impl RegistrarHandle {
                 r = r.header("Contact", &v);
             }
         }
-        r.finish()
+        r.reply()
     }
 
-    fn challenge(&self, msg: &Message<'_>, top_via: &str, now: i64, stale: bool) -> Vec<u8> {
+    fn challenge(&self, msg: &Message<'_>, top_via: &str, now: i64, stale: bool) -> Reply {
         let random: [u8; 8] = rand::random();
         let challenges = match self.inner.core.lock() {
             Ok(c) => c.challenges(now, random, stale),
@@ -460,12 +521,8 @@ impl RegistrarHandle {
         for c in &challenges {
             r = r.header("WWW-Authenticate", c);
         }
-        r.finish()
+        r.reply()
     }
-}
-
-pub(crate) fn new_tag() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// An RFC 8599 parameter of a Contact: a SIP URI parameter (RFC 8599 4.1.1, percent

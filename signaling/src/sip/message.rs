@@ -602,7 +602,20 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
 /// Call-ID and CSeq; `extra` headers follow; Content-Length is 0.
 #[derive(Debug)]
 pub struct ResponseBuilder {
+    code: u16,
     out: String,
+}
+
+/// A response we built, with its status code, so nobody parses it back to learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// A fresh To tag (or any random token of 16 hex digits).
+pub fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl ResponseBuilder {
@@ -651,7 +664,7 @@ impl ResponseBuilder {
         if let Some(c) = req.header(HeaderName::CSeq) {
             let _ = write!(out, "CSeq: {c}\r\n");
         }
-        ResponseBuilder { out }
+        ResponseBuilder { code, out }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -663,6 +676,15 @@ impl ResponseBuilder {
         self.out
             .push_str("Server: tandem-signaling\r\nContent-Length: 0\r\n\r\n");
         self.out.into_bytes()
+    }
+
+    /// As [`Self::finish`], keeping the status code with the bytes.
+    pub fn reply(self) -> Reply {
+        let code = self.code;
+        Reply {
+            code,
+            bytes: self.finish(),
+        }
     }
 }
 

@@ -1,29 +1,29 @@
-//! The SIP server: binds UDP, TCP and TLS listeners, frames streams, runs server
-//! transactions and dispatches requests: REGISTER to the registrar, OPTIONS to us
-//! answered here, CANCEL matched to the INVITE it cancels, everything else (INVITE,
-//! MESSAGE, in-dialog requests, responses, ACK for 2xx) to the forking proxy.
+//! The SIP endpoint: binds UDP, TCP and TLS listeners, frames streams, runs server
+//! transactions and hands what they let through to a [`TransactionUser`]: each new
+//! request (retransmissions are absorbed here), each response (for the client
+//! transactions the user runs) and each ACK for a 2xx (end to end, no transaction).
+//! It knows nothing of what the user is (registrar, proxy).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{DialPlanConfig, Handled, Proxy, ProxyConfig};
-use crate::registrar::core::Registrar;
-use crate::registrar::{
-    unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared,
+use crate::sip::message::{
+    frame_stream, new_tag, stamp_via, Framing, HeaderName, Message, Reply, ResponseBuilder,
 };
-use crate::sip::message::{frame_stream, stamp_via, Framing, HeaderName, Message, ResponseBuilder};
 use crate::sip::transaction::{ServerInvite, ServerNonInvite, TimerConfig};
 use crate::sip::transport::{Flows, Transport};
-use crate::sip::SipConfig;
+use crate::sip::{Origin, SipConfig};
 
 /// Errors starting or running the SIP server.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,6 @@ pub enum SipError {
     },
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("loading stored bindings: {0}")]
-    Store(String),
     #[error("server task failed: {0}")]
     Task(String),
 }
@@ -53,37 +51,86 @@ pub struct SipAddrs {
     pub tls: Option<SocketAddr>,
 }
 
-/// A running SIP server.
-#[derive(Debug)]
-pub struct SipServer {
-    addrs: SipAddrs,
-    registrar: RegistrarHandle,
-    proxy: Arc<Proxy>,
-    tracker: TaskTracker,
+/// A new request handed to the [`TransactionUser`], with what it needs to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub msg: &'a Message<'a>,
+    pub raw: &'a [u8],
+    pub origin: Origin,
+    /// The top Via with `received`/`rport` filled in (RFC 3261 18.2.1, RFC 3581).
+    pub top_via: &'a str,
+    /// The key of the server INVITE transaction this request would belong to: a
+    /// CANCEL names the INVITE it cancels by it.
+    pub invite_key: &'a str,
 }
 
-/// Methods RFC 3261 and its extensions define; others get 501 (RFC 3261 8.2.1).
-const KNOWN_METHODS: &[&str] = &[
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "OPTIONS",
-    "REGISTER",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "REFER",
-    "MESSAGE",
-    "UPDATE",
-];
-pub(crate) const ALLOW: &str =
-    "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, UPDATE, INFO, PRACK";
-/// Option tags we support (RFC 3261 8.2.2.3). Not `path`: Path headers (RFC 3327) are
-/// not stored yet, so a REGISTER that requires them gets 420.
-const SUPPORTED: &[&str] = &["outbound"];
+impl Request<'_> {
+    /// A response to this request, with a fresh To tag.
+    pub fn reply(&self, code: u16, reason: &str) -> ResponseBuilder {
+        ResponseBuilder::new(self.msg, code, reason, self.top_via, Some(&new_tag()))
+    }
+}
+
+/// What the transaction user did with a new request.
+pub enum Handled {
+    /// Answer now through the server transaction.
+    Reply(Reply),
+    /// Answer now, then run `then` once the answer has been handed to the transport
+    /// (a REGISTER's bindings are announced only after its 200; a CANCEL's INVITE is
+    /// cancelled only after the 200 to the CANCEL, so the 487 never overtakes it).
+    ReplyThen(Reply, Box<dyn FnOnce() + Send>),
+    /// The user took the request and answers later through the [`Upstream`].
+    Taken,
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handled::Reply(r) => f.debug_tuple("Reply").field(&r.code).finish(),
+            Handled::ReplyThen(r, _) => f.debug_tuple("ReplyThen").field(&r.code).finish(),
+            Handled::Taken => f.write_str("Taken"),
+        }
+    }
+}
+
+/// Boxed future of [`TransactionUser::on_request`].
+pub type TuFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What sits above the transaction layer (RFC 3261 section 6, "TU").
+pub trait TransactionUser: Send + Sync + 'static {
+    /// A new request (not a retransmission, not an ACK); answer with [`Handled`].
+    fn on_request<'a>(&'a self, req: Request<'a>, upstream: Upstream) -> TuFuture<'a, Handled>;
+    /// An ACK that matched no server transaction: the ACK for a 2xx, end to end.
+    fn on_ack<'a>(&'a self, msg: &'a Message<'a>, origin: Origin) -> TuFuture<'a, ()>;
+    /// A valid response, for a client transaction of the user (or a stray).
+    fn on_response(&self, msg: &Message<'_>, raw: &[u8]);
+}
+
+/// Listeners bound, not serving yet: where they listen is known, so the layers above
+/// can be built with it before [`BoundEndpoint::serve`].
+pub struct BoundEndpoint {
+    cfg: SipConfig,
+    flows: Arc<Flows>,
+    addrs: SipAddrs,
+    udp: Option<(Arc<UdpSocket>, SocketAddr)>,
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+impl std::fmt::Debug for BoundEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundEndpoint")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running SIP endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    addrs: SipAddrs,
+    tracker: TaskTracker,
+}
 /// Most requests handled at once (UDP); more are dropped and retransmitted by clients.
 const MAX_IN_FLIGHT: usize = 1024;
 const MAX_TRANSACTIONS: usize = 200_000;
@@ -107,8 +154,7 @@ struct TxTable {
 
 struct Server {
     cfg: SipConfig,
-    registrar: RegistrarHandle,
-    proxy: Arc<Proxy>,
+    tu: Arc<dyn TransactionUser>,
     flows: Arc<Flows>,
     txs: Arc<Mutex<TxTable>>,
     timers: TimerConfig,
@@ -118,68 +164,11 @@ struct Server {
     tracker: TaskTracker,
 }
 
-impl SipServer {
-    /// Binds the listeners, loads stored bindings (dropping expired ones), starts serving
-    /// until `shutdown` is cancelled.
-    pub async fn start<S: RegistrarStore>(
-        cfg: &SipConfig,
-        reg: &RegistrarConfig,
-        store: S,
-        shutdown: CancellationToken,
-    ) -> Result<SipServer, SipError> {
-        Self::start_with_proxy(
-            cfg,
-            reg,
-            &ProxyConfig::default(),
-            &DialPlanConfig::default(),
-            store,
-            shutdown,
-        )
-        .await
-    }
-
-    /// As [`SipServer::start`] with the forking proxy's settings and dial plan.
-    pub async fn start_with_proxy<S: RegistrarStore>(
-        cfg: &SipConfig,
-        reg: &RegistrarConfig,
-        proxy: &ProxyConfig,
-        dialplan: &DialPlanConfig,
-        store: S,
-        shutdown: CancellationToken,
-    ) -> Result<SipServer, SipError> {
+impl Endpoint {
+    /// Binds the configured listeners; `flows` is where responses and requests to
+    /// devices go out (shared with the layers above).
+    pub async fn bind(cfg: &SipConfig, flows: Arc<Flows>) -> Result<BoundEndpoint, SipError> {
         cfg.validate().map_err(SipError::Config)?;
-        reg.validate().map_err(SipError::Config)?;
-        proxy.validate().map_err(SipError::Config)?;
-        dialplan.validate().map_err(SipError::Config)?;
-        let store: Arc<dyn RegistrarStore> = Arc::new(store);
-        let secret = if reg.nonce_secret.is_empty() {
-            rand::random::<[u8; 32]>().to_vec()
-        } else {
-            reg.nonce_secret.as_bytes().to_vec()
-        };
-        let mut core = Registrar::new(reg.clone(), cfg.realm.clone(), secret);
-        let stored = store
-            .load_bindings()
-            .await
-            .map_err(|e| SipError::Store(e.to_string()))?;
-        let expired = core.restore(stored, unix_now());
-        for b in expired {
-            store
-                .delete_binding(b.account_id, &b.instance_id, b.reg_id)
-                .await
-                .map_err(|e| SipError::Store(e.to_string()))?;
-        }
-        let flows = Arc::new(Flows::default());
-        let registrar = RegistrarHandle {
-            inner: Arc::new(Shared {
-                realm: cfg.realm.clone(),
-                core: Mutex::new(core),
-                store,
-                flows: flows.clone(),
-                expiry_changed: Notify::new(),
-            }),
-        };
-        let tracker = TaskTracker::new();
         let mut addrs = SipAddrs {
             udp: None,
             tcp: None,
@@ -237,78 +226,60 @@ impl SipServer {
             })?);
             tls = Some((l, acceptor));
         }
-        let timers = TimerConfig::default();
-        let server = Arc::new(Server {
+        Ok(BoundEndpoint {
             cfg: cfg.clone(),
-            registrar: registrar.clone(),
-            proxy: Arc::new(Proxy::new(
-                proxy.clone(),
-                dialplan.clone(),
-                cfg.realm.clone(),
-                registrar.clone(),
-                flows.clone(),
-                addrs,
-                timers,
-            )),
-            flows: flows.clone(),
-            txs: Arc::new(Mutex::new(TxTable::default())),
-            timers,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            connections: Arc::new(Semaphore::new(cfg.max_connections)),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        });
-        tracker.spawn(
-            server
-                .proxy
-                .clone()
-                .registration_loop(registrar.subscribe_registrations(), shutdown.clone()),
-        );
-        if let Some((sock, local)) = udp {
-            tracker.spawn(server.clone().udp_loop(sock, local));
-        }
-        if let Some(l) = tcp {
-            tracker.spawn(server.clone().accept_loop(l, None));
-        }
-        if let Some((l, acceptor)) = tls {
-            tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
-        }
-        tracker.spawn(server.clone().expiry_loop());
-        tracker.spawn(server.clone().transaction_timer_loop());
-        tracker.close();
-        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
-        Ok(SipServer {
+            flows,
             addrs,
-            registrar,
-            proxy: server.proxy.clone(),
-            tracker,
+            udp,
+            tcp,
+            tls,
         })
-    }
-
-    /// Installs the hooks for accounts whose devices are offline (push, deferred
-    /// messages); without them such requests get 480.
-    pub fn set_offline_targets(&self, hooks: Arc<dyn crate::proxy::OfflineTargets>) {
-        self.proxy.set_offline(hooks);
-    }
-
-    /// Sends requests of our own to registered devices as client transactions of the
-    /// proxy (deferred message delivery).
-    pub fn request_sender(&self) -> Arc<dyn crate::push::deferred::RequestSender> {
-        self.proxy.clone()
-    }
-
-    pub fn registrar(&self) -> RegistrarHandle {
-        self.registrar.clone()
     }
 
     pub fn local_addrs(&self) -> SipAddrs {
         self.addrs
     }
 
-    /// Resolves when the server has stopped after shutdown.
+    /// Resolves when the endpoint has stopped after shutdown.
     pub async fn wait(self) -> Result<(), SipError> {
         self.tracker.wait().await;
         Ok(())
+    }
+}
+
+impl BoundEndpoint {
+    pub fn local_addrs(&self) -> SipAddrs {
+        self.addrs
+    }
+
+    /// Starts serving: requests go to `tu` until `shutdown` is cancelled.
+    pub fn serve(self, tu: Arc<dyn TransactionUser>, shutdown: CancellationToken) -> Endpoint {
+        let tracker = TaskTracker::new();
+        let addrs = self.addrs;
+        let server = Arc::new(Server {
+            cfg: self.cfg.clone(),
+            tu,
+            flows: self.flows.clone(),
+            txs: Arc::new(Mutex::new(TxTable::default())),
+            timers: TimerConfig::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            connections: Arc::new(Semaphore::new(self.cfg.max_connections)),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        if let Some((sock, local)) = self.udp {
+            tracker.spawn(server.clone().udp_loop(sock, local));
+        }
+        if let Some(l) = self.tcp {
+            tracker.spawn(server.clone().accept_loop(l, None));
+        }
+        if let Some((l, acceptor)) = self.tls {
+            tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
+        }
+        tracker.spawn(server.clone().transaction_timer_loop());
+        tracker.close();
+        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
+        Endpoint { addrs, tracker }
     }
 }
 
@@ -514,21 +485,6 @@ impl Server {
         let _ = writer.await;
     }
 
-    async fn expiry_loop(self: Arc<Self>) {
-        loop {
-            let next = self.registrar.expire().await;
-            let wait = match next {
-                Some(t) => Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0).max(1)),
-                None => Duration::from_secs(3600),
-            };
-            tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                _ = self.registrar.inner.expiry_changed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
     /// Drives server transaction timers (G, H, I, J) from a heap.
     async fn transaction_timer_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -594,7 +550,7 @@ impl Server {
         if !msg.is_request() {
             // To the proxy's client transaction it answers; stray ones are dropped.
             match msg.validate_response() {
-                Ok(()) => self.proxy.handle_response(&msg, data),
+                Ok(()) => self.tu.on_response(&msg, data),
                 Err(e) => tracing::debug!(error = %e, "invalid response dropped"),
             }
             return;
@@ -615,14 +571,8 @@ impl Server {
                 return;
             }
             let (code, reason) = e.status();
-            let bytes = ResponseBuilder::new(
-                &msg,
-                code,
-                reason,
-                &stamped,
-                Some(&crate::registrar::new_tag()),
-            )
-            .finish();
+            let bytes =
+                ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag())).finish();
             self.flows.send(origin.transport, dest, bytes).await;
             return;
         }
@@ -686,7 +636,7 @@ impl Server {
             Err(_) => return,
         };
         if ack_2xx {
-            self.proxy.forward_ack(&msg, origin).await;
+            self.tu.on_ack(&msg, origin).await;
             return;
         }
         if !is_new {
@@ -709,19 +659,19 @@ impl Server {
             via.port.unwrap_or(0),
             origin.transport.as_str()
         );
-        let (response, saved, cancel) = match self
-            .respond(&msg, data, origin, &stamped, upstream, &invite_key)
-            .await
-        {
-            Handled::Reply(r) => (r, Vec::new(), None),
-            Handled::Registered(r, saved) => (r, saved, None),
-            Handled::Cancelled(r, pending) => (r, Vec::new(), Some(pending)),
+        let req = Request {
+            msg: &msg,
+            raw: data,
+            origin,
+            top_via: &stamped,
+            invite_key: &invite_key,
+        };
+        let (reply, then) = match self.tu.on_request(req, upstream).await {
+            Handled::Reply(r) => (r, None),
+            Handled::ReplyThen(r, then) => (r, Some(then)),
             Handled::Taken => return,
         };
-        let code = Message::parse(&response)
-            .ok()
-            .and_then(|m| m.status())
-            .unwrap_or(500);
+        let Reply { code, bytes } = reply;
         let mut out = Vec::new();
         if let Ok(mut t) = self.txs.lock() {
             let now = Instant::now();
@@ -729,8 +679,8 @@ impl Server {
             let mut next = None;
             if let Some(e) = t.entries.get_mut(&key) {
                 let (o, term, nt) = drive(&mut e.tx, |tx| match tx {
-                    ServerTx::NonInvite(x) => x.send_response(now, code, response),
-                    ServerTx::Invite(x) => x.send_response(now, code, response),
+                    ServerTx::NonInvite(x) => x.send_response(now, code, bytes),
+                    ServerTx::Invite(x) => x.send_response(now, code, bytes),
                 });
                 out = o;
                 remove = term;
@@ -745,89 +695,18 @@ impl Server {
         for b in out {
             self.flows.send(origin.transport, dest, b).await;
         }
-        // After the 200 OK: a parked call or deferred messages may now go to the device.
-        self.registrar.announce(saved);
-        // After the 200 to the CANCEL: the INVITE's 487 may follow.
-        if let Some(c) = cancel {
-            c.fire();
-        }
-    }
-
-    /// The TU: builds the final response for a new request.
-    async fn respond(
-        self: &Arc<Self>,
-        msg: &Message<'_>,
-        raw: &[u8],
-        origin: Origin,
-        top_via: &str,
-        upstream: Upstream,
-        invite_key: &str,
-    ) -> Handled {
-        let method = msg.method().unwrap_or("");
-        let tag = crate::registrar::new_tag();
-        let reply =
-            |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&tag));
-        if !KNOWN_METHODS.contains(&method) {
-            return Handled::Reply(
-                reply(501, "Not Implemented")
-                    .header("Allow", ALLOW)
-                    .finish(),
-            );
-        }
-        let uri = msg.request_uri().unwrap_or("");
-        let scheme = uri.split(':').next().unwrap_or("");
-        if !["sip", "sips", "tel"]
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(scheme))
-        {
-            return Handled::Reply(reply(416, "Unsupported URI Scheme").finish());
-        }
-        let required = msg.list(HeaderName::Require).unwrap_or_default();
-        let unsupported: Vec<&str> = required
-            .into_iter()
-            .filter(|r| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(r)))
-            .collect();
-        if !unsupported.is_empty() && method != "CANCEL" {
-            return Handled::Reply(
-                reply(420, "Bad Extension")
-                    .header("Unsupported", &unsupported.join(", "))
-                    .finish(),
-            );
-        }
-        let to_us_out_of_dialog = msg.header(HeaderName::Route).is_none()
-            && !msg.to().is_some_and(|t| t.params.contains("tag"));
-        match method {
-            "REGISTER" => {
-                let (bytes, saved) = self.registrar.handle_register(msg, origin, top_via).await;
-                Handled::Registered(bytes, saved)
-            }
-            "OPTIONS" if to_us_out_of_dialog => Handled::Reply(
-                reply(200, "OK")
-                    .header("Allow", ALLOW)
-                    .header("Accept", "application/sdp")
-                    .finish(),
-            ),
-            // RFC 3261 16.10: answered here, and the matching INVITE is cancelled on
-            // every branch.
-            "CANCEL" => match self.proxy.cancel(invite_key) {
-                Some(pending) => Handled::Cancelled(reply(200, "OK").finish(), pending),
-                None => Handled::Reply(reply(481, "Call/Transaction Does Not Exist").finish()),
-            },
-            _ => {
-                self.proxy
-                    .handle_request(msg, raw, origin, top_via, upstream, invite_key)
-                    .await
-            }
+        if let Some(then) = then {
+            then();
         }
     }
 }
 
-/// The way back to the caller for a request the proxy answers later: responses go
+/// The way back to the caller for a request the user answers later: responses go
 /// through its server transaction (retransmitted by it on UDP); a 2xx to an INVITE
 /// after the transaction ended (further 2xx of a fork, RFC 3261 16.7 step 5) is sent
 /// directly.
 #[derive(Clone)]
-pub(crate) struct Upstream {
+pub struct Upstream {
     txs: Arc<Mutex<TxTable>>,
     flows: Arc<Flows>,
     key: String,
@@ -835,8 +714,16 @@ pub(crate) struct Upstream {
     dest: SocketAddr,
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Upstream {
-    pub(crate) async fn respond(&self, code: u16, bytes: Vec<u8>) {
+    pub async fn respond(&self, code: u16, bytes: Vec<u8>) {
         let mut out = Vec::new();
         if let Ok(mut t) = self.txs.lock() {
             let now = Instant::now();
