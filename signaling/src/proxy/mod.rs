@@ -28,9 +28,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::model::{AccountId, Binding};
-use crate::registrar::core::AuthDecision;
-use crate::registrar::{unix_now, RegistrarHandle};
-use crate::sip::grammar::{self, AuthParams, SipUri};
+use crate::registrar::{AuthRole, RegistrarHandle};
+use crate::sip::grammar::{self, SipUri};
 use crate::sip::message::{new_tag, HeaderName, Message, Reply, ResponseBuilder};
 use crate::sip::transaction::{ClientInvite, ClientNonInvite, Event, TimerConfig};
 use crate::sip::transport::{Flows, Transport};
@@ -325,12 +324,8 @@ impl Proxy {
         top_via: &str,
         tag: &str,
     ) -> Result<Caller, Reply> {
-        let method = msg.method().unwrap_or("");
-        let reply = |code: u16, reason: &str| {
-            ResponseBuilder::new(msg, code, reason, top_via, Some(tag)).reply()
-        };
         let Some(from) = msg.from() else {
-            return Err(reply(400, "Bad Request"));
+            return Err(ResponseBuilder::new(msg, 400, "Bad Request", top_via, Some(tag)).reply());
         };
         let Some(uri) = SipUri::parse(from.uri) else {
             return Ok(Caller::External);
@@ -342,75 +337,14 @@ impl Proxy {
             .user_decoded()
             .map(|u| u.split(';').next().unwrap_or("").to_owned())
             .unwrap_or_default();
-        let now = unix_now();
-        let ip = origin.source.ip();
-        let challenge = |stale: bool| {
-            let random: [u8; 8] = rand::random();
-            let values = match self.registrar.inner.core.lock() {
-                Ok(c) => c.challenges(now, random, stale),
-                Err(_) => Vec::new(),
-            };
-            let mut r = ResponseBuilder::new(
-                msg,
-                407,
-                "Proxy Authentication Required",
-                top_via,
-                Some(tag),
-            );
-            for v in &values {
-                r = r.header("Proxy-Authenticate", v);
-            }
-            r.reply()
-        };
-        if self
+        let a = self
             .registrar
-            .inner
-            .core
-            .lock()
-            .map(|c| c.is_banned(ip, now))
-            .unwrap_or(false)
-        {
-            return Err(reply(403, "Forbidden"));
-        }
-        let auths: Vec<AuthParams<'_>> = msg
-            .headers_named(HeaderName::ProxyAuthorization)
-            .filter_map(|h| AuthParams::parse(&h.value))
-            .collect();
-        let ours = auths.iter().any(|a| {
-            a.scheme.eq_ignore_ascii_case("Digest") && a.get("realm") == Some(self.realm.as_str())
-        });
-        if !ours {
-            return Err(challenge(false));
-        }
-        let account = match self.registrar.inner.store.find_account(&identity).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
-                return Err(reply(500, "Server Internal Error"));
-            }
-        };
-        let decision = match self.registrar.inner.core.lock() {
-            Ok(mut c) => c.authenticate(&auths, method, account.as_ref(), ip, now),
-            Err(_) => return Err(reply(500, "Server Internal Error")),
-        };
-        match (decision, account) {
-            (AuthDecision::Accept, Some(a)) => Ok(Caller::Account {
-                id: a.id,
-                country_code: a.country_code,
-            }),
-            (AuthDecision::Challenge { stale }, _) => Err(challenge(stale)),
-            (AuthDecision::Retry { .. }, _) => Err(challenge(false)),
-            (AuthDecision::Forbidden { banned }, _) => {
-                if banned {
-                    tracing::warn!(
-                        source = %crate::registrar::redact(ip),
-                        "source banned after repeated proxy authentication failures"
-                    );
-                }
-                Err(reply(403, "Forbidden"))
-            }
-            (AuthDecision::Accept, None) => Err(reply(403, "Forbidden")),
-        }
+            .authenticate(msg, AuthRole::Proxy, &identity, origin, top_via)
+            .await?;
+        Ok(Caller::Account {
+            id: a.id,
+            country_code: a.country_code,
+        })
     }
 
     /// Counts an outgoing call against its account's limit; false beyond the limit.
@@ -833,12 +767,11 @@ impl Proxy {
         let identity = identity.split(';').next().unwrap_or("").to_owned();
         // ONNET first (an account of ours), unless the caller marked the number OFFNET.
         let (offnet, _) = dialplan::split_offnet(&self.dialplan, &identity);
-        let store = &self.registrar.inner.store;
         // National numbers are read with the caller's own country code.
         let found = if offnet {
             Ok(None)
         } else {
-            store
+            self.registrar
                 .find_account_dialled(&identity, caller_cc.as_deref())
                 .await
         };

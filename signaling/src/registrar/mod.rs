@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{AccountId, Binding};
+use crate::model::{AccountCredentials, AccountId, Binding};
 use crate::sip::grammar::{self, AuthParams, SipUri};
 use crate::sip::message::{new_tag, HeaderName, Message, Reply, ResponseBuilder};
 use crate::sip::transport::{Flows, Transport};
@@ -52,13 +52,39 @@ pub(crate) fn redact(addr: std::net::IpAddr) -> String {
     }
 }
 
-pub(crate) struct Shared {
-    pub(crate) realm: String,
-    pub(crate) core: Mutex<Registrar>,
-    pub(crate) store: Arc<dyn RegistrarStore>,
-    pub(crate) flows: Arc<Flows>,
+struct Shared {
+    realm: String,
+    core: Mutex<Registrar>,
+    store: Arc<dyn RegistrarStore>,
+    flows: Arc<Flows>,
     /// Wakes the expiry task when the earliest expiry may have moved.
-    pub(crate) expiry_changed: Notify,
+    expiry_changed: Notify,
+}
+
+/// Which digest exchange (RFC 3261 22.2 and 22.3): a registrar's 401 with
+/// WWW-Authenticate answered in Authorization, or a proxy's 407 with
+/// Proxy-Authenticate answered in Proxy-Authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRole {
+    Registrar,
+    Proxy,
+}
+
+impl AuthRole {
+    /// The header that carries the credentials.
+    pub fn credentials_header(self) -> HeaderName<'static> {
+        match self {
+            AuthRole::Registrar => HeaderName::Authorization,
+            AuthRole::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+
+    fn challenge(self) -> (u16, &'static str, &'static str) {
+        match self {
+            AuthRole::Registrar => (401, "Unauthorized", "WWW-Authenticate"),
+            AuthRole::Proxy => (407, "Proxy Authentication Required", "Proxy-Authenticate"),
+        }
+    }
 }
 
 /// A binding was created or refreshed by a successful REGISTER (see
@@ -73,7 +99,7 @@ pub struct Registered {
 /// Handle the HTTP API and tests use to look at and drop bindings.
 #[derive(Clone)]
 pub struct RegistrarHandle {
-    pub(crate) inner: Arc<Shared>,
+    inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RegistrarHandle {
@@ -287,16 +313,6 @@ impl RegistrarHandle {
         let reply = |code: u16, reason: &str| {
             ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()))
         };
-        let ip = origin.source.ip();
-        if self
-            .inner
-            .core
-            .lock()
-            .map(|c| c.is_banned(ip, now))
-            .unwrap_or(false)
-        {
-            return reply(403, "Forbidden").reply();
-        }
         // The AOR: the To URI's user (login, username or phone number).
         let Some(to) = msg.to() else {
             return reply(400, "Bad Request").reply();
@@ -309,46 +325,12 @@ impl RegistrarHandle {
         };
         // User parameters (";...") in the user part are not part of the identity.
         let identity = identity.split(';').next().unwrap_or("").to_owned();
-
-        let auths: Vec<AuthParams<'_>> = msg
-            .headers_named(HeaderName::Authorization)
-            .filter_map(|h| AuthParams::parse(&h.value))
-            .collect();
-        // Only credentials for our realm are worth a database lookup.
-        let has_ours = auths.iter().any(|a| {
-            a.scheme.eq_ignore_ascii_case("Digest")
-                && a.get("realm") == Some(self.inner.realm.as_str())
-        });
-        if !has_ours {
-            return self.challenge(msg, top_via, now, false);
-        }
-        let account = match self.inner.store.find_account(&identity).await {
+        let account = match self
+            .authenticate(msg, AuthRole::Registrar, &identity, origin, top_via)
+            .await
+        {
             Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
-                return reply(500, "Server Internal Error").reply();
-            }
-        };
-        let decision = match self.inner.core.lock() {
-            Ok(mut c) => c.authenticate(&auths, "REGISTER", account.as_ref(), ip, now),
-            Err(_) => return reply(500, "Server Internal Error").reply(),
-        };
-        let account = match (decision, account) {
-            (AuthDecision::Accept, Some(a)) => a,
-            (AuthDecision::Challenge { stale }, _) => {
-                return self.challenge(msg, top_via, now, stale)
-            }
-            (AuthDecision::Retry { .. }, _) => return self.challenge(msg, top_via, now, false),
-            (AuthDecision::Forbidden { banned }, _) => {
-                if banned {
-                    tracing::warn!(
-                        source = %redact(ip),
-                        "source banned after repeated digest authentication failures"
-                    );
-                }
-                return reply(403, "Forbidden").reply();
-            }
-            (AuthDecision::Accept, None) => return reply(403, "Forbidden").reply(),
+            Err(r) => return r,
         };
 
         // Contacts.
@@ -511,17 +493,109 @@ impl RegistrarHandle {
         r.reply()
     }
 
-    fn challenge(&self, msg: &Message<'_>, top_via: &str, now: i64, stale: bool) -> Reply {
+    /// Digest authentication of `identity` (login, username or phone number) for a
+    /// request, in the registrar's or the proxy's role: the one place where nonces,
+    /// nonce-count replay, failures per source and bans apply. `Ok` with the account
+    /// when the credentials for our realm are right; otherwise the response to send
+    /// (a challenge, or 403 for a banned source or an exhausted retry).
+    pub(crate) async fn authenticate(
+        &self,
+        msg: &Message<'_>,
+        role: AuthRole,
+        identity: &str,
+        origin: Origin,
+        top_via: &str,
+    ) -> Result<AccountCredentials, Reply> {
+        let now = unix_now();
+        let ip = origin.source.ip();
+        let reply = |code: u16, reason: &str| {
+            ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag())).reply()
+        };
+        if self
+            .inner
+            .core
+            .lock()
+            .map(|c| c.is_banned(ip, now))
+            .unwrap_or(false)
+        {
+            return Err(reply(403, "Forbidden"));
+        }
+        let auths: Vec<AuthParams<'_>> = msg
+            .headers_named(role.credentials_header())
+            .filter_map(|h| AuthParams::parse(&h.value))
+            .collect();
+        // Only credentials for our realm are worth a database lookup.
+        let has_ours = auths.iter().any(|a| {
+            a.scheme.eq_ignore_ascii_case("Digest")
+                && a.get("realm") == Some(self.inner.realm.as_str())
+        });
+        if !has_ours {
+            return Err(self.challenge(msg, role, top_via, now, false));
+        }
+        let method = msg.method().unwrap_or("");
+        let account = match self.inner.store.find_account(identity).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                return Err(reply(500, "Server Internal Error"));
+            }
+        };
+        let decision = match self.inner.core.lock() {
+            Ok(mut c) => c.authenticate(&auths, method, account.as_ref(), ip, now),
+            Err(_) => return Err(reply(500, "Server Internal Error")),
+        };
+        match (decision, account) {
+            (AuthDecision::Accept, Some(a)) => Ok(a),
+            (AuthDecision::Challenge { stale }, _) => {
+                Err(self.challenge(msg, role, top_via, now, stale))
+            }
+            (AuthDecision::Retry { .. }, _) => Err(self.challenge(msg, role, top_via, now, false)),
+            (AuthDecision::Forbidden { banned }, _) => {
+                if banned {
+                    tracing::warn!(
+                        source = %redact(ip),
+                        role = ?role,
+                        "source banned after repeated digest authentication failures"
+                    );
+                }
+                Err(reply(403, "Forbidden"))
+            }
+            (AuthDecision::Accept, None) => Err(reply(403, "Forbidden")),
+        }
+    }
+
+    fn challenge(
+        &self,
+        msg: &Message<'_>,
+        role: AuthRole,
+        top_via: &str,
+        now: i64,
+        stale: bool,
+    ) -> Reply {
         let random: [u8; 8] = rand::random();
         let challenges = match self.inner.core.lock() {
             Ok(c) => c.challenges(now, random, stale),
             Err(_) => Vec::new(),
         };
-        let mut r = ResponseBuilder::new(msg, 401, "Unauthorized", top_via, Some(&new_tag()));
+        let (code, reason, header) = role.challenge();
+        let mut r = ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()));
         for c in &challenges {
-            r = r.header("WWW-Authenticate", c);
+            r = r.header(header, c);
         }
         r.reply()
+    }
+
+    /// An account by an identity a caller dialled (see
+    /// [`RegistrarStore::find_account_dialled`]).
+    pub(crate) async fn find_account_dialled(
+        &self,
+        identity: &str,
+        country_code: Option<&str>,
+    ) -> Result<Option<AccountCredentials>, StoreFailure> {
+        self.inner
+            .store
+            .find_account_dialled(identity, country_code)
+            .await
     }
 }
 
