@@ -263,8 +263,10 @@ async fn callers_authenticate_and_are_limited() {
     );
 
     // Right credentials: forwarded to the device with our Via, Record-Route and
-    // Max-Forwards one lower.
+    // Max-Forwards one lower; the credentials for our realm were for us and do not
+    // reach the device, those for another realm pass.
     let mut call1 = Invite::new(me, &alice, &bob);
+    call1.extra = "Proxy-Authorization: Digest username=\"a\", realm=\"gw.example\", nonce=\"n\", uri=\"sip:x\", response=\"00\"\r\n".into();
     call1.auth = Some(client_response(
         Algorithm::Sha256,
         "alice",
@@ -291,7 +293,12 @@ async fn callers_authenticate_and_are_limited() {
     assert_eq!(fm.header(HeaderName::MaxForwards), Some("69"));
     assert_eq!(fm.vias().unwrap().len(), 2);
     assert_eq!(fm.list(HeaderName::RecordRoute).unwrap().len(), 2);
-    assert!(fm.header(HeaderName::ProxyAuthorization).is_some());
+    let creds: Vec<&str> = fm
+        .headers_named(HeaderName::ProxyAuthorization)
+        .map(|h| h.value.as_ref())
+        .collect();
+    assert_eq!(creds.len(), 1, "{fwd}");
+    assert!(creds[0].contains("realm=\"gw.example\""), "{fwd}");
 
     // A second simultaneous call is over alice's limit of 1.
     let mut call2 = Invite::new(me, &alice, &bob);

@@ -411,6 +411,7 @@ fn forwarded_request_gets_our_via_record_route_and_lower_max_forwards() {
             pop_routes: 1,
             max_forwards: 68,
             extra: &[],
+            consume_realm: None,
         },
     );
     let f = Message::parse(&out).unwrap();

@@ -476,6 +476,7 @@ impl Call {
                 pop_routes: 0,
                 max_forwards: t.max_forwards,
                 extra: &[],
+                consume_realm: Some(self.proxy.routing.realm()),
             },
         );
         if let Ok(mut r) = self.proxy.routes.lock() {

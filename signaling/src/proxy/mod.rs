@@ -265,6 +265,7 @@ impl Proxy {
                     pop_routes: route.popped,
                     max_forwards: max_forwards - 1,
                     extra: &[],
+                    consume_realm: Some(self.routing.realm()),
                 },
             );
             return self.start_fork(
@@ -398,6 +399,7 @@ impl Proxy {
                     pop_routes: 0,
                     max_forwards: max_forwards - 1,
                     extra: &[],
+                    consume_realm: Some(self.routing.realm()),
                 },
             );
             branches.push(NewBranch {
@@ -546,6 +548,7 @@ impl Proxy {
                 pop_routes: 0,
                 max_forwards: max_forwards - 1,
                 extra: &[],
+                consume_realm: Some(self.routing.realm()),
             },
         );
         self.start_fork(
@@ -596,6 +599,7 @@ impl Proxy {
                 pop_routes: route.popped,
                 max_forwards: max_forwards - 1,
                 extra: &[],
+                consume_realm: Some(self.routing.realm()),
             },
         );
         self.flows

@@ -71,6 +71,11 @@ pub(crate) struct InDialog {
 }
 
 impl Routing {
+    /// Our digest realm and SIP domain.
+    pub(crate) fn realm(&self) -> &str {
+        &self.realm
+    }
+
     pub(crate) fn new(realm: String, addrs: SipAddrs) -> Routing {
         Routing {
             realm,
