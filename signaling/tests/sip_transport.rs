@@ -62,7 +62,23 @@ async fn udp_responses_follow_via_rport_and_sent_by() {
         "{text}"
     );
 
-    // Oversized datagrams are dropped; the server keeps answering.
+    // An oversized datagram whose header section can be read is answered 513
+    // (RFC 3261 21.5.8).
+    let mut big = options("UDP 127.0.0.1;rport", "big513")
+        .replace("Content-Length: 0", "Content-Length: 20000")
+        .into_bytes();
+    big.extend(std::iter::repeat_n(b'x', 20_000));
+    a.send_to(&big, udp).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .expect("513 to an oversized datagram")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("SIP/2.0 513 Message Too Large"), "{text}");
+    assert!(text.contains("Call-ID: big513"), "{text}");
+
+    // One whose header section does not even end within the limit cannot be
+    // answered; the server keeps answering.
     let mut big = options("UDP 127.0.0.1;rport", "big").into_bytes();
     big.truncate(big.len() - 2);
     big.extend(std::iter::repeat_n(b'x', 20_000));
@@ -123,10 +139,13 @@ async fn tcp_limits_framing_and_idle_timeout() {
     assert_eq!(status(&read_message(&mut c2, &mut buf2).await), 200);
     assert_eq!(status(&read_message(&mut c2, &mut buf2).await), 200);
 
-    // Over the size limit: the stream cannot be framed safely and is closed.
+    // Over the size limit: answered 513, then the stream (which cannot be framed
+    // safely past it) is closed.
     let mut big = options("TCP 127.0.0.1", "big");
     big.insert_str(big.len() - 4, &format!("\r\nX-Pad: {}", "y".repeat(3000)));
     c2.write_all(big.as_bytes()).await.unwrap();
+    let answer = read_message(&mut c2, &mut buf2).await;
+    assert_eq!(status(&answer), 513, "{}", String::from_utf8_lossy(&answer));
     assert!(
         closed_within(&mut c2, Duration::from_secs(2)).await,
         "oversized message closes the flow"

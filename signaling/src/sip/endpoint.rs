@@ -327,6 +327,16 @@ impl Server {
                 },
             };
             if n > self.cfg.max_message_size {
+                // RFC 3261 18.1.1 / 21.5.8: too large for us; the head of it is
+                // usually enough to say so.
+                let head = buf.get(..self.cfg.max_message_size).unwrap_or(&[]);
+                let origin = Origin {
+                    transport: Transport::Udp,
+                    source: src,
+                    local,
+                };
+                self.refuse_unreadable(head, origin, 513, "Message Too Large")
+                    .await;
                 continue;
             }
             let Some(data) = buf.get(..n) else { continue };
@@ -411,7 +421,7 @@ impl Server {
         let close = self.shutdown.child_token();
         let id = self.flows.add(transport, remote, tx.clone(), close.clone());
         let writer_close = close.clone();
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = writer_close.cancelled() => break,
@@ -430,6 +440,7 @@ impl Server {
         let max = self.cfg.max_message_size;
         let idle = self.cfg.idle_timeout();
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut answered_before_close = false;
         'conn: loop {
             // Frame everything already buffered.
             loop {
@@ -456,8 +467,21 @@ impl Server {
                         .await;
                     }
                     Framing::Invalid => {
+                        // Answer what can be answered (513 over the size limit, 400
+                        // for a missing or bad Content-Length), then close: the
+                        // stream cannot be framed past this point.
+                        let (code, reason) = stream_error(&buf, max);
+                        let origin = Origin {
+                            transport,
+                            source: remote,
+                            local,
+                        };
+                        answered_before_close =
+                            self.refuse_unreadable(&buf, origin, code, reason).await;
                         tracing::debug!(
                             transport = transport.as_str(),
+                            code,
+                            answered = answered_before_close,
                             "unframeable stream, closing"
                         );
                         break 'conn;
@@ -480,8 +504,22 @@ impl Server {
                 }
             }
         }
-        close.cancel();
         self.flows.remove(transport, remote, id);
+        if answered_before_close {
+            // Let the writer send the answer before the connection closes: it ends
+            // once every sender is gone (bounded, in case the peer does not read).
+            drop(tx);
+            if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+                .await
+                .is_err()
+            {
+                close.cancel();
+                let _ = writer.await;
+            }
+            close.cancel();
+            return;
+        }
+        close.cancel();
         let _ = writer.await;
     }
 
@@ -539,11 +577,60 @@ impl Server {
         }
     }
 
+    /// Answers a request we cannot take (unparseable, over the size limit) with
+    /// `code` when its header section can be read well enough to route a response
+    /// (RFC 3261 21.4.1, 21.5.6, 21.5.8, 8.2.2); otherwise it is dropped. Returns
+    /// whether an answer went out.
+    async fn refuse_unreadable(
+        &self,
+        data: &[u8],
+        origin: Origin,
+        code: u16,
+        reason: &str,
+    ) -> bool {
+        let Some(msg) = Message::parse_head_for_error(data) else {
+            tracing::debug!(code, "unreadable SIP message dropped");
+            return false;
+        };
+        if msg.method() == Some("ACK") {
+            return false;
+        }
+        let Some(top) = msg
+            .list(HeaderName::Via)
+            .ok()
+            .and_then(|l| l.first().copied())
+        else {
+            tracing::debug!(code, "SIP message without a Via dropped");
+            return false;
+        };
+        let (stamped, dest) = match msg.top_via() {
+            Ok(via) => (
+                stamp_via(top, &via, origin.source),
+                Self::response_dest(origin, &via),
+            ),
+            // A Via we cannot read (another SIP version): on a connection the answer
+            // goes back over it all the same (RFC 3261 18.2.2), with the Via copied.
+            Err(_) if origin.transport.reliable() => (top.to_owned(), origin.source),
+            Err(_) => {
+                tracing::debug!(code, "SIP message without a usable Via dropped");
+                return false;
+            }
+        };
+        let bytes = ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag())).finish();
+        self.flows.send(origin.transport, dest, bytes).await
+    }
+
     async fn handle(self: &Arc<Self>, data: &[u8], origin: Origin) {
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(error = %e, "unparseable SIP message dropped");
+                let (code, reason) = e.status();
+                let reason = if code == 400 && reason == "Bad Request" {
+                    format!("Bad Request ({e})")
+                } else {
+                    reason.to_owned()
+                };
+                self.refuse_unreadable(data, origin, code, &reason).await;
                 return;
             }
         };
@@ -762,6 +849,30 @@ impl Upstream {
         for b in out {
             self.flows.send(self.transport, self.dest, b).await;
         }
+    }
+}
+
+/// The answer to a stream that cannot be framed: 513 when the message is (or claims
+/// to be) larger than `max`, 400 otherwise.
+fn stream_error(buf: &[u8], max: usize) -> (u16, &'static str) {
+    if buf.len() >= max {
+        return (513, "Message Too Large");
+    }
+    let Some(m) = Message::parse_head_for_error(buf) else {
+        return (400, "Bad Request");
+    };
+    let lengths: Vec<&str> = m
+        .headers_named(HeaderName::ContentLength)
+        .map(|h| h.value.as_ref())
+        .collect();
+    match lengths.as_slice() {
+        [] => (400, "Missing Content-Length"),
+        [one] => match crate::sip::grammar::decimal(one, u64::MAX) {
+            Some(n) if n > max as u64 => (513, "Message Too Large"),
+            Some(_) => (400, "Bad Request"),
+            None => (400, "Bad Content-Length"),
+        },
+        _ => (400, "Repeated Content-Length"),
     }
 }
 

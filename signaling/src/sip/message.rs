@@ -324,6 +324,17 @@ impl<'a> Message<'a> {
     /// Content-Length says less (RFC 3261 18.3: extra octets are ignored); a
     /// Content-Length larger than what is there is an error.
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        Self::parse_with(buf, false)
+    }
+
+    /// The header section of a request that [`Message::parse`] refused or that is
+    /// too large, read leniently (any SIP version, Content-Length not checked, no
+    /// body), only to answer it with an error response (400, 505, 513).
+    pub fn parse_head_for_error(buf: &'a [u8]) -> Option<Message<'a>> {
+        Self::parse_with(buf, true).ok().filter(|m| m.is_request())
+    }
+
+    fn parse_with(buf: &'a [u8], lenient: bool) -> Result<Message<'a>, ParseError> {
         let head_len = header_end(buf).ok_or(ParseError::NoHeaderEnd)?;
         let head = buf.get(..head_len).ok_or(ParseError::NoHeaderEnd)?;
         let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
@@ -331,12 +342,23 @@ impl<'a> Message<'a> {
         let lines = unfold(head)?;
         let mut iter = lines.into_iter();
         let (start_text, _) = iter.next().ok_or(ParseError::StartLine)?;
-        let start = parse_start_line(start_text)?;
+        let start = match parse_start_line(start_text) {
+            Err(ParseError::Version) if lenient => {
+                let mut parts = start_text.split(' ');
+                match (parts.next(), parts.next()) {
+                    (Some(method), Some(uri)) if grammar::is_token(method) => {
+                        StartLine::Request { method, uri }
+                    }
+                    _ => return Err(ParseError::StartLine),
+                }
+            }
+            r => r?,
+        };
         let mut headers = Vec::new();
         let mut content_length = None;
         for (name, value) in iter {
             let hn = HeaderName::parse(name);
-            if hn == HeaderName::ContentLength {
+            if hn == HeaderName::ContentLength && !lenient {
                 if content_length.is_some() {
                     return Err(ParseError::ContentLength);
                 }
@@ -352,6 +374,7 @@ impl<'a> Message<'a> {
             });
         }
         let body = match content_length {
+            _ if lenient => &[],
             Some(cl) => rest.get(..cl).ok_or(ParseError::Truncated)?,
             None => rest,
         };
