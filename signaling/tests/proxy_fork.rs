@@ -727,3 +727,40 @@ fn the_no_answer_rule_forwards_once_and_its_branch_decides() {
     assert_eq!(responds(&drain(&mut f)), vec![480]);
     assert!(f.is_answered());
 }
+
+#[test]
+fn a_revoked_device_branch_is_cancelled_and_the_rest_still_decide() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 3, true, RING);
+    f.handle_response(t0, 0, 180);
+    drain(&mut f);
+    // Ringing: cancelled at once. Silent: cancelled once it sends a provisional.
+    f.cancel_branch(t0, 0);
+    f.cancel_branch(t0, 1);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(0, CancelReason::DeviceRevoked)]
+    );
+    f.handle_response(t0, 1, 100);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(1, CancelReason::DeviceRevoked)]
+    );
+    f.handle_response(t0, 0, 487);
+    f.handle_response(t0, 1, 487);
+    assert!(drain(&mut f)
+        .iter()
+        .all(|a| !matches!(a, Action::Respond(_))));
+    // The third device answers: the call goes on.
+    f.handle_response(t0, 2, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: 2,
+            code: 200
+        }]
+    );
+    // Nothing to cancel once answered.
+    f.cancel_branch(t0, 2);
+    assert!(drain(&mut f).is_empty());
+}

@@ -29,6 +29,8 @@ pub(crate) enum Input {
     Registered(Box<Binding>),
     /// An `incoming_call` push was queued for these instances.
     Pushed(Vec<String>),
+    /// A device of the called account was revoked: its branch is cancelled.
+    Revoked(String),
 }
 
 /// How many forked requests may be held in all, deciding and finishing, per place of
@@ -390,6 +392,7 @@ impl Call {
                     Some(Input::Cancel) => self.fork.handle_cancel(Instant::now()),
                     Some(Input::Registered(b)) => self.add_binding(Instant::now(), &b),
                     Some(Input::Pushed(list)) => self.on_pushed(Instant::now(), list),
+                    Some(Input::Revoked(instance)) => self.revoke(Instant::now(), &instance),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -440,6 +443,24 @@ impl Call {
         };
         let uri = b.contact_uri.clone();
         self.push_invite_branch(now, idx, hop, &uri, Some(b.instance_id.clone()));
+    }
+
+    /// Cancels the branches of a revoked device.
+    fn revoke(&mut self, now: Instant, instance: &str) {
+        let hit: Vec<usize> = self
+            .branches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| {
+                b.instance
+                    .as_deref()
+                    .is_some_and(|i| i.eq_ignore_ascii_case(instance))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in hit {
+            self.fork.cancel_branch(now, i);
+        }
     }
 
     /// Starts branch `idx` of the INVITE to `request_uri` over `hop`, with the
@@ -702,6 +723,7 @@ impl Call {
                         CancelReason::RingTimeout => {
                             Some("SIP;cause=408;text=\"No answer\"".to_owned())
                         }
+                        CancelReason::DeviceRevoked => None,
                     };
                     if let Some(b) = self.branches.get_mut(branch) {
                         if let Ok(sent) = Message::parse(&b.request) {

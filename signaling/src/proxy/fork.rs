@@ -33,6 +33,8 @@ pub enum CancelReason {
     CallerCancelled,
     /// The ring timeout ended the call.
     RingTimeout,
+    /// The branch's device was revoked while it rang.
+    DeviceRevoked,
 }
 
 /// The final response the caller gets.
@@ -360,6 +362,33 @@ impl Fork {
                     return;
                 }
                 self.finish_if_settled();
+            }
+            _ => {}
+        }
+    }
+
+    /// The device of `branch` is gone (revoked): its branch is cancelled (once it has
+    /// sent a provisional response, RFC 3261 9.1); its final response then counts
+    /// like any other.
+    pub fn cancel_branch(&mut self, _now: Instant, branch: usize) {
+        if !self.invite || self.answered {
+            return;
+        }
+        match self.branches.get(branch).copied() {
+            Some(BranchState::Proceeding) => {
+                self.set(branch, BranchState::Cancelling);
+                self.actions.push_back(Action::Cancel {
+                    branch,
+                    reason: CancelReason::DeviceRevoked,
+                });
+            }
+            Some(BranchState::Calling { cancel: None }) => {
+                self.set(
+                    branch,
+                    BranchState::Calling {
+                        cancel: Some(CancelReason::DeviceRevoked),
+                    },
+                );
             }
             _ => {}
         }

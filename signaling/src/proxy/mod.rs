@@ -464,35 +464,50 @@ impl Proxy {
     }
 
     /// Devices that register while a call to their account rings join it as new
-    /// branches (the park-and-push flow relies on this).
+    /// branches (the park-and-push flow relies on this); devices revoked while it
+    /// rings have their branch cancelled.
     pub(crate) async fn registration_loop(
         self: Arc<Self>,
         mut events: tokio::sync::broadcast::Receiver<crate::registrar::Registered>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut revoked = self.registrar.subscribe_revocations();
         loop {
-            let ev = tokio::select! {
+            let (account, input) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                ev = events.recv() => ev,
-            };
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "registration events lagged");
-                    continue;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                ev = events.recv() => match ev {
+                    Ok(ev) => (ev.account, Input::Registered(Box::new(ev.binding))),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "registration events lagged");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                ev = revoked.recv() => match ev {
+                    Ok(ev) => (ev.account, Input::Revoked(ev.instance_id)),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "revocation events lagged");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
             };
             let targets: Vec<mpsc::Sender<Input>> = match self.calls.lock() {
                 Ok(c) => c
                     .values()
-                    .filter(|e| e.account == Some(ev.account))
+                    .filter(|e| e.account == Some(account))
                     .map(|e| e.tx.clone())
                     .collect(),
                 Err(_) => Vec::new(),
             };
             for t in targets {
-                let _ = t.try_send(Input::Registered(Box::new(ev.binding.clone())));
+                let input = match &input {
+                    Input::Registered(b) => Input::Registered(b.clone()),
+                    Input::Revoked(i) => Input::Revoked(i.clone()),
+                    _ => continue,
+                };
+                let _ = t.try_send(input);
             }
         }
     }

@@ -59,6 +59,16 @@ struct Shared {
     flows: Arc<Flows>,
     /// Wakes the expiry task when the earliest expiry may have moved.
     expiry_changed: Notify,
+    /// Devices revoked through the API (see [`RegistrarHandle::subscribe_revocations`]).
+    revoked: tokio::sync::broadcast::Sender<Revoked>,
+}
+
+/// A device was revoked (its bindings dropped at once): a call ringing it cancels
+/// its branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub account: AccountId,
+    pub instance_id: String,
 }
 
 /// Which digest exchange (RFC 3261 22.2 and 22.3): a registrar's 401 with
@@ -154,6 +164,7 @@ impl RegistrarHandle {
                 store,
                 flows,
                 expiry_changed: Notify::new(),
+                revoked: tokio::sync::broadcast::channel(256).0,
             }),
         };
         let task = tokio::spawn(handle.clone().expiry_loop(shutdown));
@@ -188,6 +199,11 @@ impl RegistrarHandle {
         }
     }
 
+    /// Events for every device revoked by [`Self::revoke_instance`].
+    pub fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Revoked> {
+        self.inner.revoked.subscribe()
+    }
+
     /// Sets the RFC 8599 push services (`pn-provider` values) the server can use; a
     /// REGISTER naming another gets 555. Unset (the default), any is stored.
     pub fn set_push_providers(&self, providers: &[&str]) {
@@ -214,6 +230,11 @@ impl RegistrarHandle {
         for b in &removed {
             self.close_flow(&b.transport, &b.source);
         }
+        // No subscriber is fine.
+        let _ = self.inner.revoked.send(Revoked {
+            account,
+            instance_id: instance_id.to_owned(),
+        });
         if let Err(e) = self
             .inner
             .store
