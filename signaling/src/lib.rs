@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod number;
 pub mod proxy;
@@ -227,7 +228,10 @@ pub async fn start(
             default_country_code: cfg.default_country_code.clone(),
             auth_limiter: cfg.api.limiter(),
         },
-        http::Metrics::with_more(|r| pusher.register_metrics(r)),
+        http::Metrics::with_more(|r| {
+            pusher.register_metrics(r);
+            sip_server.metrics().register(r);
+        }),
     )
     .with_dialplan(cfg.dialplan.clone());
     let api_task = tokio::spawn(http::serve_with(

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{DialPlanConfig, OfflineTargets, Proxy, ProxyConfig, RequestSender};
+use crate::metrics::SipMetrics;
+use crate::proxy::{DialPlanConfig, OfflineTargets, Proxy, ProxyConfig, RequestSender, SipSide};
 use crate::registrar::{RegistrarConfig, RegistrarError, RegistrarHandle, RegistrarStore};
 use crate::sip::endpoint::TuFuture;
 use crate::sip::message::{HeaderName, Message};
@@ -134,14 +135,15 @@ impl TransactionUser for Service {
         Box::pin(self.proxy.forward_ack(msg, origin))
     }
 
-    fn on_response(&self, msg: &Message<'_>, raw: &[u8]) {
-        self.proxy.handle_response(msg, raw);
+    fn on_response(&self, msg: &Message<'_>, raw: &[u8]) -> bool {
+        self.proxy.handle_response(msg, raw)
     }
 }
 
 /// The SIP side of the server, assembled: registrar, endpoint, proxy, service.
 #[derive(Debug)]
 pub struct SipServer {
+    metrics: SipMetrics,
     addrs: SipAddrs,
     registrar: RegistrarHandle,
     proxy: Arc<Proxy>,
@@ -184,11 +186,13 @@ impl SipServer {
         dialplan.validate().map_err(ServiceError::Config)?;
         let tasks = TaskTracker::new();
         let flows = Arc::new(Flows::default());
+        let metrics = SipMetrics::default();
         let (registrar, expiry) = RegistrarHandle::start(
             reg,
             &cfg.realm,
             Arc::new(store),
             flows.clone(),
+            metrics.clone(),
             shutdown.clone(),
         )
         .await?;
@@ -200,11 +204,14 @@ impl SipServer {
         let proxy = Arc::new(Proxy::new(
             proxy.clone(),
             dialplan.clone(),
-            cfg.realm.clone(),
             registrar.clone(),
-            flows,
-            addrs,
-            crate::sip::transaction::TimerConfig::default(),
+            SipSide {
+                realm: cfg.realm.clone(),
+                addrs,
+                flows,
+                timers: crate::sip::transaction::TimerConfig::default(),
+                metrics: metrics.clone(),
+            },
         ));
         tasks.spawn(
             proxy
@@ -213,8 +220,9 @@ impl SipServer {
         );
         tasks.close();
         let service = Arc::new(Service::new(registrar.clone(), proxy.clone()));
-        let endpoint = bound.serve(service, shutdown);
+        let endpoint = bound.serve(service, metrics.clone(), shutdown);
         Ok(SipServer {
+            metrics,
             addrs,
             registrar,
             proxy,
@@ -233,6 +241,11 @@ impl SipServer {
     /// proxy (deferred message delivery).
     pub fn request_sender(&self) -> Arc<dyn RequestSender> {
         self.proxy.clone()
+    }
+
+    /// The SIP metrics (register them with [`SipMetrics::register`]).
+    pub fn metrics(&self) -> SipMetrics {
+        self.metrics.clone()
     }
 
     pub fn registrar(&self) -> RegistrarHandle {

@@ -925,6 +925,28 @@ async fn revoking_a_device_while_it_rings_cancels_its_branch() {
     let fin = final_of(&caller, &inv.call_id).await;
     assert_eq!(status(&fin), 200, "{fin}");
     assert!(fin.contains("tag=d1"), "{fin}");
+
+    // The SIP metrics saw it: requests and responses by method and code,
+    // registrations by device class, the fork no longer active.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tandem_signaling_sip_requests_total{method=\"INVITE\"} 1",
+        "tandem_signaling_sip_requests_total{method=\"REGISTER\"} 4",
+        "tandem_signaling_sip_responses_total{method=\"INVITE\",code=\"200\"} 1",
+        "tandem_signaling_sip_responses_total{method=\"REGISTER\",code=\"401\"} 2",
+        "tandem_signaling_sip_registrations_total{class=\"mobile\"} 2",
+        "tandem_signaling_sip_forks_active 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("tandem_signaling_sip_transactions_active"));
     shutdown.cancel();
     running.wait().await.unwrap();
 }

@@ -6,6 +6,7 @@ mod sip_support;
 use std::time::Duration;
 
 use sip_support::*;
+use tandem_signaling::metrics::DropReason;
 use tandem_signaling::registrar::RegistrarConfig;
 use tandem_signaling::sip::SipConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,6 +98,8 @@ async fn udp_responses_follow_via_rport_and_sent_by() {
         .unwrap()
         .unwrap();
     assert_eq!(status(&buf[..n]), 200);
+    // Both oversized datagrams were counted, answered or not.
+    assert_eq!(server.metrics().drops(DropReason::Oversized), 2);
     shutdown.cancel();
     server.wait().await.unwrap();
 }
@@ -127,6 +130,7 @@ async fn tcp_limits_framing_and_idle_timeout() {
         closed_within(&mut c3, Duration::from_secs(2)).await,
         "over the connection limit"
     );
+    assert_eq!(server.metrics().drops(DropReason::ConnectionsFull), 1);
 
     // A message split across writes is framed by Content-Length, pipelined ones too.
     let m = options("TCP 127.0.0.1", "split");

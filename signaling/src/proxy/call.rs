@@ -11,6 +11,7 @@ use super::fork::{Action, CancelReason, Final, Fork, ForkOptions};
 use super::offline::{CallPush, ForkedRequest, PushTo};
 use super::routing::{hop_of, Hop};
 use super::{msg, Proxy};
+use crate::metrics::SipMetrics;
 use crate::model::{AccountId, Binding};
 use crate::sip::grammar::SipUri;
 use crate::sip::message::{new_tag, Message, ResponseBuilder};
@@ -39,18 +40,20 @@ const FINISHING_FACTOR: usize = 8;
 
 /// One place under `max_transactions`, given back when dropped (also if the call's
 /// task ends early).
-pub(crate) struct DecidingSlot(Arc<AtomicUsize>);
+pub(crate) struct DecidingSlot(Arc<AtomicUsize>, SipMetrics);
 
 impl DecidingSlot {
-    fn take(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        DecidingSlot(count.clone())
+    fn take(count: &Arc<AtomicUsize>, metrics: &SipMetrics) -> Self {
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        metrics.forks(n.saturating_add(1));
+        DecidingSlot(count.clone(), metrics.clone())
     }
 }
 
 impl Drop for DecidingSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let n = self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.forks(n.saturating_sub(1));
     }
 }
 
@@ -154,6 +157,7 @@ impl Proxy {
                 || calls.len() >= self.cfg.max_transactions.saturating_mul(FINISHING_FACTOR)
             {
                 drop(calls);
+                self.metrics.drop(crate::metrics::DropReason::ForksFull);
                 return refuse(503, "Service Unavailable", Some("5"));
             }
             calls.insert(
@@ -164,7 +168,7 @@ impl Proxy {
                 },
             );
             // Taken under the lock, so concurrent requests cannot both pass the check.
-            DecidingSlot::take(&self.deciding)
+            DecidingSlot::take(&self.deciding, &self.metrics)
         };
         if let Ok(mut r) = self.routes.lock() {
             for (i, b) in branches.iter().enumerate() {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::metrics::SipMetrics;
 use crate::model::AccountId;
 use crate::registrar::{AuthRole, RegistrarHandle};
 use crate::sip::grammar::SipUri;
@@ -58,6 +59,7 @@ pub struct Proxy {
     deciding: Arc<AtomicUsize>,
     /// Outgoing calls of authenticated callers, for the per-account limit.
     outgoing: Mutex<Outgoing>,
+    metrics: SipMetrics,
 }
 
 /// Outgoing calls per account: counted from the INVITE until a non-2xx final
@@ -89,16 +91,33 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// What the proxy needs from the SIP layer below it.
+#[derive(Debug, Clone)]
+pub struct SipSide {
+    /// Our domain and digest realm.
+    pub realm: String,
+    /// Where the endpoint listens.
+    pub addrs: SipAddrs,
+    /// Where requests and responses go out.
+    pub flows: Arc<Flows>,
+    pub timers: TimerConfig,
+    pub metrics: SipMetrics,
+}
+
 impl Proxy {
     pub(crate) fn new(
         cfg: ProxyConfig,
         dialplan: DialPlanConfig,
-        realm: String,
         registrar: RegistrarHandle,
-        flows: Arc<Flows>,
-        addrs: SipAddrs,
-        timers: TimerConfig,
+        sip: SipSide,
     ) -> Proxy {
+        let SipSide {
+            realm,
+            addrs,
+            flows,
+            timers,
+            metrics,
+        } = sip;
         Proxy {
             cfg,
             dialplan,
@@ -111,6 +130,7 @@ impl Proxy {
             calls: Mutex::new(HashMap::new()),
             deciding: Arc::new(AtomicUsize::new(0)),
             outgoing: Mutex::new(Outgoing::default()),
+            metrics,
         }
     }
 
@@ -197,15 +217,24 @@ impl Proxy {
     }
 
     /// A response arrived: to the branch whose client transaction sent the request.
-    pub(crate) fn handle_response(&self, msg: &Message<'_>, bytes: &[u8]) {
-        let Ok(via) = msg.top_via() else { return };
-        let Some(branch) = via.branch() else { return };
+    /// False when it matches no branch of ours (a stray).
+    pub(crate) fn handle_response(&self, msg: &Message<'_>, bytes: &[u8]) -> bool {
+        let Ok(via) = msg.top_via() else {
+            return false;
+        };
+        let Some(branch) = via.branch() else {
+            return false;
+        };
         let entry = self.routes.lock().ok().and_then(|r| r.get(branch).cloned());
-        if let Some((tx, idx)) = entry {
-            let _ = tx.try_send(Input::Response {
-                branch: idx,
-                bytes: bytes.to_vec(),
-            });
+        match entry {
+            Some((tx, idx)) => {
+                let _ = tx.try_send(Input::Response {
+                    branch: idx,
+                    bytes: bytes.to_vec(),
+                });
+                true
+            }
+            None => false,
         }
     }
 

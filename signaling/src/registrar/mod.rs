@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::SipMetrics;
 use crate::model::{AccountCredentials, AccountId, Binding};
 use crate::sip::grammar::{self, AuthParams, SipUri};
 use crate::sip::message::{new_tag, HeaderName, Message, Reply, ResponseBuilder};
@@ -61,6 +62,7 @@ struct Shared {
     expiry_changed: Notify,
     /// Devices revoked through the API (see [`RegistrarHandle::subscribe_revocations`]).
     revoked: tokio::sync::broadcast::Sender<Revoked>,
+    metrics: SipMetrics,
 }
 
 /// A device was revoked (its bindings dropped at once): a call ringing it cancels
@@ -86,6 +88,13 @@ impl AuthRole {
         match self {
             AuthRole::Registrar => HeaderName::Authorization,
             AuthRole::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthRole::Registrar => "registrar",
+            AuthRole::Proxy => "proxy",
         }
     }
 
@@ -137,6 +146,7 @@ impl RegistrarHandle {
         realm: &str,
         store: Arc<dyn RegistrarStore>,
         flows: Arc<Flows>,
+        metrics: SipMetrics,
         shutdown: CancellationToken,
     ) -> Result<(RegistrarHandle, tokio::task::JoinHandle<()>), RegistrarError> {
         cfg.validate().map_err(RegistrarError::Config)?;
@@ -165,6 +175,7 @@ impl RegistrarHandle {
                 flows,
                 expiry_changed: Notify::new(),
                 revoked: tokio::sync::broadcast::channel(256).0,
+                metrics,
             }),
         };
         let task = tokio::spawn(handle.clone().expiry_loop(shutdown));
@@ -378,6 +389,7 @@ impl RegistrarHandle {
             },
             None => None,
         };
+        let mut classes: Vec<(String, &'static str)> = Vec::new();
         if let ContactsSpec::List(list) = &contacts {
             let mut checked: Vec<&str> = Vec::new();
             for c in list {
@@ -390,7 +402,10 @@ impl RegistrarHandle {
                     .find_device(account.id, &c.instance_id)
                     .await
                 {
-                    Ok(Some(_)) => checked.push(&c.instance_id),
+                    Ok(Some(d)) => {
+                        checked.push(&c.instance_id);
+                        classes.push((c.instance_id.clone(), d.class.as_str()));
+                    }
                     Ok(None) => {
                         tracing::info!(
                             account = account.id,
@@ -457,6 +472,9 @@ impl RegistrarHandle {
                     .await
                 {
                     tracing::error!(error = %e, "storing a device's push parameters failed");
+                }
+                if let Some((_, class)) = classes.iter().find(|(i, _)| *i == b.instance_id) {
+                    self.inner.metrics.registration(class);
                 }
                 saved.push(Registered {
                     account: b.account_id,
@@ -570,9 +588,14 @@ impl RegistrarHandle {
             (AuthDecision::Challenge { stale }, _) => {
                 Err(self.challenge(msg, role, top_via, now, stale))
             }
-            (AuthDecision::Retry { .. }, _) => Err(self.challenge(msg, role, top_via, now, false)),
+            (AuthDecision::Retry { .. }, _) => {
+                self.inner.metrics.auth_failure(role.label());
+                Err(self.challenge(msg, role, top_via, now, false))
+            }
             (AuthDecision::Forbidden { banned }, _) => {
+                self.inner.metrics.auth_failure(role.label());
                 if banned {
+                    self.inner.metrics.ban();
                     tracing::warn!(
                         source = %redact(ip),
                         role = ?role,

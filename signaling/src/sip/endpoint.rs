@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{DropReason, SipMetrics};
 use crate::sip::message::{
     frame_stream, new_tag, stamp_via, Framing, HeaderName, Message, Reply, ResponseBuilder,
 };
@@ -102,8 +103,9 @@ pub trait TransactionUser: Send + Sync + 'static {
     fn on_request<'a>(&'a self, req: Request<'a>, upstream: Upstream) -> TuFuture<'a, Handled>;
     /// An ACK that matched no server transaction: the ACK for a 2xx, end to end.
     fn on_ack<'a>(&'a self, msg: &'a Message<'a>, origin: Origin) -> TuFuture<'a, ()>;
-    /// A valid response, for a client transaction of the user (or a stray).
-    fn on_response(&self, msg: &Message<'_>, raw: &[u8]);
+    /// A valid response, for a client transaction of the user; false for a stray
+    /// (matching none).
+    fn on_response(&self, msg: &Message<'_>, raw: &[u8]) -> bool;
 }
 
 /// Listeners bound, not serving yet: where they listen is known, so the layers above
@@ -152,11 +154,32 @@ struct TxTable {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
+impl TxTable {
+    /// Schedules `key` at `at`; true when that is now the earliest timer (the timer
+    /// task must wake earlier than it planned).
+    fn schedule(&mut self, at: Instant, key: String) -> bool {
+        let earliest = self
+            .timers
+            .peek()
+            .is_none_or(|Reverse((first, _))| at < *first);
+        self.timers.push(Reverse((at, key)));
+        earliest
+    }
+}
+
+/// The server transactions, and the timer task's wake-up for an earlier deadline.
+#[derive(Default)]
+struct Transactions {
+    table: Mutex<TxTable>,
+    earlier: Notify,
+}
+
 struct Server {
     cfg: SipConfig,
     tu: Arc<dyn TransactionUser>,
     flows: Arc<Flows>,
-    txs: Arc<Mutex<TxTable>>,
+    txs: Arc<Transactions>,
+    metrics: SipMetrics,
     timers: TimerConfig,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -253,14 +276,20 @@ impl BoundEndpoint {
     }
 
     /// Starts serving: requests go to `tu` until `shutdown` is cancelled.
-    pub fn serve(self, tu: Arc<dyn TransactionUser>, shutdown: CancellationToken) -> Endpoint {
+    pub fn serve(
+        self,
+        tu: Arc<dyn TransactionUser>,
+        metrics: SipMetrics,
+        shutdown: CancellationToken,
+    ) -> Endpoint {
         let tracker = TaskTracker::new();
         let addrs = self.addrs;
         let server = Arc::new(Server {
             cfg: self.cfg.clone(),
             tu,
             flows: self.flows.clone(),
-            txs: Arc::new(Mutex::new(TxTable::default())),
+            txs: Arc::new(Transactions::default()),
+            metrics,
             timers: TimerConfig::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             connections: Arc::new(Semaphore::new(self.cfg.max_connections)),
@@ -329,6 +358,7 @@ impl Server {
             if n > self.cfg.max_message_size {
                 // RFC 3261 18.1.1 / 21.5.8: too large for us; the head of it is
                 // usually enough to say so.
+                self.metrics.drop(DropReason::Oversized);
                 let head = buf.get(..self.cfg.max_message_size).unwrap_or(&[]);
                 let origin = Origin {
                     transport: Transport::Udp,
@@ -345,6 +375,16 @@ impl Server {
                 continue;
             }
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                // Too much in flight: shed at once with a way back, counted. (A
+                // retransmission would only add to the load.)
+                self.metrics.drop(DropReason::InFlightFull);
+                let origin = Origin {
+                    transport: Transport::Udp,
+                    source: src,
+                    local,
+                };
+                self.refuse_unreadable_with(data, origin, (503, "Service Unavailable"), Some("5"))
+                    .await;
                 continue;
             };
             let data = data.to_vec();
@@ -383,7 +423,8 @@ impl Server {
                 },
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!("connection limit reached, closing new connection");
+                self.metrics.drop(DropReason::ConnectionsFull);
+                tracing::debug!("connection limit reached, closing new connection");
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -471,6 +512,11 @@ impl Server {
                         // for a missing or bad Content-Length), then close: the
                         // stream cannot be framed past this point.
                         let (code, reason) = stream_error(&buf, max);
+                        self.metrics.drop(if code == 513 {
+                            DropReason::Oversized
+                        } else {
+                            DropReason::Unparseable
+                        });
                         let origin = Origin {
                             transport,
                             source: remote,
@@ -523,18 +569,30 @@ impl Server {
         let _ = writer.await;
     }
 
-    /// Drives server transaction timers (G, H, I, J) from a heap.
+    /// Drives server transaction timers (G, H, I, J) from a heap, sleeping until the
+    /// earliest deadline (woken sooner when an earlier one is scheduled).
     async fn transaction_timer_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            let next = self
+                .txs
+                .table
+                .lock()
+                .ok()
+                .and_then(|t| t.timers.peek().map(|Reverse((at, _))| *at));
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                _ = self.txs.earlier.notified() => continue,
+                _ = sleep => {}
             }
             let now = Instant::now();
             let mut sends = Vec::new();
-            if let Ok(mut t) = self.txs.lock() {
+            if let Ok(mut t) = self.txs.table.lock() {
                 while let Some(Reverse((at, _))) = t.timers.peek() {
                     if *at > now {
                         break;
@@ -561,6 +619,7 @@ impl Server {
                         t.timers.push(Reverse((n, key)));
                     }
                 }
+                self.metrics.transactions(t.entries.len());
             }
             for (tr, dest, b) in sends {
                 self.flows.send(tr, dest, b).await;
@@ -587,6 +646,18 @@ impl Server {
         origin: Origin,
         code: u16,
         reason: &str,
+    ) -> bool {
+        self.refuse_unreadable_with(data, origin, (code, reason), None)
+            .await
+    }
+
+    /// [`Self::refuse_unreadable`] with a Retry-After (for 503).
+    async fn refuse_unreadable_with(
+        &self,
+        data: &[u8],
+        origin: Origin,
+        (code, reason): (u16, &str),
+        retry_after: Option<&str>,
     ) -> bool {
         let Some(msg) = Message::parse_head_for_error(data) else {
             tracing::debug!(code, "unreadable SIP message dropped");
@@ -616,14 +687,19 @@ impl Server {
                 return false;
             }
         };
-        let bytes = ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag())).finish();
-        self.flows.send(origin.transport, dest, bytes).await
+        let mut r = ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag()));
+        if let Some(secs) = retry_after {
+            r = r.header("Retry-After", secs);
+        }
+        self.metrics.response(msg.method().unwrap_or(""), code);
+        self.flows.send(origin.transport, dest, r.finish()).await
     }
 
     async fn handle(self: &Arc<Self>, data: &[u8], origin: Origin) {
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
+                self.metrics.drop(DropReason::Unparseable);
                 let (code, reason) = e.status();
                 let reason = if code == 400 && reason == "Bad Request" {
                     format!("Bad Request ({e})")
@@ -637,8 +713,15 @@ impl Server {
         if !msg.is_request() {
             // To the proxy's client transaction it answers; stray ones are dropped.
             match msg.validate_response() {
-                Ok(()) => self.tu.on_response(&msg, data),
-                Err(e) => tracing::debug!(error = %e, "invalid response dropped"),
+                Ok(()) => {
+                    if !self.tu.on_response(&msg, data) {
+                        self.metrics.drop(DropReason::StrayResponse);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.drop(DropReason::Unparseable);
+                    tracing::debug!(error = %e, "invalid response dropped");
+                }
             }
             return;
         }
@@ -646,9 +729,15 @@ impl Server {
         let (top_text, via) = match (msg.list(HeaderName::Via), msg.top_via()) {
             (Ok(list), Ok(v)) => match list.first() {
                 Some(t) => ((*t).to_owned(), v),
-                None => return,
+                None => {
+                    self.metrics.drop(DropReason::NoVia);
+                    return;
+                }
             },
-            _ => return,
+            _ => {
+                self.metrics.drop(DropReason::NoVia);
+                return;
+            }
         };
         let stamped = stamp_via(&top_text, &via, origin.source);
         let dest = Self::response_dest(origin, &via);
@@ -658,6 +747,8 @@ impl Server {
                 return;
             }
             let (code, reason) = e.status();
+            self.metrics.drop(DropReason::Unparseable);
+            self.metrics.response(method, code);
             let bytes =
                 ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag())).finish();
             self.flows.send(origin.transport, dest, bytes).await;
@@ -679,9 +770,11 @@ impl Server {
         let reliable = origin.transport.reliable();
         let mut resend = Vec::new();
         let mut ack_2xx = false;
-        let is_new = match self.txs.lock() {
+        let mut full = false;
+        let mut earlier = false;
+        let is_new = match self.txs.table.lock() {
             Ok(mut t) => {
-                let full = t.entries.len() >= MAX_TRANSACTIONS;
+                let at_limit = t.entries.len() >= MAX_TRANSACTIONS;
                 match t.entries.get_mut(&key) {
                     Some(e) => {
                         let now = Instant::now();
@@ -692,7 +785,7 @@ impl Server {
                         });
                         resend = out;
                         if let Some(n) = next {
-                            t.timers.push(Reverse((n, key.clone())));
+                            earlier = t.schedule(n, key.clone());
                         }
                         false
                     }
@@ -701,7 +794,10 @@ impl Server {
                         ack_2xx = true;
                         false
                     }
-                    None if full => return,
+                    None if at_limit => {
+                        full = true;
+                        false
+                    }
                     None => {
                         let tx = if method == "INVITE" {
                             ServerTx::Invite(ServerInvite::new(reliable, self.timers))
@@ -716,12 +812,28 @@ impl Server {
                                 dest,
                             },
                         );
+                        self.metrics.transactions(t.entries.len());
                         true
                     }
                 }
             }
             Err(_) => return,
         };
+        if earlier {
+            self.txs.earlier.notify_one();
+        }
+        if full {
+            // No room for another transaction: shed it with a way back (RFC 3261
+            // 21.5.4), counted.
+            self.metrics.drop(DropReason::TransactionsFull);
+            let bytes =
+                ResponseBuilder::new(&msg, 503, "Service Unavailable", &stamped, Some(&new_tag()))
+                    .header("Retry-After", "5")
+                    .finish();
+            self.metrics.response(method, 503);
+            self.flows.send(origin.transport, dest, bytes).await;
+            return;
+        }
         if ack_2xx {
             self.tu.on_ack(&msg, origin).await;
             return;
@@ -733,9 +845,12 @@ impl Server {
             return;
         }
 
+        self.metrics.request(method);
         let upstream = Upstream {
             txs: self.txs.clone(),
             flows: self.flows.clone(),
+            metrics: self.metrics.clone(),
+            method: method.to_owned(),
             key: key.clone(),
             transport: origin.transport,
             dest,
@@ -753,35 +868,14 @@ impl Server {
             top_via: &stamped,
             invite_key: &invite_key,
         };
+        let answer = upstream.clone();
         let (reply, then) = match self.tu.on_request(req, upstream).await {
             Handled::Reply(r) => (r, None),
             Handled::ReplyThen(r, then) => (r, Some(then)),
             Handled::Taken => return,
         };
         let Reply { code, bytes } = reply;
-        let mut out = Vec::new();
-        if let Ok(mut t) = self.txs.lock() {
-            let now = Instant::now();
-            let mut remove = false;
-            let mut next = None;
-            if let Some(e) = t.entries.get_mut(&key) {
-                let (o, term, nt) = drive(&mut e.tx, |tx| match tx {
-                    ServerTx::NonInvite(x) => x.send_response(now, code, bytes),
-                    ServerTx::Invite(x) => x.send_response(now, code, bytes),
-                });
-                out = o;
-                remove = term;
-                next = nt;
-            }
-            if remove {
-                t.entries.remove(&key);
-            } else if let Some(n) = next {
-                t.timers.push(Reverse((n, key)));
-            }
-        }
-        for b in out {
-            self.flows.send(origin.transport, dest, b).await;
-        }
+        answer.respond(code, bytes).await;
         if let Some(then) = then {
             then();
         }
@@ -794,8 +888,11 @@ impl Server {
 /// directly.
 #[derive(Clone)]
 pub struct Upstream {
-    txs: Arc<Mutex<TxTable>>,
+    txs: Arc<Transactions>,
     flows: Arc<Flows>,
+    metrics: SipMetrics,
+    /// The request's method (for the response metrics).
+    method: String,
     key: String,
     transport: Transport,
     dest: SocketAddr,
@@ -811,8 +908,10 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub async fn respond(&self, code: u16, bytes: Vec<u8>) {
+        self.metrics.response(&self.method, code);
         let mut out = Vec::new();
-        if let Ok(mut t) = self.txs.lock() {
+        let mut earlier = false;
+        if let Ok(mut t) = self.txs.table.lock() {
             let now = Instant::now();
             let mut remove = false;
             let mut next = None;
@@ -842,9 +941,13 @@ impl Upstream {
             }
             if remove {
                 t.entries.remove(&self.key);
+                self.metrics.transactions(t.entries.len());
             } else if let Some(n) = next {
-                t.timers.push(Reverse((n, self.key.clone())));
+                earlier = t.schedule(n, self.key.clone());
             }
+        }
+        if earlier {
+            self.txs.earlier.notify_one();
         }
         for b in out {
             self.flows.send(self.transport, self.dest, b).await;
