@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::metrics::SipMetrics;
 use crate::proxy::{DialPlanConfig, OfflineTargets, Proxy, ProxyConfig, RequestSender, SipSide};
 use crate::registrar::{RegistrarConfig, RegistrarError, RegistrarHandle, RegistrarStore};
@@ -143,6 +144,7 @@ impl TransactionUser for Service {
 /// The SIP side of the server, assembled: registrar, endpoint, proxy, service.
 #[derive(Debug)]
 pub struct SipServer {
+    clock: Clock,
     metrics: SipMetrics,
     addrs: SipAddrs,
     registrar: RegistrarHandle,
@@ -187,12 +189,14 @@ impl SipServer {
         let tasks = TaskTracker::new();
         let flows = Arc::new(Flows::default());
         let metrics = SipMetrics::default();
+        let clock = Clock::system();
         let (registrar, expiry) = RegistrarHandle::start(
             reg,
             &cfg.realm,
             Arc::new(store),
             flows.clone(),
             metrics.clone(),
+            clock.clone(),
             shutdown.clone(),
         )
         .await?;
@@ -211,6 +215,7 @@ impl SipServer {
                 flows,
                 timers: crate::sip::transaction::TimerConfig::default(),
                 metrics: metrics.clone(),
+                clock: clock.clone(),
             },
         ));
         tasks.spawn(
@@ -220,8 +225,9 @@ impl SipServer {
         );
         tasks.close();
         let service = Arc::new(Service::new(registrar.clone(), proxy.clone()));
-        let endpoint = bound.serve(service, metrics.clone(), shutdown);
+        let endpoint = bound.serve(service, metrics.clone(), clock.clone(), shutdown);
         Ok(SipServer {
+            clock,
             metrics,
             addrs,
             registrar,
@@ -241,6 +247,12 @@ impl SipServer {
     /// proxy (deferred message delivery).
     pub fn request_sender(&self) -> Arc<dyn RequestSender> {
         self.proxy.clone()
+    }
+
+    /// The clock the registrar and the proxy read; tests advance it instead of
+    /// sleeping.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
     }
 
     /// The SIP metrics (register them with [`SipMetrics::register`]).

@@ -175,7 +175,7 @@ impl Proxy {
                 r.insert(b.id.clone(), (tx.clone(), i));
             }
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
         let pushes = setup.as_ref().is_some_and(|c| c.pushes);
         let opts = ForkOptions {
@@ -350,7 +350,7 @@ impl Call {
         } else {
             1
         };
-        let give_up = Instant::now()
+        let give_up = self.proxy.clock.now()
             + Duration::from_secs(self.proxy.cfg.ring_timeout_secs) * rings
             + self.proxy.timers.t1 * 64
             + Duration::from_secs(32);
@@ -364,7 +364,7 @@ impl Call {
             // registered ones get the INVITE.
             self.push(CallPush::Incoming, PushTo::AllExcept(live));
         }
-        self.pump(Instant::now()).await;
+        self.pump(self.proxy.clock.now()).await;
         loop {
             if self.fork.is_answered() && self.push_pending == 0 {
                 self.deciding = None;
@@ -372,7 +372,7 @@ impl Call {
                     break;
                 }
             }
-            let now = Instant::now();
+            let now = self.proxy.clock.now();
             if now >= give_up {
                 break;
             }
@@ -392,15 +392,15 @@ impl Call {
                 .min(give_up);
             tokio::select! {
                 input = self.rx.recv() => match input {
-                    Some(Input::Response { branch, bytes }) => self.on_response(Instant::now(), branch, bytes),
-                    Some(Input::Cancel) => self.fork.handle_cancel(Instant::now()),
-                    Some(Input::Registered(b)) => self.add_binding(Instant::now(), &b),
-                    Some(Input::Pushed(list)) => self.on_pushed(Instant::now(), list),
-                    Some(Input::Revoked(instance)) => self.revoke(Instant::now(), &instance),
+                    Some(Input::Response { branch, bytes }) => self.on_response(self.proxy.clock.now(), branch, bytes),
+                    Some(Input::Cancel) => self.fork.handle_cancel(self.proxy.clock.now()),
+                    Some(Input::Registered(b)) => self.add_binding(self.proxy.clock.now(), &b),
+                    Some(Input::Pushed(list)) => self.on_pushed(self.proxy.clock.now(), list),
+                    Some(Input::Revoked(instance)) => self.revoke(self.proxy.clock.now(), &instance),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
+                    let now = self.proxy.clock.now();
                     for i in 0..self.branches.len() {
                         if let Some(b) = self.branches.get_mut(i) {
                             b.tx.handle_timeout(now);
@@ -413,7 +413,7 @@ impl Call {
                     self.fork.handle_timeout(now);
                 }
             }
-            self.pump(Instant::now()).await;
+            self.pump(self.proxy.clock.now()).await;
         }
         if let Ok(mut r) = self.proxy.routes.lock() {
             for b in &self.branches {

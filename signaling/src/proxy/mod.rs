@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::clock::Clock;
 use crate::metrics::SipMetrics;
 use crate::model::AccountId;
 use crate::registrar::{AuthRole, RegistrarHandle};
@@ -60,6 +61,7 @@ pub struct Proxy {
     /// Outgoing calls of authenticated callers, for the per-account limit.
     outgoing: Mutex<Outgoing>,
     metrics: SipMetrics,
+    clock: Clock,
 }
 
 /// Outgoing calls per account: counted from the INVITE until a non-2xx final
@@ -102,6 +104,8 @@ pub struct SipSide {
     pub flows: Arc<Flows>,
     pub timers: TimerConfig,
     pub metrics: SipMetrics,
+    /// Where the proxy's tasks read the time.
+    pub clock: Clock,
 }
 
 impl Proxy {
@@ -117,6 +121,7 @@ impl Proxy {
             flows,
             timers,
             metrics,
+            clock,
         } = sip;
         Proxy {
             cfg,
@@ -131,6 +136,7 @@ impl Proxy {
             deciding: Arc::new(AtomicUsize::new(0)),
             outgoing: Mutex::new(Outgoing::default()),
             metrics,
+            clock,
         }
     }
 
@@ -175,7 +181,7 @@ impl Proxy {
         let Ok(mut o) = self.outgoing.lock() else {
             return false;
         };
-        let now = Instant::now();
+        let now = self.clock.now();
         let max_age = Duration::from_secs(self.cfg.max_call_secs);
         if o.by_call.contains_key(call_id) {
             return true;

@@ -1,8 +1,6 @@
 //! Requests we originate (deferred MESSAGEs): a non-INVITE client transaction to a
 //! registered device, its responses routed back by the top Via branch.
 
-use std::time::Instant;
-
 use tokio::sync::mpsc;
 
 use super::call::Input;
@@ -61,7 +59,7 @@ impl Proxy {
         }
         let _guard = RouteGuard(self, branch);
         let mut t = ClientNonInvite::new(
-            Instant::now(),
+            self.clock.now(),
             request,
             hop.transport.reliable(),
             self.timers,
@@ -86,14 +84,14 @@ impl Proxy {
                 input = rx.recv() => match input {
                     Some(Input::Response { bytes, .. }) => {
                         if let Some(code) = Message::parse(&bytes).ok().and_then(|m| m.status()) {
-                            t.handle_response(Instant::now(), code);
+                            t.handle_response(self.clock.now(), code);
                         }
                     }
                     Some(_) => {}
                     None => return None,
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    t.handle_timeout(Instant::now());
+                    t.handle_timeout(self.clock.now());
                 }
             }
         }

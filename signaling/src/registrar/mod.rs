@@ -12,11 +12,12 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::metrics::SipMetrics;
 use crate::model::{AccountCredentials, AccountId, Binding};
 use crate::sip::grammar::{self, AuthParams, SipUri};
@@ -27,13 +28,6 @@ use crate::sip::Origin;
 use self::core::{AuthDecision, ContactRequest, ContactsSpec, RegisterRequest, Registrar, StoreOp};
 pub use config::RegistrarConfig;
 pub use store::{RegistrarStore, StoreFailure, StoreFuture};
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Shows only the network part of an address in logs (personal data), unless the
 /// operator turned personal data in logs on.
@@ -63,6 +57,7 @@ struct Shared {
     /// Devices revoked through the API (see [`RegistrarHandle::subscribe_revocations`]).
     revoked: tokio::sync::broadcast::Sender<Revoked>,
     metrics: SipMetrics,
+    clock: Clock,
 }
 
 /// A device was revoked (its bindings dropped at once): a call ringing it cancels
@@ -147,6 +142,7 @@ impl RegistrarHandle {
         store: Arc<dyn RegistrarStore>,
         flows: Arc<Flows>,
         metrics: SipMetrics,
+        clock: Clock,
         shutdown: CancellationToken,
     ) -> Result<(RegistrarHandle, tokio::task::JoinHandle<()>), RegistrarError> {
         cfg.validate().map_err(RegistrarError::Config)?;
@@ -160,7 +156,7 @@ impl RegistrarHandle {
             .load_bindings()
             .await
             .map_err(|e| RegistrarError::Store(e.to_string()))?;
-        let expired = core.restore(stored, unix_now());
+        let expired = core.restore(stored, clock.unix_now());
         for b in expired {
             store
                 .delete_binding(b.account_id, &b.instance_id, b.reg_id)
@@ -176,6 +172,7 @@ impl RegistrarHandle {
                 expiry_changed: Notify::new(),
                 revoked: tokio::sync::broadcast::channel(256).0,
                 metrics,
+                clock,
             }),
         };
         let task = tokio::spawn(handle.clone().expiry_loop(shutdown));
@@ -187,7 +184,11 @@ impl RegistrarHandle {
         loop {
             let next = self.expire().await;
             let wait = match next {
-                Some(t) => Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0).max(1)),
+                Some(t) => Duration::from_secs(
+                    u64::try_from(t - self.inner.clock.unix_now())
+                        .unwrap_or(0)
+                        .max(1),
+                ),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -226,7 +227,7 @@ impl RegistrarHandle {
     /// Live (unexpired) bindings of an account, from memory.
     pub fn bindings(&self, account: AccountId) -> Vec<Binding> {
         match self.inner.core.lock() {
-            Ok(c) => c.bindings(account, unix_now()),
+            Ok(c) => c.bindings(account, self.inner.clock.unix_now()),
             Err(_) => Vec::new(),
         }
     }
@@ -283,7 +284,7 @@ impl RegistrarHandle {
     pub(crate) async fn expire(&self) -> Option<i64> {
         let (expired, next) = match self.inner.core.lock() {
             Ok(mut c) => {
-                let e = c.handle_timeout(unix_now());
+                let e = c.handle_timeout(self.inner.clock.unix_now());
                 (e, c.poll_timeout())
             }
             Err(_) => (Vec::new(), None),
@@ -341,7 +342,7 @@ impl RegistrarHandle {
         top_via: &str,
         saved: &mut Vec<Registered>,
     ) -> Reply {
-        let now = unix_now();
+        let now = self.inner.clock.unix_now();
         let reply = |code: u16, reason: &str| {
             ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()))
         };
@@ -545,7 +546,7 @@ impl RegistrarHandle {
         origin: Origin,
         top_via: &str,
     ) -> Result<AccountCredentials, Reply> {
-        let now = unix_now();
+        let now = self.inner.clock.unix_now();
         let ip = origin.source.ip();
         let reply = |code: u16, reason: &str| {
             ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag())).reply()

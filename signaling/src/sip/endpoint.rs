@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::metrics::{DropReason, SipMetrics};
 use crate::sip::message::{
     frame_stream, new_tag, stamp_via, Framing, HeaderName, Message, Reply, ResponseBuilder,
@@ -180,6 +181,7 @@ struct Server {
     flows: Arc<Flows>,
     txs: Arc<Transactions>,
     metrics: SipMetrics,
+    clock: Clock,
     timers: TimerConfig,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -280,6 +282,7 @@ impl BoundEndpoint {
         self,
         tu: Arc<dyn TransactionUser>,
         metrics: SipMetrics,
+        clock: Clock,
         shutdown: CancellationToken,
     ) -> Endpoint {
         let tracker = TaskTracker::new();
@@ -290,6 +293,7 @@ impl BoundEndpoint {
             flows: self.flows.clone(),
             txs: Arc::new(Transactions::default()),
             metrics,
+            clock,
             timers: TimerConfig::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             connections: Arc::new(Semaphore::new(self.cfg.max_connections)),
@@ -590,7 +594,7 @@ impl Server {
                 _ = self.txs.earlier.notified() => continue,
                 _ = sleep => {}
             }
-            let now = Instant::now();
+            let now = self.clock.now();
             let mut sends = Vec::new();
             if let Ok(mut t) = self.txs.table.lock() {
                 while let Some(Reverse((at, _))) = t.timers.peek() {
@@ -777,7 +781,7 @@ impl Server {
                 let at_limit = t.entries.len() >= MAX_TRANSACTIONS;
                 match t.entries.get_mut(&key) {
                     Some(e) => {
-                        let now = Instant::now();
+                        let now = self.clock.now();
                         let (out, _, next) = drive(&mut e.tx, |tx| match tx {
                             ServerTx::NonInvite(x) => x.handle_request_retransmission(),
                             ServerTx::Invite(x) if method == "ACK" => x.handle_ack(now),
@@ -850,6 +854,7 @@ impl Server {
             txs: self.txs.clone(),
             flows: self.flows.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
             method: method.to_owned(),
             key: key.clone(),
             transport: origin.transport,
@@ -891,6 +896,7 @@ pub struct Upstream {
     txs: Arc<Transactions>,
     flows: Arc<Flows>,
     metrics: SipMetrics,
+    clock: Clock,
     /// The request's method (for the response metrics).
     method: String,
     key: String,
@@ -912,7 +918,7 @@ impl Upstream {
         let mut out = Vec::new();
         let mut earlier = false;
         if let Ok(mut t) = self.txs.table.lock() {
-            let now = Instant::now();
+            let now = self.clock.now();
             let mut remove = false;
             let mut next = None;
             match t.entries.get_mut(&self.key) {
