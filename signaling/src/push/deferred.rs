@@ -140,8 +140,22 @@ pub const MAX_ROUNDS: usize = 64;
 pub async fn run_delivery(
     store: Store,
     sender: Arc<dyn RequestSender>,
+    events: broadcast::Receiver<Registered>,
+    realm: String,
+    shutdown: CancellationToken,
+) {
+    run_delivery_reporting(store, sender, events, realm, None, shutdown).await
+}
+
+/// [`run_delivery`], also sending how each round ended to `rounds` (when it has
+/// room): what tests wait for instead of sleeping and asserting that nothing more
+/// happened.
+pub async fn run_delivery_reporting(
+    store: Store,
+    sender: Arc<dyn RequestSender>,
     mut events: broadcast::Receiver<Registered>,
     realm: String,
+    rounds: Option<tokio::sync::mpsc::Sender<Round>>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ROUNDS));
@@ -162,10 +176,16 @@ pub async fn run_delivery(
             return;
         };
         let (store, sender, realm) = (store.clone(), sender.clone(), realm.clone());
+        let rounds = rounds.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = deliver_pending(&store, sender.as_ref(), &ev.binding, &realm).await {
-                tracing::error!(error = %e, "deferred delivery failed");
+            match deliver_pending(&store, sender.as_ref(), &ev.binding, &realm).await {
+                Ok(round) => {
+                    if let Some(r) = rounds {
+                        let _ = r.try_send(round);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "deferred delivery failed"),
             }
         });
     }
