@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::fork::{Action, CancelReason, Final, Fork, ForkOptions};
-use super::offline::{CallPush, ForkedRequest, PushTo};
+use super::fork::{Action, CancelReason, Final, Fork, ForkOptions, PushOrder, PushPolicy};
+use super::offline::{CallPush, ForkedRequest};
 use super::routing::{hop_of, Hop};
 use super::{msg, Proxy};
 use crate::metrics::SipMetrics;
@@ -198,9 +198,8 @@ impl Proxy {
             outgoing_call,
             answered_2xx: false,
             setup,
-            pushed: Vec::new(),
-            push_pending: 0,
-            ended: None,
+            pushes: pushes
+                .then(|| PushPolicy::new(Duration::from_secs(self.cfg.park_timeout_secs))),
             branches: branches
                 .into_iter()
                 .map(
@@ -329,12 +328,9 @@ struct Call {
     /// Set for INVITEs to one of our accounts: more branches can join, devices
     /// are pushed, the no-answer rule applies.
     setup: Option<CallSetup>,
-    /// Instances that got an `incoming_call` push.
-    pushed: Vec<String>,
-    /// `incoming_call` pushes queued but not reported yet.
-    push_pending: usize,
-    /// How the call ended, once decided (pushed devices were told so).
-    ended: Option<CallPush>,
+    /// The push side of the call (when devices are pushed): who was pushed, the
+    /// park, who hears of the end.
+    pushes: Option<PushPolicy>,
     branches: Vec<BranchCtx>,
     rx: mpsc::Receiver<Input>,
     /// Our own input, for the routes of branches added later.
@@ -354,19 +350,18 @@ impl Call {
             + Duration::from_secs(self.proxy.cfg.ring_timeout_secs) * rings
             + self.proxy.timers.t1 * 64
             + Duration::from_secs(32);
-        if let Some(live) = self
+        let live = self
             .setup
             .as_ref()
-            .filter(|c| c.pushes)
             .map(|c| c.request.live_instances.clone())
-        {
-            // Devices that are not registered hear of the call at the moment the
-            // registered ones get the INVITE.
-            self.push(CallPush::Incoming, PushTo::AllExcept(live));
-        }
+            .unwrap_or_default();
+        // Devices that are not registered hear of the call at the moment the
+        // registered ones get the INVITE.
+        let order = self.pushes.as_mut().map(|p| p.start(live));
+        self.queue(order);
         self.pump(self.proxy.clock.now()).await;
         loop {
-            if self.fork.is_answered() && self.push_pending == 0 {
+            if self.fork.is_answered() && self.pushes.as_ref().is_none_or(PushPolicy::settled) {
                 self.deciding = None;
                 if self.all_terminated() {
                     break;
@@ -524,16 +519,15 @@ impl Call {
         });
     }
 
-    /// Queues a call push; the instances an `incoming_call` reached come back as
-    /// [`Input::Pushed`].
-    fn push(&mut self, kind: CallPush, to: PushTo) {
-        let Some(setup) = self.setup.as_ref().filter(|c| c.pushes) else {
+    /// Queues a call push the policy ordered; the instances an `incoming_call`
+    /// reached come back as [`Input::Pushed`].
+    fn queue(&mut self, order: Option<PushOrder>) {
+        let (Some(PushOrder { kind, to }), Some(setup)) = (order, self.setup.as_ref()) else {
             return;
         };
         let hooks = self.proxy.offline();
         let req = setup.request.clone();
         if kind == CallPush::Incoming {
-            self.push_pending += 1;
             let tx = self.self_tx.clone();
             tokio::spawn(async move {
                 let pushed = hooks.push_call(&req, kind, to).await;
@@ -546,45 +540,13 @@ impl Call {
         }
     }
 
-    /// An `incoming_call` push went to `list`: the call waits for them to register
-    /// (or, when nobody at all could be pushed, stops waiting).
+    /// An `incoming_call` push went to `list` (see [`PushPolicy::pushed`]).
     fn on_pushed(&mut self, now: Instant, list: Vec<String>) {
-        self.push_pending = self.push_pending.saturating_sub(1);
-        let new: Vec<String> = list
-            .into_iter()
-            .filter(|i| !self.pushed.iter().any(|p| p.eq_ignore_ascii_case(i)))
-            .collect();
-        if let Some(kind) = self.ended {
-            // The call ended while this push was being queued: these devices hear
-            // of the end too.
-            if !new.is_empty() {
-                self.push(kind, PushTo::Only(new.clone()));
-            }
-        } else if !new.is_empty() {
-            self.fork
-                .park(now + Duration::from_secs(self.proxy.cfg.park_timeout_secs));
-        } else if self.pushed.is_empty() && self.push_pending == 0 {
-            self.fork.unpark(now);
-        }
-        self.pushed.extend(new);
-    }
-
-    /// The call's outcome is known: devices that got `incoming_call` (except the
-    /// one that answered) get `kind`.
-    fn end_call(&mut self, kind: CallPush, answered_by: Option<&str>) {
-        if self.ended.is_some() || self.setup.is_none() {
-            return;
-        }
-        self.ended = Some(kind);
-        let to: Vec<String> = self
-            .pushed
-            .iter()
-            .filter(|i| answered_by.is_none_or(|a| !a.eq_ignore_ascii_case(i)))
-            .cloned()
-            .collect();
-        if !to.is_empty() {
-            self.push(kind, PushTo::Only(to));
-        }
+        let order = match &mut self.pushes {
+            Some(p) => p.pushed(now, list, &mut self.fork),
+            None => None,
+        };
+        self.queue(order);
     }
 
     /// The no-answer rule: the call goes to the account's forward URI as a new
@@ -690,17 +652,13 @@ impl Call {
         while let Some(a) = self.fork.poll_action() {
             match a {
                 Action::Forward { branch, code } => {
-                    if (200..300).contains(&code) || code >= 600 {
-                        // Answered or declined on a device: the pushed ones stop
-                        // ringing; answered by the no-answer target: they missed it.
-                        let by = self.branches.get(branch).and_then(|b| b.instance.clone());
-                        let kind = if by.is_none() && self.fork.is_forwarded() && code < 300 {
-                            CallPush::Missed
-                        } else {
-                            CallPush::Cancelled
-                        };
-                        self.end_call(kind, by.as_deref());
-                    }
+                    let by = self.branches.get(branch).and_then(|b| b.instance.clone());
+                    let forwarded = self.fork.is_forwarded();
+                    let order = self
+                        .pushes
+                        .as_mut()
+                        .and_then(|p| p.forwarded(code, by.as_deref(), forwarded));
+                    self.queue(order);
                     self.answered_2xx |= (200..300).contains(&code);
                     let bytes = self
                         .branches
@@ -742,12 +700,13 @@ impl Call {
                     }
                 }
                 Action::PushAll => {
-                    let skip = self.pushed.clone();
-                    self.push(CallPush::Incoming, PushTo::AllExcept(skip));
+                    let order = self.pushes.as_mut().map(PushPolicy::push_all);
+                    self.queue(order);
                 }
                 Action::NoAnswer => self.start_forward(now).await,
                 Action::Respond(f) => {
-                    self.end_call(CallPush::Missed, None);
+                    let order = self.pushes.as_mut().and_then(PushPolicy::responded);
+                    self.queue(order);
                     let (code, bytes) = self.final_bytes(f);
                     if !(200..300).contains(&code) {
                         // The call failed: it stops counting against the limit now,
