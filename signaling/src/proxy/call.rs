@@ -66,6 +66,61 @@ pub(crate) struct CallEntry {
     pub(crate) account: Option<AccountId>,
 }
 
+/// The requests in progress by server INVITE transaction key, with an index by
+/// called account (a registration or a revocation finds its account's calls
+/// without looking at the others).
+#[derive(Default)]
+pub(crate) struct Calls {
+    by_key: std::collections::HashMap<String, CallEntry>,
+    by_account: std::collections::HashMap<AccountId, std::collections::HashSet<String>>,
+}
+
+impl Calls {
+    pub(crate) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&CallEntry> {
+        self.by_key.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: String, entry: CallEntry) {
+        if let Some(a) = entry.account {
+            self.by_account.entry(a).or_default().insert(key.clone());
+        }
+        if let Some(old) = self.by_key.insert(key.clone(), entry) {
+            self.unindex(&key, old.account);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.unindex(key, old.account);
+        }
+    }
+
+    fn unindex(&mut self, key: &str, account: Option<AccountId>) {
+        let Some(a) = account else { return };
+        if let Some(keys) = self.by_account.get_mut(&a) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_account.remove(&a);
+            }
+        }
+    }
+
+    /// The tasks of the calls to `account`.
+    pub(crate) fn of_account(&self, account: AccountId) -> Vec<mpsc::Sender<Input>> {
+        self.by_account
+            .get(&account)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.by_key.get(k))
+            .map(|e| e.tx.clone())
+            .collect()
+    }
+}
+
 /// How to build one more branch of a forked INVITE.
 pub(crate) struct BranchTemplate {
     pub(crate) hash: String,

@@ -33,7 +33,7 @@ use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::Flows;
 use crate::sip::{Handled, Origin, Request, SipAddrs, Upstream, ALLOW};
 
-use call::{BranchTemplate, CallEntry, CallSetup, Forking, Input, NewBranch, PendingCancel};
+use call::{BranchTemplate, CallSetup, Calls, Forking, Input, NewBranch, PendingCancel};
 pub use config::ProxyConfig;
 pub use dialplan::DialPlanConfig;
 use offline::forked_request;
@@ -53,7 +53,7 @@ pub struct Proxy {
     /// Our branch parameter -> the task of its forked request and the branch index.
     routes: Mutex<HashMap<String, (mpsc::Sender<Input>, usize)>>,
     /// Server INVITE transaction key -> its task, for the caller's CANCEL.
-    calls: Mutex<HashMap<String, CallEntry>>,
+    calls: Mutex<Calls>,
     /// Forked requests whose final response has not gone upstream yet: what
     /// `max_transactions` bounds. `calls` also holds the ones that only finish
     /// cancelling branches and absorbing retransmissions (Timer B/D/K).
@@ -65,17 +65,74 @@ pub struct Proxy {
 }
 
 /// Outgoing calls per account: counted from the INVITE until a non-2xx final
-/// response, or until the BYE of the established call passes through.
+/// response, or until the BYE of the established call passes through. Indexed by
+/// account, so admitting a call looks at that account's calls only (not every call
+/// in progress).
 #[derive(Default)]
 struct Outgoing {
-    by_call: HashMap<String, (AccountId, Instant)>,
+    by_call: HashMap<String, AccountId>,
+    by_account: HashMap<AccountId, HashMap<String, Instant>>,
+    /// Calls admitted; every [`SWEEP_EVERY`] of them, all accounts are swept.
+    admitted: u64,
 }
 
+/// How often (in admitted calls) every account's forgotten calls are dropped, so
+/// that accounts that stop calling do not keep old entries.
+const SWEEP_EVERY: u64 = 1024;
+
 impl Outgoing {
+    /// Counts `account`'s calls younger than `max_age` (older ones are forgotten:
+    /// a BYE that never passed through us must not hold the place forever).
     fn count(&mut self, account: AccountId, now: Instant, max_age: Duration) -> usize {
-        self.by_call
-            .retain(|_, (_, since)| now.saturating_duration_since(*since) < max_age);
-        self.by_call.values().filter(|(a, _)| *a == account).count()
+        let Some(calls) = self.by_account.get_mut(&account) else {
+            return 0;
+        };
+        let before = calls.len();
+        let mut stale = Vec::new();
+        calls.retain(|call, since| {
+            let keep = now.saturating_duration_since(*since) < max_age;
+            if !keep {
+                stale.push(call.clone());
+            }
+            keep
+        });
+        let n = calls.len();
+        if n == 0 {
+            self.by_account.remove(&account);
+        }
+        if n != before {
+            for c in stale {
+                self.by_call.remove(&c);
+            }
+        }
+        n
+    }
+
+    fn insert(&mut self, account: AccountId, call_id: &str, now: Instant, max_age: Duration) {
+        self.admitted = self.admitted.wrapping_add(1);
+        if self.admitted % SWEEP_EVERY == 0 {
+            let accounts: Vec<AccountId> = self.by_account.keys().copied().collect();
+            for a in accounts {
+                self.count(a, now, max_age);
+            }
+        }
+        self.by_call.insert(call_id.to_owned(), account);
+        self.by_account
+            .entry(account)
+            .or_default()
+            .insert(call_id.to_owned(), now);
+    }
+
+    fn remove(&mut self, call_id: &str) {
+        let Some(account) = self.by_call.remove(call_id) else {
+            return;
+        };
+        if let Some(calls) = self.by_account.get_mut(&account) {
+            calls.remove(call_id);
+            if calls.is_empty() {
+                self.by_account.remove(&account);
+            }
+        }
     }
 }
 
@@ -132,7 +189,7 @@ impl Proxy {
             timers,
             offline: std::sync::RwLock::new(Arc::new(Unavailable)),
             routes: Mutex::new(HashMap::new()),
-            calls: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Calls::default()),
             deciding: Arc::new(AtomicUsize::new(0)),
             outgoing: Mutex::new(Outgoing::default()),
             metrics,
@@ -189,13 +246,13 @@ impl Proxy {
         if o.count(account, now, max_age) >= self.cfg.max_outgoing_calls {
             return false;
         }
-        o.by_call.insert(call_id.to_owned(), (account, now));
+        o.insert(account, call_id, now, max_age);
         true
     }
 
     fn release_call(&self, call_id: &str) {
         if let Ok(mut o) = self.outgoing.lock() {
-            o.by_call.remove(call_id);
+            o.remove(call_id);
         }
     }
 
@@ -529,11 +586,7 @@ impl Proxy {
                 },
             };
             let targets: Vec<mpsc::Sender<Input>> = match self.calls.lock() {
-                Ok(c) => c
-                    .values()
-                    .filter(|e| e.account == Some(account))
-                    .map(|e| e.tx.clone())
-                    .collect(),
+                Ok(c) => c.of_account(account),
                 Err(_) => Vec::new(),
             };
             for t in targets {
