@@ -343,38 +343,10 @@ impl Proxy {
                     self.release_call(c);
                 }
             }
-            let route = match self.routing.in_dialog(&routes, origin) {
-                Ok(r) => r,
-                Err((code, reason)) => return reply(code, reason),
+            return match self.routing.in_dialog(&routes, origin) {
+                Ok(route) => self.forward_in_dialog(req, upstream, route, &hash, max_forwards),
+                Err((code, reason)) => reply(code, reason),
             };
-            let branch = format!("z9hG4bK{hash}.{}", new_tag());
-            let bytes = msg::forward_request(
-                msg,
-                &msg::Forward {
-                    request_uri: None,
-                    via: &self.routing.via(route.hop, &branch),
-                    record_route: &[],
-                    pop_routes: route.popped,
-                    max_forwards: max_forwards - 1,
-                    extra: &[],
-                    consume_realm: Some(self.routing.realm()),
-                },
-            );
-            return self.start_fork(
-                req,
-                upstream,
-                vec![NewBranch {
-                    hop: route.hop,
-                    id: branch,
-                    bytes,
-                    instance: None,
-                }],
-                Forking {
-                    invite: method == "INVITE",
-                    outgoing_call: None,
-                    setup: None,
-                },
-            );
         }
 
         // Out of dialog: who is calling (RFC 3261 22.3)?
@@ -463,6 +435,83 @@ impl Proxy {
                 return release(reply(500, "Server Internal Error"));
             }
         };
+        let h = self
+            .fork_to_account(
+                req,
+                upstream,
+                &account,
+                &hash,
+                max_forwards,
+                counted_call.clone(),
+            )
+            .await;
+        release(h)
+    }
+
+    /// An in-dialog request (or one routed through us): one branch over the flow the
+    /// other side's token names.
+    fn forward_in_dialog(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        upstream: Upstream,
+        route: routing::InDialog,
+        hash: &str,
+        max_forwards: u32,
+    ) -> Handled {
+        let msg = req.msg;
+        let branch = format!("z9hG4bK{hash}.{}", new_tag());
+        let bytes = msg::forward_request(
+            msg,
+            &msg::Forward {
+                request_uri: None,
+                via: &self.routing.via(route.hop, &branch),
+                record_route: &[],
+                pop_routes: route.popped,
+                max_forwards: max_forwards - 1,
+                extra: &[],
+                consume_realm: Some(self.routing.realm()),
+            },
+        );
+        self.start_fork(
+            req,
+            upstream,
+            vec![NewBranch {
+                hop: route.hop,
+                id: branch,
+                bytes,
+                instance: None,
+            }],
+            Forking {
+                invite: msg.method() == Some("INVITE"),
+                outgoing_call: None,
+                setup: None,
+            },
+        )
+    }
+
+    /// An INVITE or MESSAGE to one of our accounts: one branch per live binding;
+    /// with nobody registered, the offline hooks decide (push, park, store).
+    async fn fork_to_account(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        upstream: Upstream,
+        account: &crate::model::AccountCredentials,
+        hash: &str,
+        max_forwards: u32,
+        counted_call: Option<String>,
+    ) -> Handled {
+        let Request {
+            msg,
+            origin,
+            top_via,
+            ..
+        } = *req;
+        let method = msg.method().unwrap_or("");
+        let reply = |code: u16, reason: &str| {
+            Handled::Reply(
+                ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag())).reply(),
+            )
+        };
         let bindings = self.registrar.bindings(account.id);
         let invite = method == "INVITE";
         let hooks = self.offline();
@@ -506,14 +555,14 @@ impl Proxy {
         if branches.is_empty() && !(pushes || forward.is_some()) {
             let forked = forked_request(msg, account.id, Vec::new());
             let (code, reason) = hooks.no_live_binding(&forked).await;
-            return release(reply(code, reason));
+            return reply(code, reason);
         }
         let live: Vec<String> = branches.iter().filter_map(|b| b.instance.clone()).collect();
         let forked = forked_request(msg, account.id, live);
         if !invite {
             let outgoing = counted_call.clone();
             tokio::spawn(async move { hooks.forked(&forked).await });
-            return release(self.start_fork(
+            return self.start_fork(
                 req,
                 upstream,
                 branches,
@@ -522,13 +571,13 @@ impl Proxy {
                     outgoing_call: outgoing,
                     setup: None,
                 },
-            ));
+            );
         }
         let outgoing = counted_call.clone();
         let setup = Some(CallSetup {
             account: account.id,
             template: BranchTemplate {
-                hash: hash.clone(),
+                hash: hash.to_owned(),
                 max_forwards: max_forwards - 1,
                 caller: Hop {
                     transport: origin.transport,
@@ -543,7 +592,7 @@ impl Proxy {
             pushes,
             forward,
         });
-        release(self.start_fork(
+        self.start_fork(
             req,
             upstream,
             branches,
@@ -552,7 +601,7 @@ impl Proxy {
                 outgoing_call: outgoing,
                 setup,
             },
-        ))
+        )
     }
 
     /// Devices that register while a call to their account rings join it as new
