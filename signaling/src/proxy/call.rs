@@ -21,8 +21,14 @@ use crate::sip::{Handled, Request, Upstream};
 const REASON_COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 
 pub(crate) enum Input {
+    /// A response to one of our client transactions, with what the endpoint's parse
+    /// already told (so the task parses it again only to build an ACK or read
+    /// challenges).
     Response {
         branch: usize,
+        code: u16,
+        /// The response is to our CANCEL of that branch.
+        to_cancel: bool,
         bytes: Vec<u8>,
     },
     Cancel,
@@ -442,7 +448,9 @@ impl Call {
                 .min(give_up);
             tokio::select! {
                 input = self.rx.recv() => match input {
-                    Some(Input::Response { branch, bytes }) => self.on_response(self.proxy.clock.now(), branch, bytes),
+                    Some(Input::Response { branch, code, to_cancel, bytes }) => {
+                        self.on_response(self.proxy.clock.now(), branch, (code, to_cancel), bytes)
+                    }
                     Some(Input::Cancel) => self.fork.handle_cancel(self.proxy.clock.now()),
                     Some(Input::Registered(b)) => self.add_binding(self.proxy.clock.now(), &b),
                     Some(Input::Pushed(list)) => self.on_pushed(self.proxy.clock.now(), list),
@@ -642,15 +650,17 @@ impl Call {
         })
     }
 
-    fn on_response(&mut self, now: Instant, i: usize, bytes: Vec<u8>) {
-        let Ok(resp) = Message::parse(&bytes) else {
-            return;
-        };
-        let Some(code) = resp.status() else { return };
+    fn on_response(
+        &mut self,
+        now: Instant,
+        i: usize,
+        (code, to_cancel): (u16, bool),
+        bytes: Vec<u8>,
+    ) {
         let Some(b) = self.branches.get_mut(i) else {
             return;
         };
-        if resp.cseq().is_some_and(|(_, m)| m == "CANCEL") {
+        if to_cancel {
             if let Some(c) = b.cancel.as_mut() {
                 c.handle_response(now, code);
             }
@@ -664,21 +674,29 @@ impl Call {
             }
             return;
         }
+        // Parsed again only when the response itself is needed: the ACK for a
+        // non-2xx final, or the challenges of a 401/407.
+        let needs_parse =
+            code == 401 || code == 407 || (code >= 300 && matches!(b.tx, ClientTx::Invite(_)));
+        let resp = if needs_parse {
+            Message::parse(&bytes).ok()
+        } else {
+            None
+        };
         match &mut b.tx {
             ClientTx::Invite(t) => {
-                let ack = if code >= 300 {
-                    Message::parse(&b.request)
+                let ack = match (&resp, code >= 300) {
+                    (Some(resp), true) => Message::parse(&b.request)
                         .ok()
-                        .map(|sent| msg::ack_for(&sent, &resp))
-                } else {
-                    None
+                        .map(|sent| msg::ack_for(&sent, resp)),
+                    _ => None,
                 };
                 t.handle_response(now, code, ack);
             }
             ClientTx::NonInvite(t) => t.handle_response(now, code),
         }
-        if code == 401 || code == 407 {
-            b.challenges = msg::challenges(&resp);
+        if let (Some(resp), true) = (&resp, code == 401 || code == 407) {
+            b.challenges = msg::challenges(resp);
         }
         b.last = Some(bytes);
         self.drain_events(now, i);

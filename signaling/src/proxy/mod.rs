@@ -293,6 +293,8 @@ impl Proxy {
             Some((tx, idx)) => {
                 let _ = tx.try_send(Input::Response {
                     branch: idx,
+                    code: msg.status().unwrap_or(500),
+                    to_cancel: msg.cseq().is_some_and(|(_, m)| m == "CANCEL"),
                     bytes: bytes.to_vec(),
                 });
                 true

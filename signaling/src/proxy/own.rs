@@ -82,10 +82,8 @@ impl Proxy {
             let wake = t.poll_timeout()?;
             tokio::select! {
                 input = rx.recv() => match input {
-                    Some(Input::Response { bytes, .. }) => {
-                        if let Some(code) = Message::parse(&bytes).ok().and_then(|m| m.status()) {
-                            t.handle_response(self.clock.now(), code);
-                        }
+                    Some(Input::Response { code, .. }) => {
+                        t.handle_response(self.clock.now(), code);
                     }
                     Some(_) => {}
                     None => return None,
