@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::SignalingConfig;
 use registrar::RegistrarHandle;
-use service::{ServiceError, SipServer};
+use service::{ServiceError, SipParts, SipServer};
 use sip::{SipAddrs, SipError};
 use store::{Store, StoreError};
 
@@ -155,8 +155,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Binds everything (database, SIP listeners, HTTP API) and starts serving until
-/// `shutdown` is cancelled. Listeners configured with port 0 report their real port
+/// Binds everything and starts serving until `shutdown` is cancelled, assembled
+/// bottom up: store -> registrar -> SIP listeners -> proxy -> push -> service (the
+/// endpoint serves from here) -> HTTP API. Listeners configured with port 0 report their real port
 /// in [`Running`].
 pub async fn start(
     cfg: SignalingConfig,
@@ -175,13 +176,8 @@ pub async fn start(
     )
     .await?;
     tracing::info!(backend = ?store.backend(), "database ready");
-    let pusher = push::Pusher::start(&cfg.push, Some(store.clone()), shutdown.clone())?;
-    tokio::spawn(push::sweep_deferred(
-        store.clone(),
-        std::time::Duration::from_secs(cfg.messages.sweep_interval_secs),
-        shutdown.clone(),
-    ));
-    let sip_server = SipServer::start_with_proxy(
+    // Registrar (stored bindings loaded), SIP listeners bound, proxy.
+    let sip = SipParts::build(
         &cfg.sip,
         &cfg.registrar,
         &cfg.proxy,
@@ -190,11 +186,18 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
-    let registrar = sip_server.registrar();
+    let registrar = sip.registrar();
+    // Push, plugged into the proxy before any request arrives.
+    let pusher = push::Pusher::start(&cfg.push, Some(store.clone()), shutdown.clone())?;
+    tokio::spawn(push::sweep_deferred(
+        store.clone(),
+        std::time::Duration::from_secs(cfg.messages.sweep_interval_secs),
+        shutdown.clone(),
+    ));
     // RFC 8599: a REGISTER naming a push service that is not configured gets 555.
     registrar.set_push_providers(&pusher.providers());
     // Offline devices: MESSAGEs stored and pushed (202), calls pushed.
-    sip_server.set_offline_targets(Arc::new(push::hooks::PushHooks {
+    sip.set_offline_targets(Arc::new(push::hooks::PushHooks {
         store: store.clone(),
         pusher: (!pusher.providers().is_empty()).then(|| pusher.clone()),
         ttl_secs: cfg.messages.ttl_secs,
@@ -202,11 +205,13 @@ pub async fn start(
     // Deferred messages go out, in order, when their device registers.
     tokio::spawn(push::deferred::run_delivery(
         store.clone(),
-        sip_server.request_sender(),
+        sip.request_sender(),
         registrar.subscribe_registrations(),
         cfg.sip.realm.clone(),
         shutdown.clone(),
     ));
+    // The service on top; the endpoint starts serving.
+    let sip_server = sip.serve(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .map_err(|source| StartError::ApiBind {

@@ -16,8 +16,8 @@ use crate::sip::endpoint::TuFuture;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::transport::Flows;
 use crate::sip::{
-    Endpoint, Handled, Origin, Request, SipAddrs, SipConfig, SipError, TransactionUser, Upstream,
-    ALLOW,
+    BoundEndpoint, Endpoint, Handled, Origin, Request, SipAddrs, SipConfig, SipError,
+    TransactionUser, Upstream, ALLOW,
 };
 
 /// Methods RFC 3261 and its extensions define; others get 501 (RFC 3261 8.2.1).
@@ -141,6 +141,132 @@ impl TransactionUser for Service {
     }
 }
 
+/// The SIP side built but not serving yet: the registrar (with its stored
+/// bindings), the endpoint's bound listeners and the proxy. What plugs into them
+/// (push hooks, deferred delivery) is attached before [`SipParts::serve`], so no
+/// request arrives before it is in place.
+pub struct SipParts {
+    clock: Clock,
+    metrics: SipMetrics,
+    registrar: RegistrarHandle,
+    proxy: Arc<Proxy>,
+    bound: BoundEndpoint,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for SipParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipParts")
+            .field("addrs", &self.bound.local_addrs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SipParts {
+    /// Registrar -> endpoint (bound) -> proxy.
+    pub async fn build<S: RegistrarStore>(
+        cfg: &SipConfig,
+        reg: &RegistrarConfig,
+        proxy: &ProxyConfig,
+        dialplan: &DialPlanConfig,
+        store: S,
+        shutdown: CancellationToken,
+    ) -> Result<SipParts, ServiceError> {
+        cfg.validate().map_err(SipError::Config)?;
+        reg.validate().map_err(ServiceError::Config)?;
+        proxy.validate().map_err(ServiceError::Config)?;
+        dialplan.validate().map_err(ServiceError::Config)?;
+        let tasks = TaskTracker::new();
+        let flows = Arc::new(Flows::default());
+        let metrics = SipMetrics::default();
+        let clock = Clock::system();
+        let (registrar, expiry) = RegistrarHandle::start(
+            reg,
+            &cfg.realm,
+            Arc::new(store),
+            flows.clone(),
+            metrics.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tasks.spawn(async move {
+            let _ = expiry.await;
+        });
+        let bound = Endpoint::bind(cfg, flows.clone()).await?;
+        let proxy = Arc::new(Proxy::new(
+            proxy.clone(),
+            dialplan.clone(),
+            registrar.clone(),
+            SipSide {
+                realm: cfg.realm.clone(),
+                addrs: bound.local_addrs(),
+                flows,
+                timers: crate::sip::transaction::TimerConfig::default(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+            },
+        ));
+        tasks.spawn(
+            proxy
+                .clone()
+                .registration_loop(registrar.subscribe_registrations(), shutdown),
+        );
+        Ok(SipParts {
+            clock,
+            metrics,
+            registrar,
+            proxy,
+            bound,
+            tasks,
+        })
+    }
+
+    pub fn registrar(&self) -> RegistrarHandle {
+        self.registrar.clone()
+    }
+
+    pub fn metrics(&self) -> SipMetrics {
+        self.metrics.clone()
+    }
+
+    /// Installs the hooks for accounts whose devices are offline (push, deferred
+    /// messages); without them such requests get 480.
+    pub fn set_offline_targets(&self, hooks: Arc<dyn OfflineTargets>) {
+        self.proxy.set_offline(hooks);
+    }
+
+    /// Sends requests of our own to registered devices (deferred delivery).
+    pub fn request_sender(&self) -> Arc<dyn RequestSender> {
+        self.proxy.clone()
+    }
+
+    /// The service on top, and the endpoint starts serving it.
+    pub fn serve(self, shutdown: CancellationToken) -> SipServer {
+        let SipParts {
+            clock,
+            metrics,
+            registrar,
+            proxy,
+            bound,
+            tasks,
+        } = self;
+        tasks.close();
+        let addrs = bound.local_addrs();
+        let service = Arc::new(Service::new(registrar.clone(), proxy.clone()));
+        let endpoint = bound.serve(service, metrics.clone(), clock.clone(), shutdown);
+        SipServer {
+            clock,
+            metrics,
+            addrs,
+            registrar,
+            proxy,
+            endpoint,
+            tasks,
+        }
+    }
+}
+
 /// The SIP side of the server, assembled: registrar, endpoint, proxy, service.
 #[derive(Debug)]
 pub struct SipServer {
@@ -182,59 +308,11 @@ impl SipServer {
         store: S,
         shutdown: CancellationToken,
     ) -> Result<SipServer, ServiceError> {
-        cfg.validate().map_err(SipError::Config)?;
-        reg.validate().map_err(ServiceError::Config)?;
-        proxy.validate().map_err(ServiceError::Config)?;
-        dialplan.validate().map_err(ServiceError::Config)?;
-        let tasks = TaskTracker::new();
-        let flows = Arc::new(Flows::default());
-        let metrics = SipMetrics::default();
-        let clock = Clock::system();
-        let (registrar, expiry) = RegistrarHandle::start(
-            reg,
-            &cfg.realm,
-            Arc::new(store),
-            flows.clone(),
-            metrics.clone(),
-            clock.clone(),
-            shutdown.clone(),
+        Ok(
+            SipParts::build(cfg, reg, proxy, dialplan, store, shutdown.clone())
+                .await?
+                .serve(shutdown),
         )
-        .await?;
-        tasks.spawn(async move {
-            let _ = expiry.await;
-        });
-        let bound = Endpoint::bind(cfg, flows.clone()).await?;
-        let addrs = bound.local_addrs();
-        let proxy = Arc::new(Proxy::new(
-            proxy.clone(),
-            dialplan.clone(),
-            registrar.clone(),
-            SipSide {
-                realm: cfg.realm.clone(),
-                addrs,
-                flows,
-                timers: crate::sip::transaction::TimerConfig::default(),
-                metrics: metrics.clone(),
-                clock: clock.clone(),
-            },
-        ));
-        tasks.spawn(
-            proxy
-                .clone()
-                .registration_loop(registrar.subscribe_registrations(), shutdown.clone()),
-        );
-        tasks.close();
-        let service = Arc::new(Service::new(registrar.clone(), proxy.clone()));
-        let endpoint = bound.serve(service, metrics.clone(), clock.clone(), shutdown);
-        Ok(SipServer {
-            clock,
-            metrics,
-            addrs,
-            registrar,
-            proxy,
-            endpoint,
-            tasks,
-        })
     }
 
     /// Installs the hooks for accounts whose devices are offline (push, deferred
