@@ -183,3 +183,45 @@ async fn tcp_limits_framing_and_idle_timeout() {
     shutdown.cancel();
     server.wait().await.unwrap();
 }
+
+/// A full server transaction table is not a silent drop: the new request gets 503
+/// with Retry-After, and the refusal is counted.
+#[tokio::test]
+async fn a_full_transaction_table_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let sip = SipConfig {
+        max_transactions: 1,
+        ..sip_config()
+    };
+    let (server, shutdown) = start(store, sip, RegistrarConfig::default()).await;
+    let udp = server.local_addrs().udp.unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 4096];
+    // The first OPTIONS is answered; its transaction stays (Timer J) and fills the table.
+    a.send_to(options("UDP 127.0.0.1;rport", "first").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status(&buf[..n]), 200);
+    a.send_to(options("UDP 127.0.0.1;rport", "second").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        text.starts_with("SIP/2.0 503 Service Unavailable"),
+        "{text}"
+    );
+    assert!(text.contains("Retry-After: 5"), "{text}");
+    assert!(text.contains("Call-ID: second"), "{text}");
+    assert_eq!(server.metrics().drops(DropReason::TransactionsFull), 1);
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}

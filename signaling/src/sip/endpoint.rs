@@ -136,7 +136,6 @@ pub struct Endpoint {
 }
 /// Most requests handled at once (UDP); more are dropped and retransmitted by clients.
 const MAX_IN_FLIGHT: usize = 1024;
-const MAX_TRANSACTIONS: usize = 200_000;
 
 enum ServerTx {
     NonInvite(ServerNonInvite),
@@ -778,7 +777,7 @@ impl Server {
         let mut earlier = false;
         let is_new = match self.txs.table.lock() {
             Ok(mut t) => {
-                let at_limit = t.entries.len() >= MAX_TRANSACTIONS;
+                let at_limit = t.entries.len() >= self.cfg.max_transactions;
                 match t.entries.get_mut(&key) {
                     Some(e) => {
                         let now = self.clock.now();
