@@ -78,6 +78,10 @@ impl Default for SignalingConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path` or `postgres://...`; unset: `sqlite://<data_dir>/signaling.db`.
     pub url: Option<String>,
+    /// A file holding the URL (first line), for URLs with a password: read at start
+    /// and used when `url` is unset. Also `TANDEM_DATABASE_URL_FILE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
     /// Connection pool size.
     pub max_connections: u32,
 }
@@ -86,6 +90,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: None,
+            url_file: None,
             max_connections: 8,
         }
     }
@@ -161,6 +166,23 @@ impl Default for LogConfig {
     }
 }
 
+/// `scheme://user:password@host/...` with the password replaced by `<hidden>`;
+/// anything else unchanged.
+fn hide_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<hidden>@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Command-line flags; each also reads a `TANDEM_*` environment variable.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -175,7 +197,10 @@ pub struct Cli {
     /// Data directory (embedded database, generated admin token).
     #[arg(long, env = "TANDEM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Database URL: sqlite://path or postgres://user@host/db.
+    /// Database URL: sqlite://path or postgres://user@host/db. As a flag, for tests
+    /// and URLs without a password only (ps shows flags): put a password in
+    /// TANDEM_DATABASE_URL, or in a file named by TANDEM_DATABASE_URL_FILE or
+    /// database.url_file.
     #[arg(long, env = "TANDEM_DATABASE_URL")]
     pub database_url: Option<String>,
     /// HTTP API listen address (keep it private).
@@ -234,9 +259,56 @@ impl SignalingConfig {
         if let Ok(token) = std::env::var("TANDEM_ADMIN_TOKEN") {
             cfg.api.admin_token = Some(token);
         }
+        if let Some(path) = std::env::var_os("TANDEM_DATABASE_URL_FILE") {
+            cfg.database.url_file = Some(PathBuf::from(path));
+        }
         cfg.apply(cli);
+        cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads settings kept in files (`database.url_file`) into the configuration.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let (None, Some(path)) = (&self.database.url, &self.database.url_file) {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let url = text.lines().next().unwrap_or("").trim().to_owned();
+            if url.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "database.url_file: {} is empty",
+                    path.display()
+                )));
+            }
+            self.database.url = Some(url);
+        }
+        Ok(())
+    }
+
+    /// The configuration with its secrets replaced by `<hidden>` (for
+    /// `--check-config`): the admin token, the nonce secret, the webhook's secrets and
+    /// the password of the database URL.
+    pub fn redacted(&self) -> SignalingConfig {
+        let mut shown = self.clone();
+        if shown.api.admin_token.is_some() {
+            shown.api.admin_token = Some("<hidden>".to_owned());
+        }
+        if !shown.registrar.nonce_secret.is_empty() {
+            shown.registrar.nonce_secret = "<hidden>".to_owned();
+        }
+        if let Some(w) = shown.push.webhook.as_mut() {
+            for secret in [&mut w.bearer_token, &mut w.hmac_secret] {
+                if secret.is_some() {
+                    *secret = Some("<hidden>".to_owned());
+                }
+            }
+        }
+        if let Some(url) = shown.database.url.as_mut() {
+            *url = hide_url_password(url);
+        }
+        shown
     }
 
     /// Applies flags (and the environment variables clap read for them).

@@ -3,13 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod number;
 pub mod proxy;
 pub mod push;
 pub mod registrar;
+pub mod service;
 pub mod sip;
 pub mod store;
 
@@ -34,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::SignalingConfig;
 use registrar::RegistrarHandle;
-use sip::{SipAddrs, SipError, SipServer};
+use service::{ServiceError, SipParts, SipServer};
+use sip::{SipAddrs, SipError};
 use store::{Store, StoreError};
 
 /// Errors that stop the process from starting (or from running on).
@@ -47,6 +51,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("SIP: {0}")]
     Sip(#[from] SipError),
+    #[error("SIP: {0}")]
+    Service(#[from] ServiceError),
     #[error("push: {0}")]
     Push(#[from] push::PushError),
     #[error("cannot bind the HTTP API on {addr}: {source}")]
@@ -149,8 +155,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Binds everything (database, SIP listeners, HTTP API) and starts serving until
-/// `shutdown` is cancelled. Listeners configured with port 0 report their real port
+/// Binds everything and starts serving until `shutdown` is cancelled, assembled
+/// bottom up: store -> registrar -> SIP listeners -> proxy -> push -> service (the
+/// endpoint serves from here) -> HTTP API. Listeners configured with port 0 report their real port
 /// in [`Running`].
 pub async fn start(
     cfg: SignalingConfig,
@@ -169,13 +176,8 @@ pub async fn start(
     )
     .await?;
     tracing::info!(backend = ?store.backend(), "database ready");
-    let pusher = push::Pusher::start(&cfg.push, Some(store.clone()), shutdown.clone())?;
-    tokio::spawn(push::sweep_deferred(
-        store.clone(),
-        std::time::Duration::from_secs(cfg.messages.sweep_interval_secs),
-        shutdown.clone(),
-    ));
-    let sip_server = SipServer::start_with_proxy(
+    // Registrar (stored bindings loaded), SIP listeners bound, proxy.
+    let sip = SipParts::build(
         &cfg.sip,
         &cfg.registrar,
         &cfg.proxy,
@@ -184,11 +186,18 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
-    let registrar = sip_server.registrar();
+    let registrar = sip.registrar();
+    // Push, plugged into the proxy before any request arrives.
+    let pusher = push::Pusher::start(&cfg.push, Some(store.clone()), shutdown.clone())?;
+    tokio::spawn(push::sweep_deferred(
+        store.clone(),
+        std::time::Duration::from_secs(cfg.messages.sweep_interval_secs),
+        shutdown.clone(),
+    ));
     // RFC 8599: a REGISTER naming a push service that is not configured gets 555.
     registrar.set_push_providers(&pusher.providers());
     // Offline devices: MESSAGEs stored and pushed (202), calls pushed.
-    sip_server.set_offline_targets(Arc::new(push::hooks::PushHooks {
+    sip.set_offline_targets(Arc::new(push::hooks::PushHooks {
         store: store.clone(),
         pusher: (!pusher.providers().is_empty()).then(|| pusher.clone()),
         ttl_secs: cfg.messages.ttl_secs,
@@ -196,11 +205,13 @@ pub async fn start(
     // Deferred messages go out, in order, when their device registers.
     tokio::spawn(push::deferred::run_delivery(
         store.clone(),
-        sip_server.request_sender(),
+        sip.request_sender(),
         registrar.subscribe_registrations(),
         cfg.sip.realm.clone(),
         shutdown.clone(),
     ));
+    // The service on top; the endpoint starts serving.
+    let sip_server = sip.serve(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .map_err(|source| StartError::ApiBind {
@@ -223,7 +234,10 @@ pub async fn start(
             default_country_code: cfg.default_country_code.clone(),
             auth_limiter: cfg.api.limiter(),
         },
-        http::Metrics::with_more(|r| pusher.register_metrics(r)),
+        http::Metrics::with_more(|r| {
+            pusher.register_metrics(r);
+            sip_server.metrics().register(r);
+        }),
     )
     .with_dialplan(cfg.dialplan.clone());
     let api_task = tokio::spawn(http::serve_with(

@@ -16,21 +16,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     if cli.check_config {
-        let mut shown = cfg.clone();
-        if shown.api.admin_token.is_some() {
-            shown.api.admin_token = Some("<hidden>".to_owned());
-        }
-        if !shown.registrar.nonce_secret.is_empty() {
-            shown.registrar.nonce_secret = "<hidden>".to_owned();
-        }
-        if let Some(w) = shown.push.webhook.as_mut() {
-            for secret in [&mut w.bearer_token, &mut w.hmac_secret] {
-                if secret.is_some() {
-                    *secret = Some("<hidden>".to_owned());
-                }
-            }
-        }
-        match toml::to_string_pretty(&shown) {
+        match toml::to_string_pretty(&cfg.redacted()) {
             Ok(t) => print!("{t}"),
             Err(e) => eprintln!("tandem-signaling: cannot print the configuration: {e}"),
         }

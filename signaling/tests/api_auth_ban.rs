@@ -74,3 +74,32 @@ async fn repeated_failures_ban_the_source() {
     );
     api.stop().await;
 }
+
+/// Requests without credentials are refused but are not failed authentications: ten
+/// of them do not lock the admin token (or an account) out of that address.
+#[tokio::test]
+async fn requests_without_credentials_do_not_ban() {
+    let limiter = LimiterConfig {
+        limit: 3,
+        window: Duration::from_secs(60),
+        ban: Duration::from_secs(120),
+        max_sources: 64,
+    };
+    let api = TestApi::with_settings(Backend::Sqlite, DeviceLimits::default(), limiter).await;
+    api.account("alice", "12345678", &[]).await;
+    for _ in 0..10 {
+        api.call("GET", "/me", Auth::None, None)
+            .await
+            .expect_error(401, "unauthorized");
+        api.call("GET", "/accounts", Auth::None, None)
+            .await
+            .expect_error(401, "unauthorized");
+    }
+    api.call("GET", "/accounts", Auth::Admin, None)
+        .await
+        .expect(200);
+    api.call("GET", "/me", Auth::Basic("alice", "12345678"), None)
+        .await
+        .expect(200);
+    api.stop().await;
+}

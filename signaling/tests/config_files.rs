@@ -178,3 +178,49 @@ fn environment_variables_are_read() {
     );
     assert!(bad.is_err(), "a bad environment value is refused");
 }
+
+/// `--check-config` prints the configuration with every secret hidden, the password
+/// of a database URL included; the URL can come from a file instead of a flag.
+#[test]
+fn check_config_hides_secrets_and_the_database_password() {
+    let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("db-url");
+    std::fs::write(
+        &url_file,
+        "postgres://tandem:s3cr3t-pw@db.internal:5432/tandem\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "[database]\nurl_file = \"{}\"\n[api]\nadmin_token = \"0123456789abcdef-admin\"\n[registrar]\nnonce_secret = \"nonce-secret-0123456789\"\n",
+        url_file.display()
+    );
+    let path = dir.path().join("signaling.toml");
+    std::fs::write(&path, toml).unwrap();
+    let cli =
+        Cli::try_parse_from(["tandem-signaling", "--config", path.to_str().unwrap()]).unwrap();
+    let cfg = SignalingConfig::load(&cli).unwrap();
+    assert_eq!(
+        cfg.database_url(),
+        "postgres://tandem:s3cr3t-pw@db.internal:5432/tandem"
+    );
+    let shown = toml::to_string_pretty(&cfg.redacted()).unwrap();
+    for secret in [
+        "s3cr3t-pw",
+        "0123456789abcdef-admin",
+        "nonce-secret-0123456789",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(
+        shown.contains("postgres://tandem:<hidden>@db.internal:5432/tandem"),
+        "{shown}"
+    );
+    // A URL without a password is shown as it is.
+    let mut plain = cfg.clone();
+    plain.database.url = Some("postgres://postgres@127.0.0.1:5432/test".into());
+    assert_eq!(
+        plain.redacted().database.url.as_deref(),
+        Some("postgres://postgres@127.0.0.1:5432/test")
+    );
+}

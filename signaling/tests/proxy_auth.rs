@@ -263,8 +263,10 @@ async fn callers_authenticate_and_are_limited() {
     );
 
     // Right credentials: forwarded to the device with our Via, Record-Route and
-    // Max-Forwards one lower.
+    // Max-Forwards one lower; the credentials for our realm were for us and do not
+    // reach the device, those for another realm pass.
     let mut call1 = Invite::new(me, &alice, &bob);
+    call1.extra = "Proxy-Authorization: Digest username=\"a\", realm=\"gw.example\", nonce=\"n\", uri=\"sip:x\", response=\"00\"\r\n".into();
     call1.auth = Some(client_response(
         Algorithm::Sha256,
         "alice",
@@ -291,7 +293,12 @@ async fn callers_authenticate_and_are_limited() {
     assert_eq!(fm.header(HeaderName::MaxForwards), Some("69"));
     assert_eq!(fm.vias().unwrap().len(), 2);
     assert_eq!(fm.list(HeaderName::RecordRoute).unwrap().len(), 2);
-    assert!(fm.header(HeaderName::ProxyAuthorization).is_some());
+    let creds: Vec<&str> = fm
+        .headers_named(HeaderName::ProxyAuthorization)
+        .map(|h| h.value.as_ref())
+        .collect();
+    assert_eq!(creds.len(), 1, "{fwd}");
+    assert!(creds[0].contains("realm=\"gw.example\""), "{fwd}");
 
     // A second simultaneous call is over alice's limit of 1.
     let mut call2 = Invite::new(me, &alice, &bob);
@@ -836,6 +843,110 @@ async fn offline_hooks_see_forked_and_unroutable_requests() {
             ),
         ]
     );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
+
+/// Revoking a device through the API while its branch rings cancels that branch;
+/// the other device keeps ringing and can still answer.
+#[tokio::test]
+async fn revoking_a_device_while_it_rings_cancels_its_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, shutdown) = start_server(base_config(dir.path())).await;
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    api(
+        &client,
+        &base,
+        "/accounts",
+        None,
+        json!({"login": "bob", "password": PASSWORD}),
+    )
+    .await;
+    let insts = [
+        "urn:uuid:00000000-0000-4000-8000-0000000b0c01",
+        "urn:uuid:00000000-0000-4000-8000-0000000b0c02",
+    ];
+    let mut devs = Vec::new();
+    for (i, inst) in insts.iter().enumerate() {
+        api(
+            &client,
+            &base,
+            "/me/devices",
+            Some("bob"),
+            json!({"instance_id": inst, "class": "mobile", "name": format!("phone {i}")}),
+        )
+        .await;
+        let d = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        register_device(sip, &d, "bob", inst).await;
+        devs.push(d);
+    }
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let inv = Invite::new(me, "sip:carol@example.org", &format!("sip:bob@{REALM}"));
+    caller
+        .send_to(inv.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for (i, d) in devs.iter().enumerate() {
+        let m = recv_request(d, "INVITE", &inv.call_id).await;
+        d.send_to(answer(&m, 180, "Ringing", &format!("d{i}")).as_bytes(), sip)
+            .await
+            .unwrap();
+        got.push(m);
+    }
+    // Phone 0 is revoked: its branch gets CANCEL at once.
+    let resp = client
+        .delete(format!("{base}/me/devices/{}", insts[0]))
+        .basic_auth("bob", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let cancel = recv_request(&devs[0], "CANCEL", &inv.call_id).await;
+    devs[0]
+        .send_to(answer(&cancel, 200, "OK", "d0").as_bytes(), sip)
+        .await
+        .unwrap();
+    devs[0]
+        .send_to(
+            answer(&got[0], 487, "Request Terminated", "d0").as_bytes(),
+            sip,
+        )
+        .await
+        .unwrap();
+    // Phone 1 still rings and answers: the caller gets its 200.
+    devs[1]
+        .send_to(answer(&got[1], 200, "OK", "d1").as_bytes(), sip)
+        .await
+        .unwrap();
+    let fin = final_of(&caller, &inv.call_id).await;
+    assert_eq!(status(&fin), 200, "{fin}");
+    assert!(fin.contains("tag=d1"), "{fin}");
+
+    // The SIP metrics saw it: requests and responses by method and code,
+    // registrations by device class, the fork no longer active.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tandem_signaling_sip_requests_total{method=\"INVITE\"} 1",
+        "tandem_signaling_sip_requests_total{method=\"REGISTER\"} 4",
+        "tandem_signaling_sip_responses_total{method=\"INVITE\",code=\"200\"} 1",
+        "tandem_signaling_sip_responses_total{method=\"REGISTER\",code=\"401\"} 2",
+        "tandem_signaling_sip_registrations_total{class=\"mobile\"} 2",
+        "tandem_signaling_sip_forks_active 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("tandem_signaling_sip_transactions_active"));
     shutdown.cancel();
     running.wait().await.unwrap();
 }

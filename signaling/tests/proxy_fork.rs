@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_signaling::proxy::fork::{Action, CancelReason, Final, Fork, ForkOptions};
+use tandem_signaling::proxy::fork::{
+    Action, CancelReason, Final, Fork, ForkOptions, PushOrder, PushPolicy,
+};
 use tandem_signaling::proxy::msg;
+use tandem_signaling::proxy::{CallPush, PushTo};
 use tandem_signaling::sip::message::{HeaderName, Message};
 
 const RING: Duration = Duration::from_secs(60);
@@ -411,6 +414,7 @@ fn forwarded_request_gets_our_via_record_route_and_lower_max_forwards() {
             pop_routes: 1,
             max_forwards: 68,
             extra: &[],
+            consume_realm: None,
         },
     );
     let f = Message::parse(&out).unwrap();
@@ -457,12 +461,34 @@ fn random_event_sequences_keep_the_invariants() {
         };
         let n = next(5) as usize;
         let invite = next(4) != 0;
-        let mut f = Fork::new(t0, n, invite, RING);
+        // Half the runs with the push and no-answer options: parked, pushed after
+        // silence, forwarded when unanswered.
+        let opts = if next(2) == 0 {
+            ForkOptions::default()
+        } else {
+            ForkOptions {
+                park_until: (next(2) == 0).then(|| t0 + Duration::from_secs(next(40))),
+                push_at: (next(2) == 0).then(|| t0 + Duration::from_secs(next(10))),
+                forward_on_no_answer: next(2) == 0,
+            }
+        };
+        let mut f = Fork::with_options(t0, n, invite, RING, opts);
+        let mut forward_pending = false;
         let mut finals = 0;
         let mut final_code = 0u16;
         let mut now = t0;
         for _ in 0..next(30) {
-            match next(10) {
+            match next(13) {
+                10 => f.park(now + Duration::from_secs(next(40))),
+                11 => f.unpark(now),
+                12 if forward_pending => {
+                    forward_pending = false;
+                    if next(2) == 0 {
+                        let _ = f.add_forward_branch(now);
+                    } else {
+                        f.forward_failed();
+                    }
+                }
                 0 => f.handle_cancel(now),
                 1 => {
                     now += Duration::from_secs(next(90));
@@ -479,6 +505,19 @@ fn random_event_sequences_keep_the_invariants() {
             }
             for a in drain(&mut f) {
                 match a {
+                    Action::NoAnswer => {
+                        assert!(
+                            opts.forward_on_no_answer,
+                            "seed {seed}: NoAnswer without the rule"
+                        );
+                        forward_pending = true;
+                    }
+                    Action::PushAll => {
+                        assert!(
+                            opts.push_at.is_some(),
+                            "seed {seed}: PushAll without push_at"
+                        );
+                    }
                     Action::Respond(Final::Branch { code, .. })
                     | Action::Respond(Final::Generated { code, .. }) => {
                         assert!(
@@ -507,8 +546,25 @@ fn random_event_sequences_keep_the_invariants() {
             }
             assert!(finals <= 1, "seed {seed}: two non-2xx finals");
         }
-        if f.all_done() {
+        if f.all_done() && !f.is_parked() && !forward_pending && !f.is_forwarded() {
             assert!(f.is_answered(), "seed {seed}: all branches done, no answer");
+        }
+        // Whatever happened, the ring timeout (twice, with the no-answer rule) and
+        // the end of any park settle the request once the forward is decided.
+        if forward_pending {
+            f.forward_failed();
+        }
+        let late = now + RING * 3 + Duration::from_secs(120);
+        f.handle_timeout(late);
+        for a in drain(&mut f) {
+            if let Action::NoAnswer = a {
+                f.forward_failed();
+            }
+        }
+        f.handle_timeout(late + RING * 2);
+        drain(&mut f);
+        if f.all_done() || invite {
+            assert!(f.is_answered(), "seed {seed}: never answered");
         }
     }
 }
@@ -725,4 +781,152 @@ fn the_no_answer_rule_forwards_once_and_its_branch_decides() {
     f.forward_failed();
     assert_eq!(responds(&drain(&mut f)), vec![480]);
     assert!(f.is_answered());
+}
+
+#[test]
+fn a_revoked_device_branch_is_cancelled_and_the_rest_still_decide() {
+    let t0 = Instant::now();
+    let mut f = Fork::new(t0, 3, true, RING);
+    f.handle_response(t0, 0, 180);
+    drain(&mut f);
+    // Ringing: cancelled at once. Silent: cancelled once it sends a provisional.
+    f.cancel_branch(t0, 0);
+    f.cancel_branch(t0, 1);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(0, CancelReason::DeviceRevoked)]
+    );
+    f.handle_response(t0, 1, 100);
+    assert_eq!(
+        cancels(&drain(&mut f)),
+        vec![(1, CancelReason::DeviceRevoked)]
+    );
+    f.handle_response(t0, 0, 487);
+    f.handle_response(t0, 1, 487);
+    assert!(drain(&mut f)
+        .iter()
+        .all(|a| !matches!(a, Action::Respond(_))));
+    // The third device answers: the call goes on.
+    f.handle_response(t0, 2, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: 2,
+            code: 200
+        }]
+    );
+    // Nothing to cancel once answered.
+    f.cancel_branch(t0, 2);
+    assert!(drain(&mut f).is_empty());
+}
+
+/// The push policy on a virtual clock: the first push parks the call, a push that
+/// reached nobody lifts the park, the end tells the pushed devices (never the one
+/// that answered), and a device pushed after the end hears of it too.
+#[test]
+fn push_policy_parks_unparks_and_tells_the_pushed_devices() {
+    let t0 = Instant::now();
+    // Nobody registered: parked while the first push is on its way.
+    let mut f = parked(t0, 0, false);
+    let mut p = PushPolicy::new(PARK);
+    assert_eq!(
+        p.start(vec![]),
+        PushOrder {
+            kind: CallPush::Incoming,
+            to: PushTo::AllExcept(vec![])
+        }
+    );
+    assert!(!p.settled());
+    // It reached nobody: the call stops waiting and ends (480).
+    assert_eq!(p.pushed(t0, vec![], &mut f), None);
+    assert!(p.settled());
+    assert!(!f.is_parked());
+    f.handle_timeout(t0);
+    assert_eq!(responds(&drain(&mut f)), vec![480]);
+    assert_eq!(p.responded(), None, "nobody was pushed, nobody is told");
+
+    // One device live, two pushed; the pushed one that registers answers.
+    let mut f = parked(t0, 1, false);
+    let mut p = PushPolicy::new(PARK);
+    let _ = p.start(vec!["live".into()]);
+    let t1 = t0 + Duration::from_secs(2);
+    assert_eq!(p.pushed(t1, vec!["a".into(), "b".into()], &mut f), None);
+    assert!(f.is_parked());
+    // The live device declines: the call still waits (parked until t1 + PARK).
+    f.handle_response(t1, 0, 486);
+    f.handle_timeout(t0 + PARK);
+    assert!(!drain(&mut f)
+        .iter()
+        .any(|a| matches!(a, Action::Respond(_))));
+    // "a" registered and answers on the new branch: "b" gets call_cancelled.
+    let b = f.add_branch().unwrap();
+    f.handle_response(t1, b, 200);
+    assert_eq!(
+        drain(&mut f),
+        vec![Action::Forward {
+            branch: b,
+            code: 200
+        }]
+    );
+    assert_eq!(
+        p.forwarded(200, Some("A"), false),
+        Some(PushOrder {
+            kind: CallPush::Cancelled,
+            to: PushTo::Only(vec!["b".into()])
+        })
+    );
+    assert_eq!(p.responded(), None, "told once");
+    // A push still being queued at the end: that device hears of the end too.
+    let _ = p.push_all();
+    assert_eq!(
+        p.pushed(t1, vec!["c".into()], &mut f),
+        Some(PushOrder {
+            kind: CallPush::Cancelled,
+            to: PushTo::Only(vec!["c".into()])
+        })
+    );
+
+    // Answered by the no-answer target: the pushed devices missed the call.
+    let mut p = PushPolicy::new(PARK);
+    let _ = p.start(vec![]);
+    let mut f = parked(t0, 0, true);
+    let _ = p.pushed(t0, vec!["a".into()], &mut f);
+    assert_eq!(
+        p.forwarded(200, None, true),
+        Some(PushOrder {
+            kind: CallPush::Missed,
+            to: PushTo::Only(vec!["a".into()])
+        })
+    );
+    // A provisional response ends nothing.
+    let mut p = PushPolicy::new(PARK);
+    assert_eq!(p.forwarded(180, Some("a"), false), None);
+}
+
+/// After silence the fork asks for pushes to everyone; the policy pushes the
+/// devices not pushed yet and the new push parks the call again.
+#[test]
+fn push_policy_push_all_after_silence_skips_the_pushed() {
+    let t0 = Instant::now();
+    let mut f = parked(t0, 1, false);
+    let mut p = PushPolicy::new(PARK);
+    let _ = p.start(vec!["live".into()]);
+    let _ = p.pushed(t0, vec!["a".into()], &mut f);
+    f.handle_timeout(t0 + PUSH_AFTER);
+    assert_eq!(drain(&mut f), vec![Action::PushAll]);
+    assert_eq!(
+        p.push_all(),
+        PushOrder {
+            kind: CallPush::Incoming,
+            to: PushTo::AllExcept(vec!["a".into()])
+        }
+    );
+    let t2 = t0 + PUSH_AFTER;
+    let _ = p.pushed(t2, vec!["live".into()], &mut f);
+    // Parked until t2 + PARK now, not t0 + PARK.
+    f.handle_response(t2, 0, 480);
+    f.handle_timeout(t0 + PARK);
+    assert!(drain(&mut f).is_empty());
+    f.handle_timeout(t2 + PARK);
+    assert_eq!(responds(&drain(&mut f)), vec![480]);
 }

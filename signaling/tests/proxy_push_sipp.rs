@@ -341,7 +341,10 @@ async fn push_flow_answered_by_a_pushed_device(server: &Server) {
 
     let p = server.wait_push("tok-alice-3", "call_cancelled", 5).await;
     assert_eq!(p["call_id"], call_id.as_str());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every push queued so far has ended: nothing more is on its way.
+    tokio::time::timeout(Duration::from_secs(10), server.running.pusher.settled())
+        .await
+        .expect("pushes settled");
     assert_eq!(
         kinds(&server.pushes("tok-alice-2")),
         vec!["incoming_call"],

@@ -244,7 +244,8 @@ async fn sipp_call_forking() {
 }
 
 /// INVITE forking rate: calls per second to an account with three registered devices
-/// (one answers after 300 ms, two are cancelled), each call answered and hung up.
+/// (one answers after 300 ms, two are cancelled), each call answered and hung up; then
+/// the REGISTER rate (digest round included) of one device.
 /// A measurement, not a check: `cargo test -p tandem-signaling --test proxy_sipp --
 /// --ignored --nocapture`, rate and count from TANDEM_SIPP_RATE / TANDEM_SIPP_CALLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,6 +295,37 @@ async fn sipp_forking_rate() {
             ));
         }
         lines.join("\n")
+    })
+    .await
+    .unwrap();
+    eprintln!("{report}");
+    // REGISTER rate: each call is a REGISTER, its 401 and the authenticated REGISTER
+    // (tests/sipp/register_rate.xml), refreshing the first device's binding from a new
+    // port; rate and count from TANDEM_SIPP_REG_RATE / TANDEM_SIPP_REGISTERS.
+    let reg_rate: u32 = sipp_support::env_number("TANDEM_SIPP_REG_RATE", 200);
+    let registers: u32 = sipp_support::env_number("TANDEM_SIPP_REGISTERS", 2000);
+    let d = dir.path().to_path_buf();
+    let report = tokio::task::spawn_blocking(move || {
+        let inf = sipp_support::inf(&d, "rate", &[LOGIN, PASSWORD, &instance(1), REALM]);
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new("sipp");
+        cmd.arg(sip.to_string())
+            .arg("-sf")
+            .arg(scenario("register_rate.xml"))
+            .arg("-inf")
+            .arg(&inf)
+            .args(["-au", LOGIN, "-ap", PASSWORD])
+            .args(["-m", &registers.to_string(), "-r", &reg_rate.to_string()])
+            .args(["-l", "2000"]);
+        common_args(&mut cmd, free_udp_port());
+        let out = cmd.output().expect("run sipp");
+        let secs = started.elapsed().as_secs_f64();
+        format!(
+            "registering device: sipp -sf register_rate.xml -r {reg_rate} -m {registers}: exit {:?} in {secs:.1} s ({:.1} REGISTER/s); {}",
+            out.status.code(),
+            f64::from(registers) / secs,
+            summary(&String::from_utf8_lossy(&out.stdout))
+        )
     })
     .await
     .unwrap();

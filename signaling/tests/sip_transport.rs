@@ -6,6 +6,7 @@ mod sip_support;
 use std::time::Duration;
 
 use sip_support::*;
+use tandem_signaling::metrics::DropReason;
 use tandem_signaling::registrar::RegistrarConfig;
 use tandem_signaling::sip::SipConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,25 +63,45 @@ async fn udp_responses_follow_via_rport_and_sent_by() {
         "{text}"
     );
 
-    // Oversized datagrams are dropped; the server keeps answering.
+    // An oversized datagram whose header section can be read is answered 513
+    // (RFC 3261 21.5.8).
+    let mut big = options("UDP 127.0.0.1;rport", "big513")
+        .replace("Content-Length: 0", "Content-Length: 20000")
+        .into_bytes();
+    big.extend(std::iter::repeat_n(b'x', 20_000));
+    a.send_to(&big, udp).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .expect("513 to an oversized datagram")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("SIP/2.0 513 Message Too Large"), "{text}");
+    assert!(text.contains("Call-ID: big513"), "{text}");
+
+    // One whose header section does not even end within the limit cannot be
+    // answered; the server keeps answering.
     let mut big = options("UDP 127.0.0.1;rport", "big").into_bytes();
     big.truncate(big.len() - 2);
     big.extend(std::iter::repeat_n(b'x', 20_000));
     a.send_to(&big, udp).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), a.recv_from(&mut buf))
-            .await
-            .is_err(),
-        "no answer to an oversized datagram"
-    );
     a.send_to(options("UDP 127.0.0.1;rport", "after").as_bytes(), udp)
         .await
         .unwrap();
+    // The receive loop refuses an oversized datagram before it reads the next one,
+    // so had it answered, that answer would come first: the first datagram back is
+    // the 200 to "after" (no fixed wait for an absence).
     let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status(&buf[..n]), 200);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(status(&buf[..n]), 200, "{text}");
+    assert!(
+        text.contains("Call-ID: after"),
+        "no answer to the oversized datagram: {text}"
+    );
+    // Both oversized datagrams were counted, answered or not.
+    assert_eq!(server.metrics().drops(DropReason::Oversized), 2);
     shutdown.cancel();
     server.wait().await.unwrap();
 }
@@ -111,6 +132,7 @@ async fn tcp_limits_framing_and_idle_timeout() {
         closed_within(&mut c3, Duration::from_secs(2)).await,
         "over the connection limit"
     );
+    assert_eq!(server.metrics().drops(DropReason::ConnectionsFull), 1);
 
     // A message split across writes is framed by Content-Length, pipelined ones too.
     let m = options("TCP 127.0.0.1", "split");
@@ -123,17 +145,23 @@ async fn tcp_limits_framing_and_idle_timeout() {
     assert_eq!(status(&read_message(&mut c2, &mut buf2).await), 200);
     assert_eq!(status(&read_message(&mut c2, &mut buf2).await), 200);
 
-    // Over the size limit: the stream cannot be framed safely and is closed.
+    // Over the size limit: answered 513, then the stream (which cannot be framed
+    // safely past it) is closed.
     let mut big = options("TCP 127.0.0.1", "big");
     big.insert_str(big.len() - 4, &format!("\r\nX-Pad: {}", "y".repeat(3000)));
     c2.write_all(big.as_bytes()).await.unwrap();
+    let answer = read_message(&mut c2, &mut buf2).await;
+    assert_eq!(status(&answer), 513, "{}", String::from_utf8_lossy(&answer));
     assert!(
         closed_within(&mut c2, Duration::from_secs(2)).await,
         "oversized message closes the flow"
     );
 
     // Idle flows are closed after idle_timeout_secs; a CRLF ping keeps them open.
+    // On tokio's paused clock: the server's idle timers and the waits below run on
+    // virtual time.
     let mut c4 = TcpStream::connect(tcp).await.unwrap();
+    tokio::time::pause();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         c4.write_all(b"\r\n\r\n").await.unwrap();
@@ -152,6 +180,48 @@ async fn tcp_limits_framing_and_idle_timeout() {
         closed_within(&mut c4, Duration::from_secs(3)).await,
         "closed once the pings stop"
     );
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}
+
+/// A full server transaction table is not a silent drop: the new request gets 503
+/// with Retry-After, and the refusal is counted.
+#[tokio::test]
+async fn a_full_transaction_table_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let sip = SipConfig {
+        max_transactions: 1,
+        ..sip_config()
+    };
+    let (server, shutdown) = start(store, sip, RegistrarConfig::default()).await;
+    let udp = server.local_addrs().udp.unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 4096];
+    // The first OPTIONS is answered; its transaction stays (Timer J) and fills the table.
+    a.send_to(options("UDP 127.0.0.1;rport", "first").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status(&buf[..n]), 200);
+    a.send_to(options("UDP 127.0.0.1;rport", "second").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), a.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        text.starts_with("SIP/2.0 503 Service Unavailable"),
+        "{text}"
+    );
+    assert!(text.contains("Retry-After: 5"), "{text}");
+    assert!(text.contains("Call-ID: second"), "{text}");
+    assert_eq!(server.metrics().drops(DropReason::TransactionsFull), 1);
     shutdown.cancel();
     server.wait().await.unwrap();
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use store_support::{Backend, TestDb};
 use tandem_signaling::model::{Binding, DeviceClass};
 use tandem_signaling::push::deferred::{
-    deliver_pending, run_delivery, RequestSender, Round, SendFuture,
+    deliver_pending, run_delivery_reporting, RequestSender, Round, SendFuture,
 };
 use tandem_signaling::registrar::Registered;
 use tandem_signaling::sip::message::{HeaderName, Message};
@@ -231,6 +231,14 @@ async fn nothing_lost_across_a_restart(backend: Backend) {
     );
 }
 
+/// The next delivery round's outcome (the task reports each one).
+async fn next_round(rounds: &mut tokio::sync::mpsc::Receiver<Round>) -> Round {
+    tokio::time::timeout(Duration::from_secs(5), rounds.recv())
+        .await
+        .expect("a delivery round in time")
+        .expect("the delivery task runs")
+}
+
 async fn registration_events_drive_delivery(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
@@ -238,12 +246,14 @@ async fn registration_events_drive_delivery(backend: Backend) {
     defer(&store, account, "hello", 0).await;
     let ua = Arc::new(FakeUa::default());
     let (tx, rx) = tokio::sync::broadcast::channel(16);
+    let (rounds_tx, mut rounds) = tokio::sync::mpsc::channel(4);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_delivery(
+    let task = tokio::spawn(run_delivery_reporting(
         store.clone(),
         ua.clone(),
         rx,
         REALM.to_owned(),
+        Some(rounds_tx),
         shutdown.clone(),
     ));
     tx.send(Registered {
@@ -252,20 +262,17 @@ async fn registration_events_drive_delivery(backend: Backend) {
         binding: binding.clone(),
     })
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while ua.sent().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The round ends once the message is sent and acknowledged in the store.
+    assert_eq!(next_round(&mut rounds).await.delivered, 1);
     assert_eq!(ua.sent()[0].0, "hello");
-    // Give the ack a moment, then a second registration delivers nothing again.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A second registration delivers nothing again: its round ends empty.
     tx.send(Registered {
         account,
         instance_id: DEV.to_owned(),
         binding,
     })
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(next_round(&mut rounds).await, Round::default());
     assert_eq!(ua.sent().len(), 1, "delivered exactly once");
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)

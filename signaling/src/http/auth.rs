@@ -82,8 +82,9 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ip = source(parts);
         check_ban(state, ip)?;
+        // No bearer token at all is not a guess: it is not counted against the source
+        // (otherwise a client that asks without credentials first would ban itself).
         let Some(token) = authorization(parts).and_then(|v| scheme(v, "Bearer")) else {
-            failed(state, ip, "admin");
             return Err(ApiError::unauthorized("admin bearer token required"));
         };
         let expected = state.admin_token().as_bytes();
@@ -111,8 +112,8 @@ impl FromRequestParts<AppState> for AccountAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ip = source(parts);
         check_ban(state, ip)?;
+        // No Basic credentials at all is not a guess (see `Admin`).
         let Some(encoded) = authorization(parts).and_then(|v| scheme(v, "Basic")) else {
-            failed(state, ip, "basic");
             return Err(basic_error("HTTP Basic credentials required"));
         };
         let decoded = base64::engine::general_purpose::STANDARD

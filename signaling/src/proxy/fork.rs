@@ -22,6 +22,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::offline::{CallPush, PushTo};
+
 /// Why a branch is cancelled; the glue turns it into a `Reason` header (RFC 3326).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelReason {
@@ -33,6 +35,8 @@ pub enum CancelReason {
     CallerCancelled,
     /// The ring timeout ended the call.
     RingTimeout,
+    /// The branch's device was revoked while it rang.
+    DeviceRevoked,
 }
 
 /// The final response the caller gets.
@@ -365,6 +369,33 @@ impl Fork {
         }
     }
 
+    /// The device of `branch` is gone (revoked): its branch is cancelled (once it has
+    /// sent a provisional response, RFC 3261 9.1); its final response then counts
+    /// like any other.
+    pub fn cancel_branch(&mut self, _now: Instant, branch: usize) {
+        if !self.invite || self.answered {
+            return;
+        }
+        match self.branches.get(branch).copied() {
+            Some(BranchState::Proceeding) => {
+                self.set(branch, BranchState::Cancelling);
+                self.actions.push_back(Action::Cancel {
+                    branch,
+                    reason: CancelReason::DeviceRevoked,
+                });
+            }
+            Some(BranchState::Calling { cancel: None }) => {
+                self.set(
+                    branch,
+                    BranchState::Calling {
+                        cancel: Some(CancelReason::DeviceRevoked),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// The caller's CANCEL matched this request (RFC 3261 16.10): every pending
     /// branch is cancelled; their 487s end the request through best-response selection.
     pub fn handle_cancel(&mut self, _now: Instant) {
@@ -509,5 +540,148 @@ impl Fork {
             as_code: if code == 503 { 500 } else { code },
             auth_from,
         }
+    }
+}
+
+/// Which call push to send and to whom (the glue queues it through the offline
+/// hooks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOrder {
+    pub kind: CallPush,
+    pub to: PushTo,
+}
+
+/// The push side of a forked INVITE to one of our accounts, sans-IO: who got
+/// `incoming_call`, whether the call waits (parked) for them, and who hears how it
+/// ended (`call_cancelled` or `missed_call`). It drives the [`Fork`]'s park; the glue
+/// only queues the [`PushOrder`]s it returns and reports back with
+/// [`PushPolicy::pushed`].
+///
+/// Rules: devices that are not registered hear of the call when the registered ones
+/// get the INVITE; the call is parked while a push is on its way and for
+/// `park_for` after any device was pushed, and stops waiting at once when a push
+/// reached nobody and nobody was pushed before; answered or declined on a device,
+/// the pushed ones get `call_cancelled` (except the one that answered); answered by
+/// the no-answer target, or ended unanswered, they get `missed_call`; a device pushed
+/// after the end (its push was still being queued) hears of the end too.
+#[derive(Debug, Clone)]
+pub struct PushPolicy {
+    park_for: Duration,
+    /// Instances that got `incoming_call`.
+    pushed: Vec<String>,
+    /// `incoming_call` pushes queued but not reported yet.
+    pending: usize,
+    /// How the call ended, once decided.
+    ended: Option<CallPush>,
+}
+
+impl PushPolicy {
+    /// A call that pushes devices and parks for `park_for` after each push.
+    pub fn new(park_for: Duration) -> PushPolicy {
+        PushPolicy {
+            park_for,
+            pushed: Vec::new(),
+            pending: 0,
+            ended: None,
+        }
+    }
+
+    /// The call starts: every device but the `live` ones (which get the INVITE) is
+    /// pushed `incoming_call`.
+    pub fn start(&mut self, live: Vec<String>) -> PushOrder {
+        self.incoming(PushTo::AllExcept(live))
+    }
+
+    /// [`Action::PushAll`]: nobody responded in time, every device not pushed yet
+    /// is pushed (registrations whose flow went stale).
+    pub fn push_all(&mut self) -> PushOrder {
+        self.incoming(PushTo::AllExcept(self.pushed.clone()))
+    }
+
+    fn incoming(&mut self, to: PushTo) -> PushOrder {
+        self.pending += 1;
+        PushOrder {
+            kind: CallPush::Incoming,
+            to,
+        }
+    }
+
+    /// An `incoming_call` push was queued for `list`: the call waits for them to
+    /// register (or, when nobody at all could be pushed, stops waiting). After the
+    /// end, they hear of it.
+    pub fn pushed(
+        &mut self,
+        now: Instant,
+        list: Vec<String>,
+        fork: &mut Fork,
+    ) -> Option<PushOrder> {
+        self.pending = self.pending.saturating_sub(1);
+        let new: Vec<String> = list
+            .into_iter()
+            .filter(|i| !self.pushed.iter().any(|p| p.eq_ignore_ascii_case(i)))
+            .collect();
+        let mut order = None;
+        if let Some(kind) = self.ended {
+            if !new.is_empty() {
+                order = Some(PushOrder {
+                    kind,
+                    to: PushTo::Only(new.clone()),
+                });
+            }
+        } else if !new.is_empty() {
+            fork.park(now + self.park_for);
+        } else if self.pushed.is_empty() && self.pending == 0 {
+            fork.unpark(now);
+        }
+        self.pushed.extend(new);
+        order
+    }
+
+    /// The fork forwarded a final response upstream from a branch (`answered_by`:
+    /// its device, `None` for the no-answer target); `forwarded`: the no-answer rule
+    /// applied.
+    pub fn forwarded(
+        &mut self,
+        code: u16,
+        answered_by: Option<&str>,
+        forwarded: bool,
+    ) -> Option<PushOrder> {
+        if !((200..300).contains(&code) || code >= 600) {
+            return None;
+        }
+        let kind = if answered_by.is_none() && forwarded && code < 300 {
+            CallPush::Missed
+        } else {
+            CallPush::Cancelled
+        };
+        self.end(kind, answered_by)
+    }
+
+    /// The call ended unanswered ([`Action::Respond`]).
+    pub fn responded(&mut self) -> Option<PushOrder> {
+        self.end(CallPush::Missed, None)
+    }
+
+    fn end(&mut self, kind: CallPush, answered_by: Option<&str>) -> Option<PushOrder> {
+        if self.ended.is_some() {
+            return None;
+        }
+        self.ended = Some(kind);
+        let to: Vec<String> = self
+            .pushed
+            .iter()
+            .filter(|i| answered_by.is_none_or(|a| !a.eq_ignore_ascii_case(i)))
+            .cloned()
+            .collect();
+        (!to.is_empty()).then_some(PushOrder {
+            kind,
+            to: PushTo::Only(to),
+        })
+    }
+
+    /// No `incoming_call` push is still being queued (the call's place under
+    /// `max_transactions` can go once it is also answered).
+    pub fn settled(&self) -> bool {
+        self.pending == 0
     }
 }

@@ -74,6 +74,15 @@ pub struct Forward<'a> {
     pub max_forwards: u32,
     /// Headers to add at the end.
     pub extra: &'a [(&'a str, String)],
+    /// Our realm: Proxy-Authorization credentials for it were meant for us and are
+    /// consumed here (RFC 3261 22.3), never shown to the next hop (which could run an
+    /// offline guess against the caller's digest). Credentials for other realms pass.
+    pub consume_realm: Option<&'a str>,
+}
+
+/// Whether a Proxy-Authorization value is Digest credentials for `realm`.
+fn credentials_for(value: &str, realm: &str) -> bool {
+    grammar::AuthParams::parse(value).is_some_and(|a| a.get("realm") == Some(realm))
 }
 
 /// The request as it goes to the next hop.
@@ -100,6 +109,9 @@ pub fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Vec<u8> {
                     mf_written = true;
                 }
             }
+            HeaderName::ProxyAuthorization
+                if f.consume_realm
+                    .is_some_and(|realm| credentials_for(&h.value, realm)) => {}
             HeaderName::Route if to_pop > 0 => {
                 let parts = grammar::split_top_level(&h.value, b',').unwrap_or_default();
                 let keep: Vec<&str> = parts.iter().map(|p| trim_ws(p)).skip(to_pop).collect();

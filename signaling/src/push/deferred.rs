@@ -8,8 +8,6 @@
 //! Sending a request and learning its final status needs a client transaction, which
 //! the proxy owns: it implements [`RequestSender`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -19,16 +17,7 @@ use crate::model::{Binding, DeferredMessage};
 use crate::registrar::Registered;
 use crate::store::Store;
 
-/// Boxed future of [`RequestSender::send_request`].
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Option<u16>> + Send + 'a>>;
-
-/// Sends a complete non-INVITE request to a registered device over its flow (RFC 5626)
-/// as a client transaction, resolving with the final response's status code, or
-/// `None` when there was none (flow gone, Timer F). Responses are matched by the top
-/// Via branch of `request`, which is unique.
-pub trait RequestSender: Send + Sync + 'static {
-    fn send_request<'a>(&'a self, binding: &'a Binding, request: Vec<u8>) -> SendFuture<'a>;
-}
+pub use crate::proxy::{RequestSender, SendFuture};
 
 /// How a delivery round ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,8 +140,22 @@ pub const MAX_ROUNDS: usize = 64;
 pub async fn run_delivery(
     store: Store,
     sender: Arc<dyn RequestSender>,
+    events: broadcast::Receiver<Registered>,
+    realm: String,
+    shutdown: CancellationToken,
+) {
+    run_delivery_reporting(store, sender, events, realm, None, shutdown).await
+}
+
+/// [`run_delivery`], also sending how each round ended to `rounds` (when it has
+/// room): what tests wait for instead of sleeping and asserting that nothing more
+/// happened.
+pub async fn run_delivery_reporting(
+    store: Store,
+    sender: Arc<dyn RequestSender>,
     mut events: broadcast::Receiver<Registered>,
     realm: String,
+    rounds: Option<tokio::sync::mpsc::Sender<Round>>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ROUNDS));
@@ -173,10 +176,16 @@ pub async fn run_delivery(
             return;
         };
         let (store, sender, realm) = (store.clone(), sender.clone(), realm.clone());
+        let rounds = rounds.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = deliver_pending(&store, sender.as_ref(), &ev.binding, &realm).await {
-                tracing::error!(error = %e, "deferred delivery failed");
+            match deliver_pending(&store, sender.as_ref(), &ev.binding, &realm).await {
+                Ok(round) => {
+                    if let Some(r) = rounds {
+                        let _ = r.try_send(round);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "deferred delivery failed"),
             }
         });
     }

@@ -157,6 +157,10 @@ struct Inner {
         OutcomeLabels,
         prometheus_client::metrics::counter::Counter,
     >,
+    /// Jobs that ended (delivered, failed or given up), and a wake-up for
+    /// [`Pusher::settled`].
+    finished: AtomicU64,
+    finished_changed: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -216,6 +220,8 @@ impl Pusher {
             cfg: cfg.clone(),
             stats: PushStats::default(),
             outcomes: Default::default(),
+            finished: AtomicU64::new(0),
+            finished_changed: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
         tokio::spawn(send_loop(inner.clone(), rx, shutdown));
@@ -284,6 +290,20 @@ impl Pusher {
         );
     }
 
+    /// Resolves once every push queued so far has ended (delivered, refused or
+    /// given up): what tests wait for before checking that no other push went out,
+    /// instead of sleeping.
+    pub async fn settled(&self) {
+        loop {
+            let changed = self.inner.finished_changed.notified();
+            let queued = self.inner.stats.queued.load(Ordering::Relaxed);
+            if self.inner.finished.load(Ordering::Relaxed) >= queued {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     pub fn counts(&self) -> PushCounts {
         let s = &self.inner.stats;
         PushCounts {
@@ -311,6 +331,8 @@ async fn send_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>, shutdown: Can
         tokio::spawn(async move {
             let _ = deliver(&inner, &job.0, &job.1).await;
             drop(permit);
+            inner.finished.fetch_add(1, Ordering::Relaxed);
+            inner.finished_changed.notify_waiters();
         });
     }
 }

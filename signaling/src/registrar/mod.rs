@@ -12,25 +12,22 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::model::{AccountId, Binding};
+use crate::clock::Clock;
+use crate::metrics::SipMetrics;
+use crate::model::{AccountCredentials, AccountId, Binding};
 use crate::sip::grammar::{self, AuthParams, SipUri};
-use crate::sip::message::{HeaderName, Message, ResponseBuilder};
+use crate::sip::message::{new_tag, HeaderName, Message, Reply, ResponseBuilder};
 use crate::sip::transport::{Flows, Transport};
+use crate::sip::Origin;
 
 use self::core::{AuthDecision, ContactRequest, ContactsSpec, RegisterRequest, Registrar, StoreOp};
 pub use config::RegistrarConfig;
 pub use store::{RegistrarStore, StoreFailure, StoreFuture};
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Shows only the network part of an address in logs (personal data), unless the
 /// operator turned personal data in logs on.
@@ -50,13 +47,58 @@ pub(crate) fn redact(addr: std::net::IpAddr) -> String {
     }
 }
 
-pub(crate) struct Shared {
-    pub(crate) realm: String,
-    pub(crate) core: Mutex<Registrar>,
-    pub(crate) store: Arc<dyn RegistrarStore>,
-    pub(crate) flows: Arc<Flows>,
+struct Shared {
+    realm: String,
+    core: Mutex<Registrar>,
+    store: Arc<dyn RegistrarStore>,
+    flows: Arc<Flows>,
     /// Wakes the expiry task when the earliest expiry may have moved.
-    pub(crate) expiry_changed: Notify,
+    expiry_changed: Notify,
+    /// Devices revoked through the API (see [`RegistrarHandle::subscribe_revocations`]).
+    revoked: tokio::sync::broadcast::Sender<Revoked>,
+    metrics: SipMetrics,
+    clock: Clock,
+}
+
+/// A device was revoked (its bindings dropped at once): a call ringing it cancels
+/// its branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub account: AccountId,
+    pub instance_id: String,
+}
+
+/// Which digest exchange (RFC 3261 22.2 and 22.3): a registrar's 401 with
+/// WWW-Authenticate answered in Authorization, or a proxy's 407 with
+/// Proxy-Authenticate answered in Proxy-Authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRole {
+    Registrar,
+    Proxy,
+}
+
+impl AuthRole {
+    /// The header that carries the credentials.
+    pub fn credentials_header(self) -> HeaderName<'static> {
+        match self {
+            AuthRole::Registrar => HeaderName::Authorization,
+            AuthRole::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthRole::Registrar => "registrar",
+            AuthRole::Proxy => "proxy",
+        }
+    }
+
+    fn challenge(self) -> (u16, &'static str, &'static str) {
+        match self {
+            AuthRole::Registrar => (401, "Unauthorized", "WWW-Authenticate"),
+            AuthRole::Proxy => (407, "Proxy Authentication Required", "Proxy-Authenticate"),
+        }
+    }
 }
 
 /// A binding was created or refreshed by a successful REGISTER (see
@@ -71,7 +113,7 @@ pub struct Registered {
 /// Handle the HTTP API and tests use to look at and drop bindings.
 #[derive(Clone)]
 pub struct RegistrarHandle {
-    pub(crate) inner: Arc<Shared>,
+    inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RegistrarHandle {
@@ -80,15 +122,83 @@ impl std::fmt::Debug for RegistrarHandle {
     }
 }
 
-/// Where a request came from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Origin {
-    pub transport: Transport,
-    pub source: SocketAddr,
-    pub local: SocketAddr,
+/// Errors starting the registrar.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrarError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("loading stored bindings: {0}")]
+    Store(String),
 }
 
 impl RegistrarHandle {
+    /// Builds the registrar: loads the stored bindings (deleting expired ones) and
+    /// starts its expiry task, which runs until `shutdown` is cancelled. `flows` is
+    /// where requests to devices go out and replaced flows are closed.
+    pub async fn start(
+        cfg: &RegistrarConfig,
+        realm: &str,
+        store: Arc<dyn RegistrarStore>,
+        flows: Arc<Flows>,
+        metrics: SipMetrics,
+        clock: Clock,
+        shutdown: CancellationToken,
+    ) -> Result<(RegistrarHandle, tokio::task::JoinHandle<()>), RegistrarError> {
+        cfg.validate().map_err(RegistrarError::Config)?;
+        let secret = if cfg.nonce_secret.is_empty() {
+            rand::random::<[u8; 32]>().to_vec()
+        } else {
+            cfg.nonce_secret.as_bytes().to_vec()
+        };
+        let mut core = Registrar::new(cfg.clone(), realm.to_owned(), secret);
+        let stored = store
+            .load_bindings()
+            .await
+            .map_err(|e| RegistrarError::Store(e.to_string()))?;
+        let expired = core.restore(stored, clock.unix_now());
+        for b in expired {
+            store
+                .delete_binding(b.account_id, &b.instance_id, b.reg_id)
+                .await
+                .map_err(|e| RegistrarError::Store(e.to_string()))?;
+        }
+        let handle = RegistrarHandle {
+            inner: Arc::new(Shared {
+                realm: realm.to_owned(),
+                core: Mutex::new(core),
+                store,
+                flows,
+                expiry_changed: Notify::new(),
+                revoked: tokio::sync::broadcast::channel(256).0,
+                metrics,
+                clock,
+            }),
+        };
+        let task = tokio::spawn(handle.clone().expiry_loop(shutdown));
+        Ok((handle, task))
+    }
+
+    /// Removes bindings as they expire.
+    async fn expiry_loop(self, shutdown: CancellationToken) {
+        loop {
+            let next = self.expire().await;
+            let wait = match next {
+                Some(t) => Duration::from_secs(
+                    u64::try_from(t - self.inner.clock.unix_now())
+                        .unwrap_or(0)
+                        .max(1),
+                ),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.inner.expiry_changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
     /// Events for every binding a successful REGISTER creates or refreshes (not for
     /// unregistrations), sent when the binding is stored and the 200 OK has been
     /// handed to the transport. Use: a parked call's new branch to a device that
@@ -99,6 +209,11 @@ impl RegistrarHandle {
             Ok(c) => c.registered.subscribe(),
             Err(p) => p.into_inner().registered.subscribe(),
         }
+    }
+
+    /// Events for every device revoked by [`Self::revoke_instance`].
+    pub fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Revoked> {
+        self.inner.revoked.subscribe()
     }
 
     /// Sets the RFC 8599 push services (`pn-provider` values) the server can use; a
@@ -112,7 +227,7 @@ impl RegistrarHandle {
     /// Live (unexpired) bindings of an account, from memory.
     pub fn bindings(&self, account: AccountId) -> Vec<Binding> {
         match self.inner.core.lock() {
-            Ok(c) => c.bindings(account, unix_now()),
+            Ok(c) => c.bindings(account, self.inner.clock.unix_now()),
             Err(_) => Vec::new(),
         }
     }
@@ -127,6 +242,11 @@ impl RegistrarHandle {
         for b in &removed {
             self.close_flow(&b.transport, &b.source);
         }
+        // No subscriber is fine.
+        let _ = self.inner.revoked.send(Revoked {
+            account,
+            instance_id: instance_id.to_owned(),
+        });
         if let Err(e) = self
             .inner
             .store
@@ -164,7 +284,7 @@ impl RegistrarHandle {
     pub(crate) async fn expire(&self) -> Option<i64> {
         let (expired, next) = match self.inner.core.lock() {
             Ok(mut c) => {
-                let e = c.handle_timeout(unix_now());
+                let e = c.handle_timeout(self.inner.clock.unix_now());
                 (e, c.poll_timeout())
             }
             Err(_) => (Vec::new(), None),
@@ -193,7 +313,7 @@ impl RegistrarHandle {
         msg: &Message<'_>,
         origin: Origin,
         top_via: &str,
-    ) -> (Vec<u8>, Vec<Registered>) {
+    ) -> (Reply, Vec<Registered>) {
         let mut saved = Vec::new();
         let bytes = self
             .handle_register_inner(msg, origin, top_via, &mut saved)
@@ -221,83 +341,39 @@ impl RegistrarHandle {
         origin: Origin,
         top_via: &str,
         saved: &mut Vec<Registered>,
-    ) -> Vec<u8> {
-        let now = unix_now();
+    ) -> Reply {
+        let now = self.inner.clock.unix_now();
         let reply = |code: u16, reason: &str| {
             ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()))
         };
-        let ip = origin.source.ip();
-        if self
-            .inner
-            .core
-            .lock()
-            .map(|c| c.is_banned(ip, now))
-            .unwrap_or(false)
-        {
-            return reply(403, "Forbidden").finish();
-        }
         // The AOR: the To URI's user (login, username or phone number).
         let Some(to) = msg.to() else {
-            return reply(400, "Bad Request").finish();
+            return reply(400, "Bad Request").reply();
         };
         let Some(to_uri) = SipUri::parse(to.uri) else {
-            return reply(416, "Unsupported URI Scheme").finish();
+            return reply(416, "Unsupported URI Scheme").reply();
         };
         let Some(identity) = to_uri.user_decoded() else {
-            return reply(404, "Not Found").finish();
+            return reply(404, "Not Found").reply();
         };
         // User parameters (";...") in the user part are not part of the identity.
         let identity = identity.split(';').next().unwrap_or("").to_owned();
-
-        let auths: Vec<AuthParams<'_>> = msg
-            .headers_named(HeaderName::Authorization)
-            .filter_map(|h| AuthParams::parse(&h.value))
-            .collect();
-        // Only credentials for our realm are worth a database lookup.
-        let has_ours = auths.iter().any(|a| {
-            a.scheme.eq_ignore_ascii_case("Digest")
-                && a.get("realm") == Some(self.inner.realm.as_str())
-        });
-        if !has_ours {
-            return self.challenge(msg, top_via, now, false);
-        }
-        let account = match self.inner.store.find_account(&identity).await {
+        let account = match self
+            .authenticate(msg, AuthRole::Registrar, &identity, origin, top_via)
+            .await
+        {
             Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
-                return reply(500, "Server Internal Error").finish();
-            }
-        };
-        let decision = match self.inner.core.lock() {
-            Ok(mut c) => c.authenticate(&auths, "REGISTER", account.as_ref(), ip, now),
-            Err(_) => return reply(500, "Server Internal Error").finish(),
-        };
-        let account = match (decision, account) {
-            (AuthDecision::Accept, Some(a)) => a,
-            (AuthDecision::Challenge { stale }, _) => {
-                return self.challenge(msg, top_via, now, stale)
-            }
-            (AuthDecision::Retry { .. }, _) => return self.challenge(msg, top_via, now, false),
-            (AuthDecision::Forbidden { banned }, _) => {
-                if banned {
-                    tracing::warn!(
-                        source = %redact(ip),
-                        "source banned after repeated digest authentication failures"
-                    );
-                }
-                return reply(403, "Forbidden").finish();
-            }
-            (AuthDecision::Accept, None) => return reply(403, "Forbidden").finish(),
+            Err(r) => return r,
         };
 
         // Contacts.
         let contacts = match parse_contacts(msg) {
             Ok(c) => c,
-            Err((code, reason)) => return reply(code, reason).finish(),
+            Err((code, reason)) => return reply(code, reason).reply(),
         };
         let unsupported = match self.inner.core.lock() {
             Ok(c) => c.unsupported_push(&contacts).map(str::to_owned),
-            Err(_) => return reply(500, "Server Internal Error").finish(),
+            Err(_) => return reply(500, "Server Internal Error").reply(),
         };
         if let Some(p) = unsupported {
             tracing::info!(
@@ -305,15 +381,16 @@ impl RegistrarHandle {
                 provider = %p.chars().take(32).collect::<String>(),
                 "REGISTER names a push service that is not configured"
             );
-            return reply(555, "Push Notification Service Not Supported").finish();
+            return reply(555, "Push Notification Service Not Supported").reply();
         }
         let expires_header = match msg.header(HeaderName::Expires) {
             Some(e) => match grammar::decimal(e, u32::MAX as u64) {
                 Some(v) => Some(v as u32),
-                None => return reply(400, "Bad Request").finish(),
+                None => return reply(400, "Bad Request").reply(),
             },
             None => None,
         };
+        let mut classes: Vec<(String, &'static str)> = Vec::new();
         if let ContactsSpec::List(list) = &contacts {
             let mut checked: Vec<&str> = Vec::new();
             for c in list {
@@ -326,24 +403,27 @@ impl RegistrarHandle {
                     .find_device(account.id, &c.instance_id)
                     .await
                 {
-                    Ok(Some(_)) => checked.push(&c.instance_id),
+                    Ok(Some(d)) => {
+                        checked.push(&c.instance_id);
+                        classes.push((c.instance_id.clone(), d.class.as_str()));
+                    }
                     Ok(None) => {
                         tracing::info!(
                             account = account.id,
                             "REGISTER from an instance that is not an authorised device"
                         );
-                        return reply(403, "Device Not Authorized").finish();
+                        return reply(403, "Device Not Authorized").reply();
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "device lookup failed");
-                        return reply(500, "Server Internal Error").finish();
+                        return reply(500, "Server Internal Error").reply();
                     }
                 }
             }
         }
         let (call_id, cseq) = match (msg.call_id(), msg.cseq()) {
             (Some(c), Some((n, _))) => (c.to_owned(), n),
-            _ => return reply(400, "Bad Request").finish(),
+            _ => return reply(400, "Bad Request").reply(),
         };
         let req = RegisterRequest {
             account: account.id,
@@ -360,7 +440,7 @@ impl RegistrarHandle {
         };
         let outcome = match self.inner.core.lock() {
             Ok(mut c) => c.register(&req, now),
-            Err(_) => return reply(500, "Server Internal Error").finish(),
+            Err(_) => return reply(500, "Server Internal Error").reply(),
         };
         for op in &outcome.ops {
             let r = match op {
@@ -378,7 +458,7 @@ impl RegistrarHandle {
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "writing a binding to the store failed");
-                return reply(500, "Server Internal Error").finish();
+                return reply(500, "Server Internal Error").reply();
             }
         }
         // The device's RFC 8599 parameters outlive the binding (it is pushed when
@@ -393,6 +473,9 @@ impl RegistrarHandle {
                     .await
                 {
                     tracing::error!(error = %e, "storing a device's push parameters failed");
+                }
+                if let Some((_, class)) = classes.iter().find(|(i, _)| *i == b.instance_id) {
+                    self.inner.metrics.registration(class);
                 }
                 saved.push(Registered {
                     account: b.account_id,
@@ -447,25 +530,118 @@ impl RegistrarHandle {
                 r = r.header("Contact", &v);
             }
         }
-        r.finish()
+        r.reply()
     }
 
-    fn challenge(&self, msg: &Message<'_>, top_via: &str, now: i64, stale: bool) -> Vec<u8> {
+    /// Digest authentication of `identity` (login, username or phone number) for a
+    /// request, in the registrar's or the proxy's role: the one place where nonces,
+    /// nonce-count replay, failures per source and bans apply. `Ok` with the account
+    /// when the credentials for our realm are right; otherwise the response to send
+    /// (a challenge, or 403 for a banned source or an exhausted retry).
+    pub(crate) async fn authenticate(
+        &self,
+        msg: &Message<'_>,
+        role: AuthRole,
+        identity: &str,
+        origin: Origin,
+        top_via: &str,
+    ) -> Result<AccountCredentials, Reply> {
+        let now = self.inner.clock.unix_now();
+        let ip = origin.source.ip();
+        let reply = |code: u16, reason: &str| {
+            ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag())).reply()
+        };
+        if self
+            .inner
+            .core
+            .lock()
+            .map(|c| c.is_banned(ip, now))
+            .unwrap_or(false)
+        {
+            return Err(reply(403, "Forbidden"));
+        }
+        let auths: Vec<AuthParams<'_>> = msg
+            .headers_named(role.credentials_header())
+            .filter_map(|h| AuthParams::parse(&h.value))
+            .collect();
+        // Only credentials for our realm are worth a database lookup.
+        let has_ours = auths.iter().any(|a| {
+            a.scheme.eq_ignore_ascii_case("Digest")
+                && a.get("realm") == Some(self.inner.realm.as_str())
+        });
+        if !has_ours {
+            return Err(self.challenge(msg, role, top_via, now, false));
+        }
+        let method = msg.method().unwrap_or("");
+        let account = match self.inner.store.find_account(identity).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                return Err(reply(500, "Server Internal Error"));
+            }
+        };
+        let decision = match self.inner.core.lock() {
+            Ok(mut c) => c.authenticate(&auths, method, account.as_ref(), ip, now),
+            Err(_) => return Err(reply(500, "Server Internal Error")),
+        };
+        match (decision, account) {
+            (AuthDecision::Accept, Some(a)) => Ok(a),
+            (AuthDecision::Challenge { stale }, _) => {
+                Err(self.challenge(msg, role, top_via, now, stale))
+            }
+            (AuthDecision::Retry { .. }, _) => {
+                self.inner.metrics.auth_failure(role.label());
+                Err(self.challenge(msg, role, top_via, now, false))
+            }
+            (AuthDecision::Forbidden { banned }, _) => {
+                self.inner.metrics.auth_failure(role.label());
+                if banned {
+                    self.inner.metrics.ban();
+                    tracing::warn!(
+                        source = %redact(ip),
+                        role = ?role,
+                        "source banned after repeated digest authentication failures"
+                    );
+                }
+                Err(reply(403, "Forbidden"))
+            }
+            (AuthDecision::Accept, None) => Err(reply(403, "Forbidden")),
+        }
+    }
+
+    fn challenge(
+        &self,
+        msg: &Message<'_>,
+        role: AuthRole,
+        top_via: &str,
+        now: i64,
+        stale: bool,
+    ) -> Reply {
         let random: [u8; 8] = rand::random();
         let challenges = match self.inner.core.lock() {
             Ok(c) => c.challenges(now, random, stale),
             Err(_) => Vec::new(),
         };
-        let mut r = ResponseBuilder::new(msg, 401, "Unauthorized", top_via, Some(&new_tag()));
+        let (code, reason, header) = role.challenge();
+        let mut r = ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()));
         for c in &challenges {
-            r = r.header("WWW-Authenticate", c);
+            r = r.header(header, c);
         }
-        r.finish()
+        r.reply()
     }
-}
 
-pub(crate) fn new_tag() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    /// An account by an identity a caller dialled (see
+    /// [`RegistrarStore::find_account_dialled`]).
+    pub(crate) async fn find_account_dialled(
+        &self,
+        identity: &str,
+        country_code: Option<&str>,
+    ) -> Result<Option<AccountCredentials>, StoreFailure> {
+        self.inner
+            .store
+            .find_account_dialled(identity, country_code)
+            .await
+    }
 }
 
 /// An RFC 8599 parameter of a Contact: a SIP URI parameter (RFC 8599 4.1.1, percent

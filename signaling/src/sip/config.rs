@@ -32,6 +32,10 @@ pub struct SipConfig {
     pub idle_timeout_secs: u64,
     /// How long a TLS handshake may take (seconds).
     pub tls_handshake_timeout_secs: u64,
+    /// Most server transactions held at once (a finished one is held up to 32 s on
+    /// UDP to absorb retransmissions); a new request beyond it gets 503 with
+    /// Retry-After.
+    pub max_transactions: usize,
 }
 
 impl Default for SipConfig {
@@ -47,6 +51,7 @@ impl Default for SipConfig {
             max_connections: 4096,
             idle_timeout_secs: 600,
             tls_handshake_timeout_secs: 10,
+            max_transactions: 200_000,
         }
     }
 }
@@ -67,6 +72,9 @@ impl SipConfig {
         }
         if self.max_message_size < 1024 || self.max_message_size > 1024 * 1024 {
             return Err("sip.max_message_size: must be between 1024 and 1048576".into());
+        }
+        if self.max_transactions == 0 {
+            return Err("sip.max_transactions: must be at least 1".into());
         }
         if self.max_connections == 0 {
             return Err("sip.max_connections: must be at least 1".into());

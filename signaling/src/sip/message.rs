@@ -324,6 +324,17 @@ impl<'a> Message<'a> {
     /// Content-Length says less (RFC 3261 18.3: extra octets are ignored); a
     /// Content-Length larger than what is there is an error.
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        Self::parse_with(buf, false)
+    }
+
+    /// The header section of a request that [`Message::parse`] refused or that is
+    /// too large, read leniently (any SIP version, Content-Length not checked, no
+    /// body), only to answer it with an error response (400, 505, 513).
+    pub fn parse_head_for_error(buf: &'a [u8]) -> Option<Message<'a>> {
+        Self::parse_with(buf, true).ok().filter(|m| m.is_request())
+    }
+
+    fn parse_with(buf: &'a [u8], lenient: bool) -> Result<Message<'a>, ParseError> {
         let head_len = header_end(buf).ok_or(ParseError::NoHeaderEnd)?;
         let head = buf.get(..head_len).ok_or(ParseError::NoHeaderEnd)?;
         let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
@@ -331,12 +342,23 @@ impl<'a> Message<'a> {
         let lines = unfold(head)?;
         let mut iter = lines.into_iter();
         let (start_text, _) = iter.next().ok_or(ParseError::StartLine)?;
-        let start = parse_start_line(start_text)?;
+        let start = match parse_start_line(start_text) {
+            Err(ParseError::Version) if lenient => {
+                let mut parts = start_text.split(' ');
+                match (parts.next(), parts.next()) {
+                    (Some(method), Some(uri)) if grammar::is_token(method) => {
+                        StartLine::Request { method, uri }
+                    }
+                    _ => return Err(ParseError::StartLine),
+                }
+            }
+            r => r?,
+        };
         let mut headers = Vec::new();
         let mut content_length = None;
         for (name, value) in iter {
             let hn = HeaderName::parse(name);
-            if hn == HeaderName::ContentLength {
+            if hn == HeaderName::ContentLength && !lenient {
                 if content_length.is_some() {
                     return Err(ParseError::ContentLength);
                 }
@@ -352,6 +374,7 @@ impl<'a> Message<'a> {
             });
         }
         let body = match content_length {
+            _ if lenient => &[],
             Some(cl) => rest.get(..cl).ok_or(ParseError::Truncated)?,
             None => rest,
         };
@@ -602,7 +625,20 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
 /// Call-ID and CSeq; `extra` headers follow; Content-Length is 0.
 #[derive(Debug)]
 pub struct ResponseBuilder {
+    code: u16,
     out: String,
+}
+
+/// A response we built, with its status code, so nobody parses it back to learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// A fresh To tag (or any random token of 16 hex digits).
+pub fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl ResponseBuilder {
@@ -651,7 +687,7 @@ impl ResponseBuilder {
         if let Some(c) = req.header(HeaderName::CSeq) {
             let _ = write!(out, "CSeq: {c}\r\n");
         }
-        ResponseBuilder { out }
+        ResponseBuilder { code, out }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -663,6 +699,15 @@ impl ResponseBuilder {
         self.out
             .push_str("Server: tandem-signaling\r\nContent-Length: 0\r\n\r\n");
         self.out.into_bytes()
+    }
+
+    /// As [`Self::finish`], keeping the status code with the bytes.
+    pub fn reply(self) -> Reply {
+        let code = self.code;
+        Reply {
+            code,
+            bytes: self.finish(),
+        }
     }
 }
 

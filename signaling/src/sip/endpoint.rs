@@ -1,11 +1,14 @@
-//! The SIP server: binds UDP, TCP and TLS listeners, frames streams, runs server
-//! transactions and dispatches requests: REGISTER to the registrar, OPTIONS to us
-//! answered here, CANCEL matched to the INVITE it cancels, everything else (INVITE,
-//! MESSAGE, in-dialog requests, responses, ACK for 2xx) to the forking proxy.
+//! The SIP endpoint: binds UDP, TCP and TLS listeners, frames streams, runs server
+//! transactions and hands what they let through to a [`TransactionUser`]: each new
+//! request (retransmissions are absorbed here), each response (for the client
+//! transactions the user runs) and each ACK for a 2xx (end to end, no transaction).
+//! It knows nothing of what the user is (registrar, proxy).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,15 +18,14 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{DialPlanConfig, Handled, Proxy, ProxyConfig};
-use crate::registrar::core::Registrar;
-use crate::registrar::{
-    unix_now, Origin, RegistrarConfig, RegistrarHandle, RegistrarStore, Shared,
+use crate::clock::Clock;
+use crate::metrics::{DropReason, SipMetrics};
+use crate::sip::message::{
+    frame_stream, new_tag, stamp_via, Framing, HeaderName, Message, Reply, ResponseBuilder,
 };
-use crate::sip::message::{frame_stream, stamp_via, Framing, HeaderName, Message, ResponseBuilder};
 use crate::sip::transaction::{ServerInvite, ServerNonInvite, TimerConfig};
 use crate::sip::transport::{Flows, Transport};
-use crate::sip::SipConfig;
+use crate::sip::{Origin, SipConfig};
 
 /// Errors starting or running the SIP server.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +41,6 @@ pub enum SipError {
     },
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("loading stored bindings: {0}")]
-    Store(String),
     #[error("server task failed: {0}")]
     Task(String),
 }
@@ -53,40 +53,89 @@ pub struct SipAddrs {
     pub tls: Option<SocketAddr>,
 }
 
-/// A running SIP server.
-#[derive(Debug)]
-pub struct SipServer {
-    addrs: SipAddrs,
-    registrar: RegistrarHandle,
-    proxy: Arc<Proxy>,
-    tracker: TaskTracker,
+/// A new request handed to the [`TransactionUser`], with what it needs to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub msg: &'a Message<'a>,
+    pub raw: &'a [u8],
+    pub origin: Origin,
+    /// The top Via with `received`/`rport` filled in (RFC 3261 18.2.1, RFC 3581).
+    pub top_via: &'a str,
+    /// The key of the server INVITE transaction this request would belong to: a
+    /// CANCEL names the INVITE it cancels by it.
+    pub invite_key: &'a str,
 }
 
-/// Methods RFC 3261 and its extensions define; others get 501 (RFC 3261 8.2.1).
-const KNOWN_METHODS: &[&str] = &[
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "OPTIONS",
-    "REGISTER",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "REFER",
-    "MESSAGE",
-    "UPDATE",
-];
-pub(crate) const ALLOW: &str =
-    "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, UPDATE, INFO, PRACK";
-/// Option tags we support (RFC 3261 8.2.2.3). Not `path`: Path headers (RFC 3327) are
-/// not stored yet, so a REGISTER that requires them gets 420.
-const SUPPORTED: &[&str] = &["outbound"];
+impl Request<'_> {
+    /// A response to this request, with a fresh To tag.
+    pub fn reply(&self, code: u16, reason: &str) -> ResponseBuilder {
+        ResponseBuilder::new(self.msg, code, reason, self.top_via, Some(&new_tag()))
+    }
+}
+
+/// What the transaction user did with a new request.
+pub enum Handled {
+    /// Answer now through the server transaction.
+    Reply(Reply),
+    /// Answer now, then run `then` once the answer has been handed to the transport
+    /// (a REGISTER's bindings are announced only after its 200; a CANCEL's INVITE is
+    /// cancelled only after the 200 to the CANCEL, so the 487 never overtakes it).
+    ReplyThen(Reply, Box<dyn FnOnce() + Send>),
+    /// The user took the request and answers later through the [`Upstream`].
+    Taken,
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handled::Reply(r) => f.debug_tuple("Reply").field(&r.code).finish(),
+            Handled::ReplyThen(r, _) => f.debug_tuple("ReplyThen").field(&r.code).finish(),
+            Handled::Taken => f.write_str("Taken"),
+        }
+    }
+}
+
+/// Boxed future of [`TransactionUser::on_request`].
+pub type TuFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What sits above the transaction layer (RFC 3261 section 6, "TU").
+pub trait TransactionUser: Send + Sync + 'static {
+    /// A new request (not a retransmission, not an ACK); answer with [`Handled`].
+    fn on_request<'a>(&'a self, req: Request<'a>, upstream: Upstream) -> TuFuture<'a, Handled>;
+    /// An ACK that matched no server transaction: the ACK for a 2xx, end to end.
+    fn on_ack<'a>(&'a self, msg: &'a Message<'a>, origin: Origin) -> TuFuture<'a, ()>;
+    /// A valid response, for a client transaction of the user; false for a stray
+    /// (matching none).
+    fn on_response(&self, msg: &Message<'_>, raw: &[u8]) -> bool;
+}
+
+/// Listeners bound, not serving yet: where they listen is known, so the layers above
+/// can be built with it before [`BoundEndpoint::serve`].
+pub struct BoundEndpoint {
+    cfg: SipConfig,
+    flows: Arc<Flows>,
+    addrs: SipAddrs,
+    udp: Option<(Arc<UdpSocket>, SocketAddr)>,
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+impl std::fmt::Debug for BoundEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundEndpoint")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running SIP endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    addrs: SipAddrs,
+    tracker: TaskTracker,
+}
 /// Most requests handled at once (UDP); more are dropped and retransmitted by clients.
 const MAX_IN_FLIGHT: usize = 1024;
-const MAX_TRANSACTIONS: usize = 200_000;
 
 enum ServerTx {
     NonInvite(ServerNonInvite),
@@ -105,12 +154,33 @@ struct TxTable {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
+impl TxTable {
+    /// Schedules `key` at `at`; true when that is now the earliest timer (the timer
+    /// task must wake earlier than it planned).
+    fn schedule(&mut self, at: Instant, key: String) -> bool {
+        let earliest = self
+            .timers
+            .peek()
+            .is_none_or(|Reverse((first, _))| at < *first);
+        self.timers.push(Reverse((at, key)));
+        earliest
+    }
+}
+
+/// The server transactions, and the timer task's wake-up for an earlier deadline.
+#[derive(Default)]
+struct Transactions {
+    table: Mutex<TxTable>,
+    earlier: Notify,
+}
+
 struct Server {
     cfg: SipConfig,
-    registrar: RegistrarHandle,
-    proxy: Arc<Proxy>,
+    tu: Arc<dyn TransactionUser>,
     flows: Arc<Flows>,
-    txs: Arc<Mutex<TxTable>>,
+    txs: Arc<Transactions>,
+    metrics: SipMetrics,
+    clock: Clock,
     timers: TimerConfig,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -118,68 +188,11 @@ struct Server {
     tracker: TaskTracker,
 }
 
-impl SipServer {
-    /// Binds the listeners, loads stored bindings (dropping expired ones), starts serving
-    /// until `shutdown` is cancelled.
-    pub async fn start<S: RegistrarStore>(
-        cfg: &SipConfig,
-        reg: &RegistrarConfig,
-        store: S,
-        shutdown: CancellationToken,
-    ) -> Result<SipServer, SipError> {
-        Self::start_with_proxy(
-            cfg,
-            reg,
-            &ProxyConfig::default(),
-            &DialPlanConfig::default(),
-            store,
-            shutdown,
-        )
-        .await
-    }
-
-    /// As [`SipServer::start`] with the forking proxy's settings and dial plan.
-    pub async fn start_with_proxy<S: RegistrarStore>(
-        cfg: &SipConfig,
-        reg: &RegistrarConfig,
-        proxy: &ProxyConfig,
-        dialplan: &DialPlanConfig,
-        store: S,
-        shutdown: CancellationToken,
-    ) -> Result<SipServer, SipError> {
+impl Endpoint {
+    /// Binds the configured listeners; `flows` is where responses and requests to
+    /// devices go out (shared with the layers above).
+    pub async fn bind(cfg: &SipConfig, flows: Arc<Flows>) -> Result<BoundEndpoint, SipError> {
         cfg.validate().map_err(SipError::Config)?;
-        reg.validate().map_err(SipError::Config)?;
-        proxy.validate().map_err(SipError::Config)?;
-        dialplan.validate().map_err(SipError::Config)?;
-        let store: Arc<dyn RegistrarStore> = Arc::new(store);
-        let secret = if reg.nonce_secret.is_empty() {
-            rand::random::<[u8; 32]>().to_vec()
-        } else {
-            reg.nonce_secret.as_bytes().to_vec()
-        };
-        let mut core = Registrar::new(reg.clone(), cfg.realm.clone(), secret);
-        let stored = store
-            .load_bindings()
-            .await
-            .map_err(|e| SipError::Store(e.to_string()))?;
-        let expired = core.restore(stored, unix_now());
-        for b in expired {
-            store
-                .delete_binding(b.account_id, &b.instance_id, b.reg_id)
-                .await
-                .map_err(|e| SipError::Store(e.to_string()))?;
-        }
-        let flows = Arc::new(Flows::default());
-        let registrar = RegistrarHandle {
-            inner: Arc::new(Shared {
-                realm: cfg.realm.clone(),
-                core: Mutex::new(core),
-                store,
-                flows: flows.clone(),
-                expiry_changed: Notify::new(),
-            }),
-        };
-        let tracker = TaskTracker::new();
         let mut addrs = SipAddrs {
             udp: None,
             tcp: None,
@@ -237,78 +250,68 @@ impl SipServer {
             })?);
             tls = Some((l, acceptor));
         }
-        let timers = TimerConfig::default();
-        let server = Arc::new(Server {
+        Ok(BoundEndpoint {
             cfg: cfg.clone(),
-            registrar: registrar.clone(),
-            proxy: Arc::new(Proxy::new(
-                proxy.clone(),
-                dialplan.clone(),
-                cfg.realm.clone(),
-                registrar.clone(),
-                flows.clone(),
-                addrs,
-                timers,
-            )),
-            flows: flows.clone(),
-            txs: Arc::new(Mutex::new(TxTable::default())),
-            timers,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            connections: Arc::new(Semaphore::new(cfg.max_connections)),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        });
-        tracker.spawn(
-            server
-                .proxy
-                .clone()
-                .registration_loop(registrar.subscribe_registrations(), shutdown.clone()),
-        );
-        if let Some((sock, local)) = udp {
-            tracker.spawn(server.clone().udp_loop(sock, local));
-        }
-        if let Some(l) = tcp {
-            tracker.spawn(server.clone().accept_loop(l, None));
-        }
-        if let Some((l, acceptor)) = tls {
-            tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
-        }
-        tracker.spawn(server.clone().expiry_loop());
-        tracker.spawn(server.clone().transaction_timer_loop());
-        tracker.close();
-        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
-        Ok(SipServer {
+            flows,
             addrs,
-            registrar,
-            proxy: server.proxy.clone(),
-            tracker,
+            udp,
+            tcp,
+            tls,
         })
-    }
-
-    /// Installs the hooks for accounts whose devices are offline (push, deferred
-    /// messages); without them such requests get 480.
-    pub fn set_offline_targets(&self, hooks: Arc<dyn crate::proxy::OfflineTargets>) {
-        self.proxy.set_offline(hooks);
-    }
-
-    /// Sends requests of our own to registered devices as client transactions of the
-    /// proxy (deferred message delivery).
-    pub fn request_sender(&self) -> Arc<dyn crate::push::deferred::RequestSender> {
-        self.proxy.clone()
-    }
-
-    pub fn registrar(&self) -> RegistrarHandle {
-        self.registrar.clone()
     }
 
     pub fn local_addrs(&self) -> SipAddrs {
         self.addrs
     }
 
-    /// Resolves when the server has stopped after shutdown.
+    /// Resolves when the endpoint has stopped after shutdown.
     pub async fn wait(self) -> Result<(), SipError> {
         self.tracker.wait().await;
         Ok(())
+    }
+}
+
+impl BoundEndpoint {
+    pub fn local_addrs(&self) -> SipAddrs {
+        self.addrs
+    }
+
+    /// Starts serving: requests go to `tu` until `shutdown` is cancelled.
+    pub fn serve(
+        self,
+        tu: Arc<dyn TransactionUser>,
+        metrics: SipMetrics,
+        clock: Clock,
+        shutdown: CancellationToken,
+    ) -> Endpoint {
+        let tracker = TaskTracker::new();
+        let addrs = self.addrs;
+        let server = Arc::new(Server {
+            cfg: self.cfg.clone(),
+            tu,
+            flows: self.flows.clone(),
+            txs: Arc::new(Transactions::default()),
+            metrics,
+            clock,
+            timers: TimerConfig::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            connections: Arc::new(Semaphore::new(self.cfg.max_connections)),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        if let Some((sock, local)) = self.udp {
+            tracker.spawn(server.clone().udp_loop(sock, local));
+        }
+        if let Some(l) = self.tcp {
+            tracker.spawn(server.clone().accept_loop(l, None));
+        }
+        if let Some((l, acceptor)) = self.tls {
+            tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
+        }
+        tracker.spawn(server.clone().transaction_timer_loop());
+        tracker.close();
+        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
+        Endpoint { addrs, tracker }
     }
 }
 
@@ -356,6 +359,17 @@ impl Server {
                 },
             };
             if n > self.cfg.max_message_size {
+                // RFC 3261 18.1.1 / 21.5.8: too large for us; the head of it is
+                // usually enough to say so.
+                self.metrics.drop(DropReason::Oversized);
+                let head = buf.get(..self.cfg.max_message_size).unwrap_or(&[]);
+                let origin = Origin {
+                    transport: Transport::Udp,
+                    source: src,
+                    local,
+                };
+                self.refuse_unreadable(head, origin, 513, "Message Too Large")
+                    .await;
                 continue;
             }
             let Some(data) = buf.get(..n) else { continue };
@@ -364,6 +378,16 @@ impl Server {
                 continue;
             }
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                // Too much in flight: shed at once with a way back, counted. (A
+                // retransmission would only add to the load.)
+                self.metrics.drop(DropReason::InFlightFull);
+                let origin = Origin {
+                    transport: Transport::Udp,
+                    source: src,
+                    local,
+                };
+                self.refuse_unreadable_with(data, origin, (503, "Service Unavailable"), Some("5"))
+                    .await;
                 continue;
             };
             let data = data.to_vec();
@@ -402,7 +426,8 @@ impl Server {
                 },
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!("connection limit reached, closing new connection");
+                self.metrics.drop(DropReason::ConnectionsFull);
+                tracing::debug!("connection limit reached, closing new connection");
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -440,7 +465,7 @@ impl Server {
         let close = self.shutdown.child_token();
         let id = self.flows.add(transport, remote, tx.clone(), close.clone());
         let writer_close = close.clone();
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = writer_close.cancelled() => break,
@@ -459,6 +484,7 @@ impl Server {
         let max = self.cfg.max_message_size;
         let idle = self.cfg.idle_timeout();
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut answered_before_close = false;
         'conn: loop {
             // Frame everything already buffered.
             loop {
@@ -485,8 +511,26 @@ impl Server {
                         .await;
                     }
                     Framing::Invalid => {
+                        // Answer what can be answered (513 over the size limit, 400
+                        // for a missing or bad Content-Length), then close: the
+                        // stream cannot be framed past this point.
+                        let (code, reason) = stream_error(&buf, max);
+                        self.metrics.drop(if code == 513 {
+                            DropReason::Oversized
+                        } else {
+                            DropReason::Unparseable
+                        });
+                        let origin = Origin {
+                            transport,
+                            source: remote,
+                            local,
+                        };
+                        answered_before_close =
+                            self.refuse_unreadable(&buf, origin, code, reason).await;
                         tracing::debug!(
                             transport = transport.as_str(),
+                            code,
+                            answered = answered_before_close,
                             "unframeable stream, closing"
                         );
                         break 'conn;
@@ -509,38 +553,49 @@ impl Server {
                 }
             }
         }
-        close.cancel();
         self.flows.remove(transport, remote, id);
+        if answered_before_close {
+            // Let the writer send the answer before the connection closes: it ends
+            // once every sender is gone (bounded, in case the peer does not read).
+            drop(tx);
+            if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+                .await
+                .is_err()
+            {
+                close.cancel();
+                let _ = writer.await;
+            }
+            close.cancel();
+            return;
+        }
+        close.cancel();
         let _ = writer.await;
     }
 
-    async fn expiry_loop(self: Arc<Self>) {
+    /// Drives server transaction timers (G, H, I, J) from a heap, sleeping until the
+    /// earliest deadline (woken sooner when an earlier one is scheduled).
+    async fn transaction_timer_loop(self: Arc<Self>) {
         loop {
-            let next = self.registrar.expire().await;
-            let wait = match next {
-                Some(t) => Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0).max(1)),
-                None => Duration::from_secs(3600),
+            let next = self
+                .txs
+                .table
+                .lock()
+                .ok()
+                .and_then(|t| t.timers.peek().map(|Reverse((at, _))| *at));
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = self.registrar.inner.expiry_changed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.txs.earlier.notified() => continue,
+                _ = sleep => {}
             }
-        }
-    }
-
-    /// Drives server transaction timers (G, H, I, J) from a heap.
-    async fn transaction_timer_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let now = Instant::now();
+            let now = self.clock.now();
             let mut sends = Vec::new();
-            if let Ok(mut t) = self.txs.lock() {
+            if let Ok(mut t) = self.txs.table.lock() {
                 while let Some(Reverse((at, _))) = t.timers.peek() {
                     if *at > now {
                         break;
@@ -567,6 +622,7 @@ impl Server {
                         t.timers.push(Reverse((n, key)));
                     }
                 }
+                self.metrics.transactions(t.entries.len());
             }
             for (tr, dest, b) in sends {
                 self.flows.send(tr, dest, b).await;
@@ -583,19 +639,92 @@ impl Server {
         }
     }
 
+    /// Answers a request we cannot take (unparseable, over the size limit) with
+    /// `code` when its header section can be read well enough to route a response
+    /// (RFC 3261 21.4.1, 21.5.6, 21.5.8, 8.2.2); otherwise it is dropped. Returns
+    /// whether an answer went out.
+    async fn refuse_unreadable(
+        &self,
+        data: &[u8],
+        origin: Origin,
+        code: u16,
+        reason: &str,
+    ) -> bool {
+        self.refuse_unreadable_with(data, origin, (code, reason), None)
+            .await
+    }
+
+    /// [`Self::refuse_unreadable`] with a Retry-After (for 503).
+    async fn refuse_unreadable_with(
+        &self,
+        data: &[u8],
+        origin: Origin,
+        (code, reason): (u16, &str),
+        retry_after: Option<&str>,
+    ) -> bool {
+        let Some(msg) = Message::parse_head_for_error(data) else {
+            tracing::debug!(code, "unreadable SIP message dropped");
+            return false;
+        };
+        if msg.method() == Some("ACK") {
+            return false;
+        }
+        let Some(top) = msg
+            .list(HeaderName::Via)
+            .ok()
+            .and_then(|l| l.first().copied())
+        else {
+            tracing::debug!(code, "SIP message without a Via dropped");
+            return false;
+        };
+        let (stamped, dest) = match msg.top_via() {
+            Ok(via) => (
+                stamp_via(top, &via, origin.source),
+                Self::response_dest(origin, &via),
+            ),
+            // A Via we cannot read (another SIP version): on a connection the answer
+            // goes back over it all the same (RFC 3261 18.2.2), with the Via copied.
+            Err(_) if origin.transport.reliable() => (top.to_owned(), origin.source),
+            Err(_) => {
+                tracing::debug!(code, "SIP message without a usable Via dropped");
+                return false;
+            }
+        };
+        let mut r = ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag()));
+        if let Some(secs) = retry_after {
+            r = r.header("Retry-After", secs);
+        }
+        self.metrics.response(msg.method().unwrap_or(""), code);
+        self.flows.send(origin.transport, dest, r.finish()).await
+    }
+
     async fn handle(self: &Arc<Self>, data: &[u8], origin: Origin) {
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(error = %e, "unparseable SIP message dropped");
+                self.metrics.drop(DropReason::Unparseable);
+                let (code, reason) = e.status();
+                let reason = if code == 400 && reason == "Bad Request" {
+                    format!("Bad Request ({e})")
+                } else {
+                    reason.to_owned()
+                };
+                self.refuse_unreadable(data, origin, code, &reason).await;
                 return;
             }
         };
         if !msg.is_request() {
             // To the proxy's client transaction it answers; stray ones are dropped.
             match msg.validate_response() {
-                Ok(()) => self.proxy.handle_response(&msg, data),
-                Err(e) => tracing::debug!(error = %e, "invalid response dropped"),
+                Ok(()) => {
+                    if !self.tu.on_response(&msg, data) {
+                        self.metrics.drop(DropReason::StrayResponse);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.drop(DropReason::Unparseable);
+                    tracing::debug!(error = %e, "invalid response dropped");
+                }
             }
             return;
         }
@@ -603,9 +732,15 @@ impl Server {
         let (top_text, via) = match (msg.list(HeaderName::Via), msg.top_via()) {
             (Ok(list), Ok(v)) => match list.first() {
                 Some(t) => ((*t).to_owned(), v),
-                None => return,
+                None => {
+                    self.metrics.drop(DropReason::NoVia);
+                    return;
+                }
             },
-            _ => return,
+            _ => {
+                self.metrics.drop(DropReason::NoVia);
+                return;
+            }
         };
         let stamped = stamp_via(&top_text, &via, origin.source);
         let dest = Self::response_dest(origin, &via);
@@ -615,14 +750,10 @@ impl Server {
                 return;
             }
             let (code, reason) = e.status();
-            let bytes = ResponseBuilder::new(
-                &msg,
-                code,
-                reason,
-                &stamped,
-                Some(&crate::registrar::new_tag()),
-            )
-            .finish();
+            self.metrics.drop(DropReason::Unparseable);
+            self.metrics.response(method, code);
+            let bytes =
+                ResponseBuilder::new(&msg, code, reason, &stamped, Some(&new_tag())).finish();
             self.flows.send(origin.transport, dest, bytes).await;
             return;
         }
@@ -642,12 +773,14 @@ impl Server {
         let reliable = origin.transport.reliable();
         let mut resend = Vec::new();
         let mut ack_2xx = false;
-        let is_new = match self.txs.lock() {
+        let mut full = false;
+        let mut earlier = false;
+        let is_new = match self.txs.table.lock() {
             Ok(mut t) => {
-                let full = t.entries.len() >= MAX_TRANSACTIONS;
+                let at_limit = t.entries.len() >= self.cfg.max_transactions;
                 match t.entries.get_mut(&key) {
                     Some(e) => {
-                        let now = Instant::now();
+                        let now = self.clock.now();
                         let (out, _, next) = drive(&mut e.tx, |tx| match tx {
                             ServerTx::NonInvite(x) => x.handle_request_retransmission(),
                             ServerTx::Invite(x) if method == "ACK" => x.handle_ack(now),
@@ -655,7 +788,7 @@ impl Server {
                         });
                         resend = out;
                         if let Some(n) = next {
-                            t.timers.push(Reverse((n, key.clone())));
+                            earlier = t.schedule(n, key.clone());
                         }
                         false
                     }
@@ -664,7 +797,10 @@ impl Server {
                         ack_2xx = true;
                         false
                     }
-                    None if full => return,
+                    None if at_limit => {
+                        full = true;
+                        false
+                    }
                     None => {
                         let tx = if method == "INVITE" {
                             ServerTx::Invite(ServerInvite::new(reliable, self.timers))
@@ -679,14 +815,30 @@ impl Server {
                                 dest,
                             },
                         );
+                        self.metrics.transactions(t.entries.len());
                         true
                     }
                 }
             }
             Err(_) => return,
         };
+        if earlier {
+            self.txs.earlier.notify_one();
+        }
+        if full {
+            // No room for another transaction: shed it with a way back (RFC 3261
+            // 21.5.4), counted.
+            self.metrics.drop(DropReason::TransactionsFull);
+            let bytes =
+                ResponseBuilder::new(&msg, 503, "Service Unavailable", &stamped, Some(&new_tag()))
+                    .header("Retry-After", "5")
+                    .finish();
+            self.metrics.response(method, 503);
+            self.flows.send(origin.transport, dest, bytes).await;
+            return;
+        }
         if ack_2xx {
-            self.proxy.forward_ack(&msg, origin).await;
+            self.tu.on_ack(&msg, origin).await;
             return;
         }
         if !is_new {
@@ -696,9 +848,13 @@ impl Server {
             return;
         }
 
+        self.metrics.request(method);
         let upstream = Upstream {
             txs: self.txs.clone(),
             flows: self.flows.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            method: method.to_owned(),
             key: key.clone(),
             transport: origin.transport,
             dest,
@@ -709,137 +865,59 @@ impl Server {
             via.port.unwrap_or(0),
             origin.transport.as_str()
         );
-        let (response, saved, cancel) = match self
-            .respond(&msg, data, origin, &stamped, upstream, &invite_key)
-            .await
-        {
-            Handled::Reply(r) => (r, Vec::new(), None),
-            Handled::Registered(r, saved) => (r, saved, None),
-            Handled::Cancelled(r, pending) => (r, Vec::new(), Some(pending)),
+        let req = Request {
+            msg: &msg,
+            raw: data,
+            origin,
+            top_via: &stamped,
+            invite_key: &invite_key,
+        };
+        let answer = upstream.clone();
+        let (reply, then) = match self.tu.on_request(req, upstream).await {
+            Handled::Reply(r) => (r, None),
+            Handled::ReplyThen(r, then) => (r, Some(then)),
             Handled::Taken => return,
         };
-        let code = Message::parse(&response)
-            .ok()
-            .and_then(|m| m.status())
-            .unwrap_or(500);
-        let mut out = Vec::new();
-        if let Ok(mut t) = self.txs.lock() {
-            let now = Instant::now();
-            let mut remove = false;
-            let mut next = None;
-            if let Some(e) = t.entries.get_mut(&key) {
-                let (o, term, nt) = drive(&mut e.tx, |tx| match tx {
-                    ServerTx::NonInvite(x) => x.send_response(now, code, response),
-                    ServerTx::Invite(x) => x.send_response(now, code, response),
-                });
-                out = o;
-                remove = term;
-                next = nt;
-            }
-            if remove {
-                t.entries.remove(&key);
-            } else if let Some(n) = next {
-                t.timers.push(Reverse((n, key)));
-            }
-        }
-        for b in out {
-            self.flows.send(origin.transport, dest, b).await;
-        }
-        // After the 200 OK: a parked call or deferred messages may now go to the device.
-        self.registrar.announce(saved);
-        // After the 200 to the CANCEL: the INVITE's 487 may follow.
-        if let Some(c) = cancel {
-            c.fire();
-        }
-    }
-
-    /// The TU: builds the final response for a new request.
-    async fn respond(
-        self: &Arc<Self>,
-        msg: &Message<'_>,
-        raw: &[u8],
-        origin: Origin,
-        top_via: &str,
-        upstream: Upstream,
-        invite_key: &str,
-    ) -> Handled {
-        let method = msg.method().unwrap_or("");
-        let tag = crate::registrar::new_tag();
-        let reply =
-            |code: u16, reason: &str| ResponseBuilder::new(msg, code, reason, top_via, Some(&tag));
-        if !KNOWN_METHODS.contains(&method) {
-            return Handled::Reply(
-                reply(501, "Not Implemented")
-                    .header("Allow", ALLOW)
-                    .finish(),
-            );
-        }
-        let uri = msg.request_uri().unwrap_or("");
-        let scheme = uri.split(':').next().unwrap_or("");
-        if !["sip", "sips", "tel"]
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(scheme))
-        {
-            return Handled::Reply(reply(416, "Unsupported URI Scheme").finish());
-        }
-        let required = msg.list(HeaderName::Require).unwrap_or_default();
-        let unsupported: Vec<&str> = required
-            .into_iter()
-            .filter(|r| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(r)))
-            .collect();
-        if !unsupported.is_empty() && method != "CANCEL" {
-            return Handled::Reply(
-                reply(420, "Bad Extension")
-                    .header("Unsupported", &unsupported.join(", "))
-                    .finish(),
-            );
-        }
-        let to_us_out_of_dialog = msg.header(HeaderName::Route).is_none()
-            && !msg.to().is_some_and(|t| t.params.contains("tag"));
-        match method {
-            "REGISTER" => {
-                let (bytes, saved) = self.registrar.handle_register(msg, origin, top_via).await;
-                Handled::Registered(bytes, saved)
-            }
-            "OPTIONS" if to_us_out_of_dialog => Handled::Reply(
-                reply(200, "OK")
-                    .header("Allow", ALLOW)
-                    .header("Accept", "application/sdp")
-                    .finish(),
-            ),
-            // RFC 3261 16.10: answered here, and the matching INVITE is cancelled on
-            // every branch.
-            "CANCEL" => match self.proxy.cancel(invite_key) {
-                Some(pending) => Handled::Cancelled(reply(200, "OK").finish(), pending),
-                None => Handled::Reply(reply(481, "Call/Transaction Does Not Exist").finish()),
-            },
-            _ => {
-                self.proxy
-                    .handle_request(msg, raw, origin, top_via, upstream, invite_key)
-                    .await
-            }
+        let Reply { code, bytes } = reply;
+        answer.respond(code, bytes).await;
+        if let Some(then) = then {
+            then();
         }
     }
 }
 
-/// The way back to the caller for a request the proxy answers later: responses go
+/// The way back to the caller for a request the user answers later: responses go
 /// through its server transaction (retransmitted by it on UDP); a 2xx to an INVITE
 /// after the transaction ended (further 2xx of a fork, RFC 3261 16.7 step 5) is sent
 /// directly.
 #[derive(Clone)]
-pub(crate) struct Upstream {
-    txs: Arc<Mutex<TxTable>>,
+pub struct Upstream {
+    txs: Arc<Transactions>,
     flows: Arc<Flows>,
+    metrics: SipMetrics,
+    clock: Clock,
+    /// The request's method (for the response metrics).
+    method: String,
     key: String,
     transport: Transport,
     dest: SocketAddr,
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Upstream {
-    pub(crate) async fn respond(&self, code: u16, bytes: Vec<u8>) {
+    pub async fn respond(&self, code: u16, bytes: Vec<u8>) {
+        self.metrics.response(&self.method, code);
         let mut out = Vec::new();
-        if let Ok(mut t) = self.txs.lock() {
-            let now = Instant::now();
+        let mut earlier = false;
+        if let Ok(mut t) = self.txs.table.lock() {
+            let now = self.clock.now();
             let mut remove = false;
             let mut next = None;
             match t.entries.get_mut(&self.key) {
@@ -868,13 +946,41 @@ impl Upstream {
             }
             if remove {
                 t.entries.remove(&self.key);
+                self.metrics.transactions(t.entries.len());
             } else if let Some(n) = next {
-                t.timers.push(Reverse((n, self.key.clone())));
+                earlier = t.schedule(n, self.key.clone());
             }
+        }
+        if earlier {
+            self.txs.earlier.notify_one();
         }
         for b in out {
             self.flows.send(self.transport, self.dest, b).await;
         }
+    }
+}
+
+/// The answer to a stream that cannot be framed: 513 when the message is (or claims
+/// to be) larger than `max`, 400 otherwise.
+fn stream_error(buf: &[u8], max: usize) -> (u16, &'static str) {
+    if buf.len() >= max {
+        return (513, "Message Too Large");
+    }
+    let Some(m) = Message::parse_head_for_error(buf) else {
+        return (400, "Bad Request");
+    };
+    let lengths: Vec<&str> = m
+        .headers_named(HeaderName::ContentLength)
+        .map(|h| h.value.as_ref())
+        .collect();
+    match lengths.as_slice() {
+        [] => (400, "Missing Content-Length"),
+        [one] => match crate::sip::grammar::decimal(one, u64::MAX) {
+            Some(n) if n > max as u64 => (513, "Message Too Large"),
+            Some(_) => (400, "Bad Request"),
+            None => (400, "Bad Content-Length"),
+        },
+        _ => (400, "Repeated Content-Length"),
     }
 }
 
