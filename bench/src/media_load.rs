@@ -251,20 +251,13 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
             now + 1_000_000
         };
         let wait_ms = next_due.saturating_sub(now) / 1_000_000;
-        let n = epoll.wait(
-            &mut events,
-            EpollTimeout::try_from(wait_ms.min(5) as u16).unwrap_or(EpollTimeout::ZERO),
-        )?;
+        let n = epoll.wait(&mut events, EpollTimeout::from(wait_ms.min(5) as u16))?;
         for ev in &events[..n] {
             let li = ev.data() as usize;
             let Some(leg) = legs.get_mut(li) else {
                 continue;
             };
-            loop {
-                let len = match leg.sock.recv_from(&mut buf) {
-                    Ok((len, _)) => len,
-                    Err(_) => break,
-                };
+            while let Ok((len, _)) = leg.sock.recv_from(&mut buf) {
                 let plain;
                 let p: &[u8] = match leg.srtp.as_mut() {
                     Some(t) => match t.decrypt(Kind::Rtp, &buf[..len]) {
