@@ -532,11 +532,13 @@ mod tests {
 
     #[test]
     fn validation() {
-        let mut leg = LegRequest::default();
-        leg.ice = Some(IceCredentials {
-            ufrag: "a:b".into(),
-            pwd: "x".repeat(22),
-        });
+        let mut leg = LegRequest {
+            ice: Some(IceCredentials {
+                ufrag: "a:b".into(),
+                pwd: "x".repeat(22),
+            }),
+            ..LegRequest::default()
+        };
         assert_eq!(leg.validate(), Err(Invalid::IceField));
         leg.ice = None;
         leg.streams = vec![];
