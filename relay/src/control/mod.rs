@@ -16,8 +16,8 @@
 //! Every route, the unknown ones too, needs `Authorization: Bearer <token>` with one
 //! of the configured tokens (`control-secret`, `control-secret-file`); errors are
 //! `ErrorBody` JSON. Handlers read the clock once and pass the time down; the
-//! [`Control`] handle logs sessions created and ended, so nothing is logged per
-//! request.
+//! driver's [`crate::driver::sessions::Control`] handle logs sessions created and
+//! ended, so nothing is logged per request.
 
 pub mod error;
 pub mod openapi;
