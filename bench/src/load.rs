@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::client::{ClientError, Session, Target, TurnClient};
 use crate::mmsg::{RecvBatch, SendBatch};
 use crate::procstat::{cpu_ns, mono_ns, rss_kib};
+use crate::sock::{raise_nofile, set_rcvbuf, SOCKET_BUFFER};
 
 /// First channel number used (RFC 8656 range).
 const CHANNEL: u16 = 0x4000;
@@ -107,23 +108,6 @@ pub struct LoadReport {
     /// (RSS after setup - RSS before) / allocations, in bytes.
     pub server_rss_bytes_per_allocation: Option<f64>,
     pub setup_s: f64,
-}
-
-/// Receive buffer for the generator's sockets and the echo peer, so that a moment
-/// of scheduling noise on the generator's core does not show up as server loss.
-pub const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Ask for a larger receive buffer (capped by net.core.rmem_max; best effort).
-pub fn set_rcvbuf(sock: &UdpSocket, bytes: usize) {
-    let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBuf, &bytes);
-}
-
-/// Raise the open-file limit to its hard limit (one socket per allocation).
-pub fn raise_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }
 
 struct Alloc {

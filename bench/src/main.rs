@@ -15,6 +15,9 @@ mod forwarder;
 mod load;
 mod mmsg;
 mod procstat;
+mod report;
+mod setup;
+mod sock;
 
 use client::{Credentials, Target};
 
