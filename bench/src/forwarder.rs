@@ -71,7 +71,12 @@ pub fn run(
     let mut events = [EpollEvent::empty(); 64];
     let end = Instant::now() + limit;
     while Instant::now() < end {
-        let n = epoll.wait(&mut events, EpollTimeout::from(100u16))?;
+        // A signal (or a debugger or profiler attaching) interrupts the wait: wait again.
+        let n = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         for ev in &events[..n] {
             let token = ev.data();
             if token == LISTEN_TOKEN {

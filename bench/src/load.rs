@@ -61,6 +61,8 @@ pub struct LoadConfig {
     /// The CPU the server is pinned to: report how busy it was with other work.
     pub server_cpu: Option<usize>,
     pub progress: bool,
+    /// A measurement window for an outside profiler (see [`Window`]).
+    pub window: Option<std::path::PathBuf>,
 }
 
 /// What one run measured.
@@ -108,6 +110,41 @@ pub struct LoadReport {
     /// (RSS after setup - RSS before) / allocations, in bytes.
     pub server_rss_bytes_per_allocation: Option<f64>,
     pub setup_s: f64,
+}
+
+/// A window around the paced load (no setup, no teardown) that a profiler of the
+/// server can measure: after setup the generator prints `setup done` on stderr and
+/// waits until the file exists; after the load and its drain it prints `load done`
+/// and waits until the file is gone, then tears down. Each wait is bounded.
+struct Window<'a>(&'a std::path::Path);
+
+impl Window<'_> {
+    const WAIT: Duration = Duration::from_secs(120);
+
+    fn open(&self) -> anyhow::Result<()> {
+        eprintln!("setup done");
+        self.wait_until(true)
+    }
+
+    fn close(&self) -> anyhow::Result<()> {
+        eprintln!("load done");
+        self.wait_until(false)
+    }
+
+    fn wait_until(&self, exists: bool) -> anyhow::Result<()> {
+        let end = std::time::Instant::now() + Self::WAIT;
+        while self.0.exists() != exists {
+            if std::time::Instant::now() > end {
+                bail!(
+                    "--window-file {}: waited {:?}",
+                    self.0.display(),
+                    Self::WAIT
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
 }
 
 struct Alloc {
@@ -241,7 +278,14 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     for a in &allocs {
         set_rcvbuf(&a.sock, SOCKET_BUFFER);
     }
+    let window = cfg.window.as_deref().map(Window);
+    if let Some(w) = &window {
+        w.open()?;
+    }
     let r = datapath(cfg, &allocs, peer.as_ref());
+    if let Some(w) = &window {
+        w.close()?;
+    }
     let _ = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), teardown(allocs)).await });
     drop(peer);
