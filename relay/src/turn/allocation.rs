@@ -10,10 +10,18 @@ use super::auth::Key;
 
 /// Identifies an allocation (and its relayed socket) to the driver. The generation
 /// makes a stale id from a closed allocation harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AllocationId {
     pub index: u32,
     pub generation: u32,
+}
+
+/// Hashed as one 64-bit word (the derived `Hash` makes two 32-bit writes): drivers key
+/// per-packet maps by it.
+impl Hash for AllocationId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(self.generation) << 32 | u64::from(self.index));
+    }
 }
 
 /// The 5-tuple of a UDP client (the transport is always UDP here).
