@@ -433,20 +433,26 @@ impl Datapath for Portable {
             Err(e) => return Err(e),
         }
         let mut handled = 0;
-        let mut again = std::mem::take(&mut self.again);
-        let mut next = std::mem::take(&mut self.again_next);
-        next.clear();
-        // Readiness events first, then the sockets left undrained last turn.
-        let ready = self.events.iter().map(|ev| ev.token().0);
-        for id in ready.chain(again.drain(..)) {
+        // Readiness events first, then the sockets left undrained last turn; those
+        // not drained now are kept in `again_next` for the next turn.
+        for ev in self.events.iter() {
+            let id = ev.token().0;
             let (n, more) = self.io.drain(id, handler);
             handled += n;
-            if more && !next.contains(&id) {
-                next.push(id);
+            if more && !self.again_next.contains(&id) {
+                self.again_next.push(id);
             }
         }
-        self.again = next;
-        self.again_next = again;
+        for k in 0..self.again.len() {
+            let id = self.again[k];
+            let (n, more) = self.io.drain(id, handler);
+            handled += n;
+            if more && !self.again_next.contains(&id) {
+                self.again_next.push(id);
+            }
+        }
+        self.again.clear();
+        std::mem::swap(&mut self.again, &mut self.again_next);
         Ok(handled)
     }
 
