@@ -5,7 +5,7 @@
 #
 #   bash bench/callgrind.sh                  # every contender, 3 rounds
 #   bash bench/callgrind.sh --only tandem-relay-portable,coturn --rounds 1
-#   bash bench/callgrind.sh --rate 5000,1000 --allocations 10 --duration 5 --size 200
+#   bash bench/callgrind.sh --rate 5000,1000,200 --allocations 10 --duration 5 --size 200
 #   bash bench/callgrind.sh --before-bin /tmp/tandem-relay-old   # also the old binary
 #   bash bench/callgrind.sh --tag try        # writes <date>-callgrind-try.{md,json}
 #
@@ -25,8 +25,9 @@
 # behind batches and looks cheaper. Under callgrind a server runs tens of times
 # slower, so at 5,000 round trips/s it falls behind where it would not natively, and
 # on a shared machine other work delays its wake-ups. The report therefore gives, for
-# each run, packets per wait call and the median RTT; measures also at 1,000 round
-# trips/s, where a server keeps up; runs contenders in alternating order over
+# each run, packets per wait call and the median RTT; measures also at 1,000 and 200
+# round trips/s, where a server keeps up (at 200, about one packet per wake-up, the
+# regime of call media); runs contenders in alternating order over
 # several rounds and reports medians; and as root runs server and generator at
 # niceness -10 (--nice) for the few seconds each run takes.
 #
@@ -38,7 +39,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rates=5000,1000
+rates=5000,1000,200
 allocations=10
 duration=5
 size=200
@@ -59,7 +60,7 @@ while [ $# -gt 0 ]; do
     --before-bin) before_bin="$2"; shift 2 ;;
     --tag) tag="-$2"; shift 2 ;;
     --nice) nice_n="$2"; shift 2 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
