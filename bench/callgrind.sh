@@ -6,7 +6,7 @@
 #   bash bench/callgrind.sh                  # every contender, 3 rounds
 #   bash bench/callgrind.sh --only tandem-relay-portable,coturn --rounds 1
 #   bash bench/callgrind.sh --rate 5000,1000,200 --allocations 10 --duration 5 --size 200
-#   bash bench/callgrind.sh --before-bin /tmp/tandem-relay-old   # also the old binary
+#   bash bench/callgrind.sh --before-bin /tmp/tandem-relay-old --before-label "at abc123"
 #   bash bench/callgrind.sh --tag try        # writes <date>-callgrind-try.{md,json}
 #
 # For each contender (tandem-relay with --io portable, tandem-relay with --io uring,
@@ -46,6 +46,7 @@ size=200
 rounds=3
 tag=""
 before_bin=""
+before_label=""
 only="tandem-relay-portable,tandem-relay-uring,coturn,forwarder"
 nice_n=0
 [ "$(id -u)" -eq 0 ] && nice_n=-10
@@ -58,6 +59,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
     --before-bin) before_bin="$2"; shift 2 ;;
+    --before-label) before_label="$2"; shift 2 ;;
     --tag) tag="-$2"; shift 2 ;;
     --nice) nice_n="$2"; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
@@ -326,9 +328,11 @@ top_costs() {
   { grep -E '^ *[0-9,]+ \( *[0-9.]+%\)  ' "$1" 2>/dev/null || true; } |
     grep -v 'PROGRAM TOTALS' | awk -v n="$2" 'NR <= n' |
     sed -E 's/^ *([0-9,]+) \( *([0-9.]+)%\)  (.*)$/| \2 | \3 |/; s/ \[[^]]*\] \|$/ |/' |
-    sed -E 's#/rustc/[0-9a-f]+/library/#<std>/#; s#[^ |]*/\.cargo/registry/src/[^/]+/#<crates>/#; s#/rust/deps/#<crates>/#'
+    sed -E 's#/rustc/[0-9a-f]+/library/#<std>/#; s#[^ |]*/\.cargo/registry/src/[^/]+/#<crates>/#; s#/rust/deps/#<crates>/#' |
+    sed "s#$PWD/##"
 }
 
+before_label="${before_label:-$before_bin}"
 md="bench/results/$date_s-callgrind$tag.md"
 json="bench/results/$date_s-callgrind$tag.json"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -336,7 +340,7 @@ git diff --quiet HEAD -- relay bench 2>/dev/null || commit="$commit with uncommi
 {
   echo "# Instructions per forwarded packet at a low rate per socket ($date_s)"
   echo
-  echo "Client-to-client mode over $allocations allocations (each round trip crosses the server 4 times), ${size}-byte ChannelData payload, ${duration} s of load per run; server under \`valgrind --tool=callgrind\` pinned to CPU 0, \`tandem-bench turn-load\` on CPU 1, both at niceness $nice_n. Counting is on only from the end of the generator's setup to the end of the load's 1 s drain (\`callgrind_control -i on/off\`): start-up, allocations, channel binds and teardown are not counted. User-space instructions only (the kernel's share is not seen). Medians over $rounds round(s), contenders in alternating order. Commit $commit$([ -n "$before_bin" ] && echo "; \"-before\" rows: $before_bin"); $(valgrind --version); kernel $(uname -r); $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+  echo "Client-to-client mode over $allocations allocations (each round trip crosses the server 4 times), ${size}-byte ChannelData payload, ${duration} s of load per run; server under \`valgrind --tool=callgrind\` pinned to CPU 0, \`tandem-bench turn-load\` on CPU 1, both at niceness $nice_n. Counting is on only from the end of the generator's setup to the end of the load's 1 s drain (\`callgrind_control -i on/off\`): start-up, allocations, channel binds and teardown are not counted. User-space instructions only (the kernel's share is not seen). Medians over $rounds round(s), contenders in alternating order. Commit $commit$([ -n "$before_bin" ] && echo "; \"-before\" rows: tandem-relay $before_label"); $(valgrind --version); kernel $(uname -r); $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
   echo
   echo "| contender | round trips/s | instructions per forwarded packet | ratio to coturn | per round | loss % | RTT p50 us | packets per wait call | I/O calls per packet |"
   echo "|---|---:|---:|---:|---|---:|---:|---:|---:|"
@@ -368,7 +372,7 @@ git diff --quiet HEAD -- relay bench 2>/dev/null || commit="$commit with uncommi
 } >"$md"
 {
   echo "{"
-  echo "  \"date\": \"$date_s\", \"commit\": \"$commit\", \"before_bin\": \"$before_bin\", \"allocations\": $allocations, \"size\": $size, \"duration_s\": $duration, \"rounds\": $rounds, \"nice\": $nice_n,"
+  echo "  \"date\": \"$date_s\", \"commit\": \"$commit\", \"before\": \"$before_label\", \"allocations\": $allocations, \"size\": $size, \"duration_s\": $duration, \"rounds\": $rounds, \"nice\": $nice_n,"
   echo "  \"mode\": \"client-to-client\", \"packets_per_round_trip\": 4,"
   echo "  \"results\": ["
   sep=""
