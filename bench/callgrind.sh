@@ -134,9 +134,16 @@ except OSError:
 sys.exit(1)' "$1"
 }
 
-# The last lines of a log, on one line (valgrind's own lines left out).
+# Why a run failed, on one line: the first line of a log that names an error, else its
+# last lines (valgrind's own lines left out).
 log_tail() {
-  { grep -v '^==' "$1" 2>/dev/null || true; } | tail -3 | tr '\n' ' '
+  local e
+  e=$({ grep -v '^==' "$1" 2>/dev/null || true; } | { grep -i -m1 'error' || true; })
+  if [ -n "$e" ]; then
+    printf '%s ' "$e"
+  else
+    { grep -v '^==' "$1" 2>/dev/null || true; } | tail -3 | tr '\n' ' '
+  fi
 }
 
 # Wait (at most $3 s) until file $1 has a line matching $2.
