@@ -62,7 +62,7 @@ pub struct AllocRateReport {
 }
 
 pub fn run(cfg: &AllocRateConfig) -> anyhow::Result<AllocRateReport> {
-    crate::load::raise_nofile();
+    crate::sock::raise_nofile();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

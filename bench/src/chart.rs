@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::compare::Report;
+use crate::report::{Report, Row};
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -28,7 +28,7 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
         v.dedup();
         v
     };
-    type Get = fn(&crate::compare::Row) -> Option<f64>;
+    type Get = fn(&Row) -> Option<f64>;
     let panels: [(&DrawingArea<BitMapBackend<'_>, _>, &str, Get); 2] = [
         (&left, "server CPU ns per forwarded packet", |r| {
             r.cpu_ns_per_packet

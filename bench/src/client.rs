@@ -56,7 +56,7 @@ impl Credentials {
 pub enum Target {
     /// Any RFC 8656 TURN server.
     Turn(Credentials),
-    /// The harness's own forwarder (setup exchange of [`crate::forwarder`]).
+    /// The harness's own forwarder (setup exchange of [`crate::setup`]).
     Forwarder,
 }
 
@@ -284,7 +284,7 @@ impl TurnClient {
                     &mut out,
                 )
                 .await?;
-            return crate::forwarder::parse_alloc_reply(&out[..n]).ok_or(ClientError::Malformed {
+            return crate::setup::parse_alloc_reply(&out[..n]).ok_or(ClientError::Malformed {
                 what: "allocate",
                 detail: "forwarder reply",
             });
@@ -319,11 +319,10 @@ impl TurnClient {
     ) -> Result<(), ClientError> {
         let mut out = [0u8; 1500];
         if let Target::Forwarder = self.session.target {
-            let req =
-                crate::forwarder::bind_request(channel, peer).ok_or(ClientError::Malformed {
-                    what: "channel bind",
-                    detail: "forwarder takes IPv4 only",
-                })?;
+            let req = crate::setup::bind_request(channel, peer).ok_or(ClientError::Malformed {
+                what: "channel bind",
+                detail: "forwarder takes IPv4 only",
+            })?;
             self.exchange(
                 "channel bind",
                 &req,

@@ -14,9 +14,9 @@
 //!   (datagrams starting with 0xFF, a first byte no STUN or ChannelData message has):
 //!   `FF 'A'` allocates and answers `FF 'A' ip4 port`; `FF 'B' channel ip4 port` binds
 //!   the channel to a peer; `FF 'D'` deletes. The load generator uses it in place of
-//!   TURN's transactions and then sends the very same ChannelData datagrams, so peer
-//!   and client-to-client modes, packet sizes and what is counted as forwarded are the
-//!   same as for the TURN servers.
+//!   TURN's transactions (built and parsed on its side by `setup.rs`) and then sends
+//!   the very same ChannelData datagrams, so peer and client-to-client modes, packet
+//!   sizes and what is counted as forwarded are the same as for the TURN servers.
 //! - Batched I/O: recvmmsg on every readable socket, and sendmmsg for the datagrams
 //!   that leave the listening socket (several clients per call). Datagrams leaving
 //!   relayed sockets are batched only when consecutive ones use the same socket, which
@@ -33,31 +33,6 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use crate::mmsg::{RecvBatch, SendBatch};
-
-/// Parse the answer to `FF 'A'`.
-pub fn parse_alloc_reply(d: &[u8]) -> Option<SocketAddr> {
-    let b: &[u8; 8] = d.get(..8)?.try_into().ok()?;
-    if b[..2] != [0xFF, b'A'] {
-        return None;
-    }
-    let ip = Ipv4Addr::new(b[2], b[3], b[4], b[5]);
-    Some(SocketAddr::V4(SocketAddrV4::new(
-        ip,
-        u16::from_be_bytes([b[6], b[7]]),
-    )))
-}
-
-/// Build `FF 'B' channel ip4 port`.
-pub fn bind_request(channel: u16, peer: SocketAddr) -> Option<[u8; 10]> {
-    let SocketAddr::V4(p) = peer else { return None };
-    let mut r = [0u8; 10];
-    r[0] = 0xFF;
-    r[1] = b'B';
-    r[2..4].copy_from_slice(&channel.to_be_bytes());
-    r[4..8].copy_from_slice(&p.ip().octets());
-    r[8..10].copy_from_slice(&p.port().to_be_bytes());
-    Some(r)
-}
 
 #[derive(Debug)]
 struct Relay {
@@ -79,7 +54,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let l = UdpSocket::bind(listen)?;
     l.set_nonblocking(true)?;
-    crate::load::set_rcvbuf(&l, crate::load::SOCKET_BUFFER);
+    crate::sock::set_rcvbuf(&l, crate::sock::SOCKET_BUFFER);
     ready(l.local_addr()?);
     let epoll = Epoll::new(EpollCreateFlags::empty())?;
     epoll.add(
@@ -96,7 +71,12 @@ pub fn run(
     let mut events = [EpollEvent::empty(); 64];
     let end = Instant::now() + limit;
     while Instant::now() < end {
-        let n = epoll.wait(&mut events, EpollTimeout::from(100u16))?;
+        // A signal (or a debugger or profiler attaching) interrupts the wait: wait again.
+        let n = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         for ev in &events[..n] {
             let token = ev.data();
             if token == LISTEN_TOKEN {
@@ -219,7 +199,7 @@ fn control(
                 None => {
                     let sock = UdpSocket::bind((*src.ip(), 0))?;
                     sock.set_nonblocking(true)?;
-                    crate::load::set_rcvbuf(&sock, crate::load::SOCKET_BUFFER);
+                    crate::sock::set_rcvbuf(&sock, crate::sock::SOCKET_BUFFER);
                     let idx = free.pop().unwrap_or(relays.len());
                     epoll.add(
                         sock.as_fd(),
@@ -286,22 +266,4 @@ fn control(
         _ => {}
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn setup_messages() {
-        let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-        let b = bind_request(0x4001, peer).unwrap();
-        assert_eq!(&b[..4], &[0xFF, b'B', 0x40, 0x01]);
-        assert_eq!(&b[4..], &[127, 0, 0, 1, 0xC3, 0x50]);
-        assert!(bind_request(1, "[::1]:1".parse().unwrap()).is_none());
-        let reply = [0xFF, b'A', 127, 0, 0, 1, 0xC3, 0x50];
-        assert_eq!(parse_alloc_reply(&reply), Some(peer));
-        assert_eq!(parse_alloc_reply(&reply[..7]), None);
-        assert_eq!(parse_alloc_reply(&[0xFF, b'B', 0, 0, 0, 0, 0, 0]), None);
-    }
 }

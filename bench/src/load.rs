@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::client::{ClientError, Session, Target, TurnClient};
 use crate::mmsg::{RecvBatch, SendBatch};
 use crate::procstat::{cpu_ns, mono_ns, rss_kib};
+use crate::sock::{raise_nofile, set_rcvbuf, SOCKET_BUFFER};
 
 /// First channel number used (RFC 8656 range).
 const CHANNEL: u16 = 0x4000;
@@ -60,6 +61,8 @@ pub struct LoadConfig {
     /// The CPU the server is pinned to: report how busy it was with other work.
     pub server_cpu: Option<usize>,
     pub progress: bool,
+    /// A measurement window for an outside profiler (see [`Window`]).
+    pub window: Option<std::path::PathBuf>,
 }
 
 /// What one run measured.
@@ -109,20 +112,38 @@ pub struct LoadReport {
     pub setup_s: f64,
 }
 
-/// Receive buffer for the generator's sockets and the echo peer, so that a moment
-/// of scheduling noise on the generator's core does not show up as server loss.
-pub const SOCKET_BUFFER: usize = 4 << 20;
+/// A window around the paced load (no setup, no teardown) that a profiler of the
+/// server can measure: after setup the generator prints `setup done` on stderr and
+/// waits until the file exists; after the load and its drain it prints `load done`
+/// and waits until the file is gone, then tears down. Each wait is bounded.
+struct Window<'a>(&'a std::path::Path);
 
-/// Ask for a larger receive buffer (capped by net.core.rmem_max; best effort).
-pub fn set_rcvbuf(sock: &UdpSocket, bytes: usize) {
-    let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBuf, &bytes);
-}
+impl Window<'_> {
+    const WAIT: Duration = Duration::from_secs(120);
 
-/// Raise the open-file limit to its hard limit (one socket per allocation).
-pub fn raise_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    fn open(&self) -> anyhow::Result<()> {
+        eprintln!("setup done");
+        self.wait_until(true)
+    }
+
+    fn close(&self) -> anyhow::Result<()> {
+        eprintln!("load done");
+        self.wait_until(false)
+    }
+
+    fn wait_until(&self, exists: bool) -> anyhow::Result<()> {
+        let end = std::time::Instant::now() + Self::WAIT;
+        while self.0.exists() != exists {
+            if std::time::Instant::now() > end {
+                bail!(
+                    "--window-file {}: waited {:?}",
+                    self.0.display(),
+                    Self::WAIT
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 }
 
@@ -257,7 +278,14 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     for a in &allocs {
         set_rcvbuf(&a.sock, SOCKET_BUFFER);
     }
+    let window = cfg.window.as_deref().map(Window);
+    if let Some(w) = &window {
+        w.open()?;
+    }
     let r = datapath(cfg, &allocs, peer.as_ref());
+    if let Some(w) = &window {
+        w.close()?;
+    }
     let _ = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), teardown(allocs)).await });
     drop(peer);

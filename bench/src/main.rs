@@ -16,6 +16,9 @@ mod load;
 mod media_load;
 mod mmsg;
 mod procstat;
+mod report;
+mod setup;
+mod sock;
 
 use client::{Credentials, Target};
 
@@ -139,6 +142,12 @@ struct TurnLoadArgs {
     /// CPU the server is pinned to, to report how busy it was with other work.
     #[arg(long)]
     server_cpu: Option<usize>,
+    /// Measurement window for a profiler of the server: after setup print `setup
+    /// done` on stderr and wait for this file to exist; after the load print `load
+    /// done` and wait for it to be removed before tearing down (each wait at most
+    /// 120 s).
+    #[arg(long)]
+    window_file: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -208,6 +217,7 @@ fn main() -> anyhow::Result<()> {
                 server_pid: a.server_pid,
                 server_cpu: a.server_cpu,
                 progress: !a.json,
+                window: a.window_file,
             };
             let r = load::run(&cfg)?;
             if a.json {

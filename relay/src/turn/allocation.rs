@@ -1,5 +1,6 @@
 //! Allocation state: permissions, channel bindings, the bandwidth bucket.
 
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -9,19 +10,50 @@ use super::auth::Key;
 
 /// Identifies an allocation (and its relayed socket) to the driver. The generation
 /// makes a stale id from a closed allocation harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AllocationId {
     pub index: u32,
     pub generation: u32,
 }
 
+/// Hashed as one 64-bit word (the derived `Hash` makes two 32-bit writes): drivers key
+/// per-packet maps by it.
+impl Hash for AllocationId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(self.generation) << 32 | u64::from(self.index));
+    }
+}
+
 /// The 5-tuple of a UDP client (the transport is always UDP here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FiveTuple {
     /// The relay's listening address the client talks to.
     pub local: SocketAddr,
     /// The client's address as seen by the relay.
     pub client: SocketAddr,
+}
+
+/// Hashed for the allocation look-up of every ChannelData packet: an IPv4 address and
+/// port go in as one 64-bit word (the derived `Hash` makes three narrow writes per
+/// address). Each address is written whole and apart, so two tuples can only collide
+/// through the keyed hasher, never by construction; equal tuples hash alike (the IPv6
+/// flow label and scope, which `Eq` also compares, are left out).
+impl Hash for FiveTuple {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        fn addr<H: Hasher>(a: &SocketAddr, state: &mut H) {
+            match a {
+                SocketAddr::V4(a) => {
+                    state.write_u64(u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()))
+                }
+                SocketAddr::V6(a) => {
+                    state.write_u128(a.ip().to_bits());
+                    state.write_u16(a.port());
+                }
+            }
+        }
+        addr(&self.local, state);
+        addr(&self.client, state);
+    }
 }
 
 /// A permission for one peer IP (RFC 8656 section 9).
