@@ -96,6 +96,40 @@ enum Role {
     Media(PortKey),
 }
 
+/// Relayed socket ids by allocation index (see [`Worker::relay_ids`]).
+#[derive(Debug, Default)]
+struct RelayIds(Vec<Option<(u32, SocketId)>>);
+
+impl RelayIds {
+    fn insert(&mut self, a: AllocationId, sid: SocketId) {
+        let i = a.index as usize;
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        if let Some(slot) = self.0.get_mut(i) {
+            *slot = Some((a.generation, sid));
+        }
+    }
+
+    fn remove(&mut self, a: AllocationId) -> Option<SocketId> {
+        let slot = self.0.get_mut(a.index as usize)?;
+        match *slot {
+            Some((g, sid)) if g == a.generation => {
+                *slot = None;
+                Some(sid)
+            }
+            _ => None,
+        }
+    }
+
+    fn get(&self, a: AllocationId) -> Option<SocketId> {
+        match self.0.get(a.index as usize).copied().flatten() {
+            Some((g, sid)) if g == a.generation => Some(sid),
+            _ => None,
+        }
+    }
+}
+
 /// One worker: a datapath and the sockets it serves.
 struct Worker {
     inner: Arc<Inner>,
@@ -105,7 +139,10 @@ struct Worker {
     /// Listening address and its socket id.
     listeners: Vec<(SocketAddr, SocketId)>,
     roles: Vec<Option<Role>>,
-    relay_ids: HashMap<AllocationId, SocketId>,
+    /// The relayed socket of each allocation, indexed by `AllocationId::index` and
+    /// checked against its generation: an array look-up per forwarded packet, not a
+    /// hash.
+    relay_ids: RelayIds,
     media_ids: HashMap<PortKey, SocketId>,
     response: Vec<u8>,
     opened: Vec<(Owner, StdUdpSocket)>,
@@ -146,7 +183,7 @@ impl Worker {
         }
         for owner in std::mem::take(&mut self.closed) {
             let sid = match owner {
-                Owner::Allocation(alloc) => self.relay_ids.remove(&alloc),
+                Owner::Allocation(alloc) => self.relay_ids.remove(alloc),
                 Owner::Media(key) => self.media_ids.remove(&key),
             };
             if let Some(sid) = sid {
@@ -217,7 +254,7 @@ impl Worker {
                                 peer,
                                 payload,
                             } => Some(Transmit {
-                                socket: *relay_ids.get(&allocation)?,
+                                socket: relay_ids.get(allocation)?,
                                 to: peer,
                                 range: r.payload.start + payload.start
                                     ..r.payload.start + payload.end,
@@ -592,7 +629,7 @@ impl Worker {
             dp,
             listeners,
             roles,
-            relay_ids: HashMap::new(),
+            relay_ids: RelayIds::default(),
             media_ids: HashMap::new(),
             response: vec![0u8; RESPONSE_MAX],
             opened: Vec::new(),
