@@ -116,17 +116,17 @@ pub struct LoadReport {
 /// server can measure: after setup the generator prints `setup done` on stderr and
 /// waits until the file exists; after the load and its drain it prints `load done`
 /// and waits until the file is gone, then tears down. Each wait is bounded.
-struct Window<'a>(&'a std::path::Path);
+pub(crate) struct Window<'a>(pub(crate) &'a std::path::Path);
 
 impl Window<'_> {
     const WAIT: Duration = Duration::from_secs(120);
 
-    fn open(&self) -> anyhow::Result<()> {
+    pub(crate) fn open(&self) -> anyhow::Result<()> {
         eprintln!("setup done");
         self.wait_until(true)
     }
 
-    fn close(&self) -> anyhow::Result<()> {
+    pub(crate) fn close(&self) -> anyhow::Result<()> {
         eprintln!("load done");
         self.wait_until(false)
     }

@@ -69,6 +69,11 @@ struct MediaLoadArgs {
     /// SRTP on every caller leg, bridged to plain RTP on the callee leg.
     #[arg(long)]
     srtp: bool,
+    /// Measurement window for a profiler of the server: after setup print `setup
+    /// done` on stderr and wait for this file to exist; after the load print `load
+    /// done` and wait for it to be gone.
+    #[arg(long)]
+    window_file: Option<std::path::PathBuf>,
     #[arg(long)]
     server_pid: Option<u32>,
     #[arg(long)]
@@ -309,6 +314,7 @@ fn main() -> anyhow::Result<()> {
                 srtp: a.srtp,
                 server_pid: a.server_pid,
                 server_cpu: a.server_cpu,
+                window: a.window_file,
             })?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -47,6 +47,8 @@ pub struct MediaLoadConfig {
     pub srtp: bool,
     pub server_pid: Option<u32>,
     pub server_cpu: Option<usize>,
+    /// A measurement window for an outside profiler (as `turn-load --window-file`).
+    pub window: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +181,10 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
     // The relay adds new ports to its workers between turns; give them a moment.
     std::thread::sleep(Duration::from_millis(200));
 
+    let window = cfg.window.as_deref().map(crate::load::Window);
+    if let Some(w) = &window {
+        w.open()?;
+    }
     let epoll = Epoll::new(EpollCreateFlags::empty())?;
     for (i, l) in legs.iter().enumerate() {
         l.sock.set_nonblocking(true)?;
@@ -293,6 +299,9 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
         }
     }
     let elapsed = (procstat::mono_ns() - start) as f64 / 1e9;
+    if let Some(w) = &window {
+        w.close()?;
+    }
     let send_s = cfg.duration.as_secs_f64();
     let cpu = match (cfg.server_pid.and_then(procstat::cpu_ns), cpu0) {
         (Some(b), Some(a)) if received > 0 => Some((
@@ -301,9 +310,11 @@ pub fn run(cfg: &MediaLoadConfig) -> anyhow::Result<MediaLoadReport> {
         )),
         _ => None,
     };
+    // How busy the server's CPU was with anything but the server.
     let other = match (cfg.server_cpu.and_then(procstat::cpu_ticks), other0) {
         (Some((b1, t1)), Some((b0, t0))) if t1 > t0 => {
-            Some((b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
+            let busy = (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0;
+            Some((busy - cpu.map_or(0.0, |c| c.1 * 100.0)).max(0.0))
         }
         _ => None,
     };
