@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod methods;
 pub mod metrics;
 pub mod model;
 pub mod number;

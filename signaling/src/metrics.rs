@@ -209,23 +209,7 @@ impl SipMetrics {
 /// Methods from the wire become labels only when we know them (no label per
 /// attacker-chosen token).
 fn known_method(method: &str) -> &str {
-    const KNOWN: &[&str] = &[
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "PUBLISH",
-        "INFO",
-        "REFER",
-        "MESSAGE",
-        "UPDATE",
-    ];
-    KNOWN
+    crate::methods::KNOWN
         .iter()
         .find(|m| **m == method)
         .copied()

@@ -20,23 +20,6 @@ use crate::sip::{
     TransactionUser, Upstream, ALLOW,
 };
 
-/// Methods RFC 3261 and its extensions define; others get 501 (RFC 3261 8.2.1).
-const KNOWN_METHODS: &[&str] = &[
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "OPTIONS",
-    "REGISTER",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "REFER",
-    "MESSAGE",
-    "UPDATE",
-];
 /// Option tags we support (RFC 3261 8.2.2.3). Not `path`: Path headers (RFC 3327) are
 /// not stored yet, so a REGISTER that requires them gets 420.
 const SUPPORTED: &[&str] = &["outbound"];
@@ -68,7 +51,7 @@ impl Service {
     async fn route(&self, req: Request<'_>, upstream: Upstream) -> Handled {
         let msg = req.msg;
         let method = msg.method().unwrap_or("");
-        if !KNOWN_METHODS.contains(&method) {
+        if !crate::methods::is_known(method) {
             return Handled::Reply(
                 req.reply(501, "Not Implemented")
                     .header("Allow", ALLOW)
