@@ -450,6 +450,30 @@ impl Proxy {
         release(h)
     }
 
+    /// The bytes of a request forwarded in dialog (or an ACK for a 2xx): our Via on
+    /// top, our own Route entries removed, Max-Forwards minus one, our realm's
+    /// credentials consumed. One place for both paths.
+    fn in_dialog_bytes(
+        &self,
+        msg: &Message<'_>,
+        route: &routing::InDialog,
+        branch: &str,
+        max_forwards: u32,
+    ) -> Vec<u8> {
+        msg::forward_request(
+            msg,
+            &msg::Forward {
+                request_uri: None,
+                via: &self.routing.via(route.hop, branch),
+                record_route: &[],
+                pop_routes: route.popped,
+                max_forwards: max_forwards - 1,
+                extra: &[],
+                consume_realm: Some(self.routing.realm()),
+            },
+        )
+    }
+
     /// An in-dialog request (or one routed through us): one branch over the flow the
     /// other side's token names.
     fn forward_in_dialog(
@@ -462,18 +486,7 @@ impl Proxy {
     ) -> Handled {
         let msg = req.msg;
         let branch = format!("z9hG4bK{hash}.{}", new_tag());
-        let bytes = msg::forward_request(
-            msg,
-            &msg::Forward {
-                request_uri: None,
-                via: &self.routing.via(route.hop, &branch),
-                record_route: &[],
-                pop_routes: route.popped,
-                max_forwards: max_forwards - 1,
-                extra: &[],
-                consume_realm: Some(self.routing.realm()),
-            },
-        );
+        let bytes = self.in_dialog_bytes(msg, &route, &branch, max_forwards);
         self.start_fork(
             req,
             upstream,
@@ -744,18 +757,7 @@ impl Proxy {
             .unwrap_or_default();
         let h = crate::registrar::digest::Algorithm::Sha256.hash_hex(incoming.as_bytes());
         let branch = format!("z9hG4bK{}", h.get(..24).unwrap_or(&h));
-        let bytes = msg::forward_request(
-            msg,
-            &msg::Forward {
-                request_uri: None,
-                via: &self.routing.via(route.hop, &branch),
-                record_route: &[],
-                pop_routes: route.popped,
-                max_forwards: max_forwards - 1,
-                extra: &[],
-                consume_realm: Some(self.routing.realm()),
-            },
-        );
+        let bytes = self.in_dialog_bytes(msg, &route, &branch, max_forwards);
         self.flows
             .send(route.hop.transport, route.hop.addr, bytes)
             .await;
