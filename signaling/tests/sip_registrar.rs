@@ -71,14 +71,15 @@ async fn udp_registration_flows() {
         .all(|c| c.contains("expires=600") || c.contains("expires=599")));
     assert_eq!(handle.bindings(account).len(), 2);
 
-    // The 401 offers SHA-256 first, then MD5, both with qop=auth.
+    // The 401 offers MD5 first (the default order: clients that read only the first
+    // challenge can register), then SHA-256, both with qop=auth.
     let r = c1
         .request(&Reg::new("udp", c1.local(), Some(1)).build())
         .await;
     let text = String::from_utf8_lossy(&r);
     let sha = text.find("algorithm=SHA-256").unwrap();
     let md5 = text.find("algorithm=MD5").unwrap();
-    assert!(sha < md5 && text.contains("qop=\"auth\""));
+    assert!(md5 < sha && text.contains("qop=\"auth\""));
 
     // An instance that is not an authorised device gets 403 Device Not Authorized.
     let c9 = Udp::new(udp_addr).await;

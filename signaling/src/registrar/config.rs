@@ -30,8 +30,10 @@ pub struct RegistrarConfig {
     /// Most reg-ids (RFC 5626 flows) per instance.
     pub max_reg_ids_per_instance: usize,
     /// Digest algorithms offered, one challenge each, in this order (RFC 8760 2.4: the
-    /// preferred first). `SHA-256` and/or `MD5`. Some legacy clients (sipp 3.6, for one)
-    /// read only the first challenge and only do MD5; put `MD5` first for them.
+    /// preferred first). `SHA-256` and/or `MD5`. The default puts MD5 first: the
+    /// common clients (baresip, Linphone, sipp, JsSIP) answer the first challenge only,
+    /// and some of them give up on SHA-256 instead of looking further. A deployment
+    /// whose clients all do SHA-256 can require it with `["SHA-256"]`.
     pub digest_algorithms: Vec<String>,
     /// Secret for nonce integrity (HMAC-SHA256), hex or any string. Empty: a random one
     /// per process start (nonces then do not survive a restart, clients re-challenge).
@@ -52,7 +54,7 @@ impl Default for RegistrarConfig {
             max_tracked_sources: 65_536,
             max_bindings_per_account: 16,
             max_reg_ids_per_instance: 2,
-            digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
+            digest_algorithms: vec!["MD5".to_owned(), "SHA-256".to_owned()],
             nonce_secret: String::new(),
         }
     }
