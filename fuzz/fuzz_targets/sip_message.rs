@@ -1,6 +1,7 @@
 #![no_main]
 //! SIP message parser, stream framer, header grammar (Via, name-addr, SIP URI, CSeq,
-//! digest credentials) and the registrar's digest verification on whatever parses.
+//! digest credentials), the registrar's digest verification on whatever parses, and
+//! the STUN keep-alive answer of the SIP UDP port.
 
 use libfuzzer_sys::fuzz_target;
 use tandem_signaling::model::AccountCredentials;
@@ -10,6 +11,9 @@ use tandem_signaling::sip::grammar::{cseq, name_addr, AuthParams, SipUri, Via};
 use tandem_signaling::sip::message::{frame_stream, HeaderName, Message};
 
 fuzz_target!(|data: &[u8]| {
+    let mut out = [0u8; tandem_signaling::sip::stun::MAX_ANSWER];
+    let from = std::net::SocketAddr::from(([192, 0, 2, 1], 5060));
+    let _ = tandem_signaling::sip::stun::answer_binding(data, from, &mut out);
     let _ = frame_stream(data, 16 * 1024);
     let Ok(m) = Message::parse(data) else { return };
     let _ = m.validate_request();

@@ -225,3 +225,47 @@ async fn a_full_transaction_table_answers_503_with_retry_after() {
     shutdown.cancel();
     server.wait().await.unwrap();
 }
+
+/// RFC 5626 4.4.2 / 8.4: a STUN Binding keep-alive on the SIP UDP port is answered
+/// with the address we see, and SIP on the same port is unaffected.
+#[tokio::test]
+async fn stun_keepalive_on_the_sip_udp_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let (server, shutdown) = start(store, sip_config(), RegistrarConfig::default()).await;
+    let udp = server.local_addrs().udp.unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = s.local_addr().unwrap();
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(&[9u8; 12]);
+    s.send_to(&req, udp).await.unwrap();
+    let mut buf = [0u8; 256];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+        .await
+        .expect("a Binding success response")
+        .unwrap();
+    assert_eq!(from, udp);
+    let r = &buf[..n];
+    assert_eq!(&r[..2], &[0x01, 0x01], "Binding success");
+    assert_eq!(&r[8..20], &[9u8; 12], "same transaction id");
+    assert_eq!(&r[20..22], &[0x00, 0x20], "XOR-MAPPED-ADDRESS first");
+    let port = u16::from_be_bytes([r[26], r[27]]) ^ 0x2112;
+    assert_eq!(port, me.port());
+    // A STUN response or a malformed request gets nothing; SIP still works.
+    let mut bad = req.clone();
+    bad[1] = 0x11;
+    s.send_to(&bad, udp).await.unwrap();
+    s.send_to(options(&format!("UDP {me}"), "stun1").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    shutdown.cancel();
+}

@@ -509,6 +509,15 @@ impl RegistrarHandle {
                     .any(|s| s.eq_ignore_ascii_case("outbound"));
             if outbound {
                 r = r.header("Require", "outbound");
+                // RFC 5626 5.4: how often the flow is to be kept alive (STUN on UDP,
+                // answered on the SIP port; CRLFCRLF on streams). UDP NAT bindings
+                // often last only 30 s.
+                let secs = if origin.transport.reliable() {
+                    "120"
+                } else {
+                    "29"
+                };
+                r = r.header("Flow-Timer", secs);
             }
             // RFC 8599 4.1.2: the push service the device asked for is supported.
             if let ContactsSpec::List(list) = &req.contacts {

@@ -373,6 +373,19 @@ impl Server {
                 continue;
             }
             let Some(data) = buf.get(..n) else { continue };
+            // RFC 5626 4.4.2 / 8.4: STUN Binding keep-alives share the port; the
+            // first byte tells them from SIP.
+            if super::stun::is_stun(data) {
+                let mut out = [0u8; super::stun::MAX_ANSWER];
+                if let Some(len) = super::stun::answer_binding(data, src, &mut out) {
+                    if let Some(answer) = out.get(..len) {
+                        let _ = sock.send_to(answer, src).await;
+                    }
+                } else {
+                    self.metrics.drop(DropReason::Unparseable);
+                }
+                continue;
+            }
             // Keep-alive CRLFs on UDP (RFC 5626 4.4.1 uses STUN there; tolerate CRLF).
             if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
                 continue;

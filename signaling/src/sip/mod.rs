@@ -6,6 +6,7 @@ pub mod config;
 pub mod endpoint;
 pub mod grammar;
 pub mod message;
+pub mod stun;
 pub mod transaction;
 pub mod transport;
 
