@@ -366,9 +366,10 @@ async fn deliver(
         match provider.attempt(target, payload).await {
             Attempt::Delivered => {
                 inner.count(&inner.stats.delivered, provider.name(), "delivered");
-                tracing::debug!(
+                tracing::info!(
                     provider = provider.name(),
                     kind = payload.kind.as_str(),
+                    account = target.account,
                     "push delivered"
                 );
                 return Ok(());

@@ -31,6 +31,20 @@ pub use store::{RegistrarStore, StoreFailure, StoreFuture};
 
 /// Shows only the network part of an address in logs (personal data), unless the
 /// operator turned personal data in logs on.
+/// A device instance for the log: its last 6 characters (enough to tell a user's
+/// devices apart, not to name one).
+pub(crate) fn redact_instance(instance: &str) -> String {
+    let tail: String = instance
+        .chars()
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
+}
+
 pub(crate) fn redact(addr: std::net::IpAddr) -> String {
     if crate::log_pii() {
         return addr.to_string();
@@ -459,6 +473,27 @@ impl RegistrarHandle {
             if let Err(e) = r {
                 tracing::error!(error = %e, "writing a binding to the store failed");
                 return reply(500, "Server Internal Error").reply();
+            }
+            match op {
+                StoreOp::Save(b) => tracing::info!(
+                    account = b.account_id,
+                    instance = %redact_instance(&b.instance_id),
+                    reg_id = b.reg_id,
+                    transport = %b.transport,
+                    source = %redact(origin.source.ip()),
+                    expires_in = b.expires_at.saturating_sub(now),
+                    "registration saved"
+                ),
+                StoreOp::Delete {
+                    account,
+                    instance_id,
+                    reg_id,
+                } => tracing::info!(
+                    account,
+                    instance = %redact_instance(instance_id),
+                    reg_id,
+                    "registration removed"
+                ),
             }
         }
         // The device's RFC 8599 parameters outlive the binding (it is pushed when
