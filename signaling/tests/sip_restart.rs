@@ -22,6 +22,7 @@ async fn restart_restores_bindings(backend: Backend) {
             (1, DeviceClass::Mobile),
             (2, DeviceClass::Tablet),
             (3, DeviceClass::Desktop),
+            (4, DeviceClass::Web),
         ],
     )
     .await;
@@ -46,11 +47,26 @@ async fn restart_restores_bindings(backend: Backend) {
         status(&stream_register(&mut tcp, Reg::new("tcp", l, Some(2)), Algorithm::Md5).await),
         200
     );
+    // A TCP device registered without outbound (no reg-id), listening for
+    // connections on its Contact address, as most desk phones do.
+    let phone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let phone_addr = phone.local_addr().unwrap();
+    let mut tcp4 = TcpStream::connect(addrs.tcp.unwrap()).await.unwrap();
+    let mut reg4 = Reg::new("tcp", tcp4.local_addr().unwrap(), None);
+    reg4.contact = Some(format!(
+        "<sip:alice@{phone_addr};transport=tcp>;+sip.instance=\"<{}>\"",
+        uuid(4)
+    ));
+    assert_eq!(
+        status(&stream_register(&mut tcp4, reg4, Algorithm::Md5).await),
+        200
+    );
     let before = server.registrar().bindings(account);
-    assert_eq!(before.len(), 2);
+    assert_eq!(before.len(), 3);
     shutdown.cancel();
     server.wait().await.unwrap();
     drop(tcp);
+    drop(tcp4);
 
     // A binding that expired while the server was down is dropped on load.
     let expired = Binding {
@@ -95,7 +111,35 @@ async fn restart_restores_bindings(backend: Backend) {
         ),
         200
     );
-    assert_eq!(server2.registrar().bindings(account).len(), 2);
+    assert_eq!(server2.registrar().bindings(account).len(), 3);
+
+    // A call after the restart reaches the TCP phone over a new connection to its
+    // Contact (RFC 3261 18.1.1); its old connection died with the first server.
+    let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:alice@{REALM} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKrestart1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.org>;tag=c1\r\nTo: <sip:alice@{REALM}>\r\nCall-ID: after-restart@test\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@{me}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller
+        .send_to(invite.as_bytes(), server2.local_addrs().udp.unwrap())
+        .await
+        .unwrap();
+    let (mut conn, _) = tokio::time::timeout(std::time::Duration::from_secs(5), phone.accept())
+        .await
+        .expect("signaling connects to the phone's Contact")
+        .unwrap();
+    let mut buf = Vec::new();
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        read_message(&mut conn, &mut buf),
+    )
+    .await
+    .expect("the INVITE over the new connection");
+    assert!(
+        got.starts_with(b"INVITE sip:alice@"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     shutdown2.cancel();
     server2.wait().await.unwrap();
     store2.close().await;

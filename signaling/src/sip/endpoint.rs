@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -309,9 +309,32 @@ impl BoundEndpoint {
             tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
         }
         tracker.spawn(server.clone().transaction_timer_loop());
+        self.flows
+            .set_connector(Arc::new(Outbound(Arc::downgrade(&server))));
         tracker.close();
         tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
         Endpoint { addrs, tracker }
+    }
+}
+
+/// How long an outbound TCP connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Outbound connections of the endpoint (held weakly: the flows outlive no server).
+struct Outbound(std::sync::Weak<Server>);
+
+impl crate::sip::transport::Connector for Outbound {
+    fn connect(
+        &self,
+        t: Transport,
+        remote: SocketAddr,
+    ) -> crate::sip::transport::ConnectFuture<'_> {
+        Box::pin(async move {
+            let Some(server) = self.0.upgrade() else {
+                return false;
+            };
+            server.connect(t, remote).await
+        })
     }
 }
 
@@ -464,6 +487,48 @@ impl Server {
         }
     }
 
+    /// Opens a TCP connection to `remote` and serves it as a flow, like an accepted
+    /// one (same limits, same idle timer). TLS needs the device's certificate name,
+    /// which a registration does not give: not opened, logged.
+    async fn connect(self: Arc<Self>, t: Transport, remote: SocketAddr) -> bool {
+        if t != Transport::Tcp {
+            tracing::info!(
+                transport = t.as_str(),
+                "no open flow to the device and outbound connections are TCP only: not reached"
+            );
+            return false;
+        }
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            self.metrics.drop(DropReason::ConnectionsFull);
+            return false;
+        };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "outbound TCP connection to a device failed");
+                return false;
+            }
+            Err(_) => {
+                tracing::info!("outbound TCP connection to a device timed out");
+                return false;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(remote);
+        tracing::info!(
+            remote = %crate::registrar::redact(remote.ip()),
+            "outbound TCP connection opened to a device"
+        );
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            me.stream_loop_ready(stream, t, remote, local, Some(ready_tx))
+                .await;
+            drop(permit);
+        });
+        ready_rx.await.is_ok()
+    }
+
     async fn stream_loop<S>(
         self: Arc<Self>,
         stream: S,
@@ -473,10 +538,28 @@ impl Server {
     ) where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        self.stream_loop_ready(stream, transport, remote, local, None)
+            .await
+    }
+
+    /// Serves one connection; `ready` hears when its flow is registered.
+    async fn stream_loop_ready<S>(
+        self: Arc<Self>,
+        stream: S,
+        transport: Transport,
+        remote: SocketAddr,
+        local: SocketAddr,
+        ready: Option<tokio::sync::oneshot::Sender<()>>,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
         let close = self.shutdown.child_token();
         let id = self.flows.add(transport, remote, tx.clone(), close.clone());
+        if let Some(r) = ready {
+            let _ = r.send(());
+        }
         let writer_close = close.clone();
         let mut writer = tokio::spawn(async move {
             loop {

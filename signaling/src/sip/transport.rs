@@ -53,15 +53,55 @@ struct Flow {
     close: CancellationToken,
 }
 
+/// Boxed future of [`Connector::connect`].
+pub type ConnectFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+
+/// Opens a new outbound connection, which becomes a flow like an accepted one (the
+/// SIP endpoint implements it). Resolves to whether the flow is open.
+pub trait Connector: Send + Sync {
+    fn connect(&self, t: Transport, remote: SocketAddr) -> ConnectFuture<'_>;
+}
+
 /// The open flows and the UDP socket.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Flows {
     next_id: AtomicU64,
     flows: Mutex<HashMap<(Transport, SocketAddr), Flow>>,
     udp: Mutex<Option<Arc<UdpSocket>>>,
+    connector: Mutex<Option<Arc<dyn Connector>>>,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows")
+            .field("open", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Flows {
+    /// Where new outbound connections come from.
+    pub fn set_connector(&self, c: Arc<dyn Connector>) {
+        if let Ok(mut g) = self.connector.lock() {
+            *g = Some(c);
+        }
+    }
+
+    /// Like [`Flows::send`], but over TCP a connection is opened first when none is
+    /// open to `remote` (a request to a device whose registration's connection is
+    /// gone, after a restart for one: RFC 3261 18.1.1). Requests only: responses go
+    /// back over the connection the request came on, or nowhere.
+    pub async fn send_or_connect(&self, t: Transport, remote: SocketAddr, bytes: Vec<u8>) -> bool {
+        if t.reliable() && !self.is_open(t, remote) {
+            let c = self.connector.lock().ok().and_then(|g| g.clone());
+            let Some(c) = c else { return false };
+            if !c.connect(t, remote).await {
+                return false;
+            }
+        }
+        self.send(t, remote, bytes).await
+    }
+
     pub fn set_udp(&self, s: Arc<UdpSocket>) {
         if let Ok(mut g) = self.udp.lock() {
             *g = Some(s);
