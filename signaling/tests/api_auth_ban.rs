@@ -20,31 +20,21 @@ async fn repeated_failures_ban_the_source() {
     };
     let api = TestApi::with_settings(Backend::Sqlite, DeviceLimits::default(), limiter).await;
     api.account("alice", "12345678", &[]).await;
-    // A success in between resets the count.
-    api.call("GET", "/me", Auth::Basic("alice", "wrong-1"), None)
+    api.account("bob", "bob-password-1", &[]).await;
+    // Guessing bob's password while logging in as alice in between (which once reset
+    // the count) does not help: the third failure bans the source.
+    api.call("GET", "/me", Auth::Basic("bob", "wrong-1"), None)
         .await
         .expect_error(401, "unauthorized");
-    api.call("GET", "/me", Auth::Basic("alice", "wrong-2"), None)
+    api.call("GET", "/me", Auth::Basic("bob", "wrong-2"), None)
         .await
         .expect_error(401, "unauthorized");
     api.call("GET", "/me", Auth::Basic("alice", "12345678"), None)
         .await
         .expect(200);
-    api.call("GET", "/me", Auth::Basic("alice", "wrong-3"), None)
+    api.call("GET", "/me", Auth::Basic("bob", "wrong-3"), None)
         .await
         .expect_error(401, "unauthorized");
-    api.call("GET", "/me", Auth::Basic("alice", "wrong-4"), None)
-        .await
-        .expect_error(401, "unauthorized");
-    // Third failure in a row: banned.
-    api.call(
-        "GET",
-        "/accounts",
-        Auth::Bearer("not-the-admin-token"),
-        None,
-    )
-    .await
-    .expect_error(401, "unauthorized");
     // Now even the right password is refused without being checked, and so is admin.
     let r = api
         .call("GET", "/me", Auth::Basic("alice", "12345678"), None)
@@ -69,7 +59,7 @@ async fn repeated_failures_ban_the_source() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("tandem_signaling_http_auth_failures_total{kind=\"basic\"} 4"),
+        metrics.contains("tandem_signaling_http_auth_failures_total{kind=\"basic\"} 3"),
         "{metrics}"
     );
     api.stop().await;

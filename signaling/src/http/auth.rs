@@ -89,9 +89,6 @@ impl FromRequestParts<AppState> for Admin {
         };
         let expected = state.admin_token().as_bytes();
         if bool::from(token.as_bytes().ct_eq(expected)) {
-            if let Some(ip) = ip {
-                state.limiter().success(ip);
-            }
             Ok(Admin)
         } else {
             failed(state, ip, "admin");
@@ -124,6 +121,16 @@ impl FromRequestParts<AppState> for AccountAuth {
             failed(state, ip, "basic");
             return Err(basic_error("malformed HTTP Basic credentials"));
         };
+        let now = Instant::now();
+        if let Some(left) = state.limiter().identity_blocked(identity, now) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_auth_failures",
+                "too many failed logins for this identity; try again shortly",
+            );
+            e.retry_after = Some(left.as_secs().max(1));
+            return Err(e);
+        }
         let creds = state.store().find_account(identity).await?;
         // Unknown identities still cost one hash so that timing does not tell which
         // identities exist.
@@ -138,12 +145,15 @@ impl FromRequestParts<AppState> for AccountAuth {
         let ok = bool::from(computed.as_bytes().ct_eq(expected.as_bytes()));
         match creds {
             Some(c) if ok => {
-                if let Some(ip) = ip {
-                    state.limiter().success(ip);
-                }
+                // Clears this identity's failures only; the source's stay (a login as
+                // oneself must not wipe guesses at someone else).
+                state.limiter().identity_success(identity);
                 Ok(AccountAuth(c.id))
             }
             _ => {
+                if state.limiter().identity_failure(identity, now).is_some() {
+                    tracing::info!("HTTP API: an identity is slowed after repeated failed logins");
+                }
                 failed(state, ip, "basic");
                 Err(basic_error("wrong identity or password"))
             }
