@@ -231,6 +231,7 @@ async fn proxy_hooks_store_push_and_answer_202(backend: Backend) {
         store: store.clone(),
         pusher: Some(pusher),
         ttl_secs: 3600,
+        domain: "tandem.local".into(),
     };
     let mut req = ForkedRequest {
         account,

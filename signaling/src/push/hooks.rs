@@ -18,14 +18,22 @@ pub struct PushHooks {
     pub pusher: Option<Pusher>,
     /// `[messages] ttl_secs`.
     pub ttl_secs: u64,
+    /// Our SIP domain (the realm): a sender in it is one of our accounts (the proxy
+    /// authenticated it); anybody else is shown with their whole address.
+    pub domain: String,
 }
 
-/// (login, display name) of the From header value.
-fn sender(from: &str) -> (String, String) {
+/// (login, display name) of the From header value, as a push shows them. A sender of
+/// our domain is shown by login; a foreign one by `user@host` (never a bare user
+/// name that reads like a local login), and its display name, which anybody can set,
+/// carries that address along.
+fn sender(from: &str, domain: &str) -> (String, String) {
     let Some(na) = name_addr(from) else {
         return (String::new(), String::new());
     };
-    let login = SipUri::parse(na.uri)
+    let uri = SipUri::parse(na.uri);
+    let user = uri
+        .as_ref()
         .and_then(|u| u.user_decoded().map(|u| u.into_owned()))
         .unwrap_or_default();
     let display = na
@@ -33,12 +41,26 @@ fn sender(from: &str) -> (String, String) {
         .as_deref()
         .map(|d| d.trim().to_owned())
         .unwrap_or_default();
-    (login, display)
+    let host = uri.as_ref().map(|u| u.host).unwrap_or("");
+    if host.eq_ignore_ascii_case(domain) {
+        return (user, display);
+    }
+    let address = if user.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{user}@{host}")
+    };
+    let display = if display.is_empty() {
+        display
+    } else {
+        format!("{display} ({address})")
+    };
+    (address, display)
 }
 
 impl PushHooks {
     async fn message(&self, req: &ForkedRequest) -> usize {
-        let (login, display) = sender(&req.from);
+        let (login, display) = sender(&req.from, &self.domain);
         let live: Vec<&str> = req.live_instances.iter().map(String::as_str).collect();
         let m = IncomingMessage {
             account: req.account,
@@ -65,7 +87,7 @@ impl PushHooks {
         let Some(pusher) = &self.pusher else {
             return Vec::new();
         };
-        let (login, display) = sender(&req.from);
+        let (login, display) = sender(&req.from, &self.domain);
         let video = std::str::from_utf8(&req.body)
             .map(|sdp| {
                 sdp.lines()
@@ -137,5 +159,30 @@ impl OfflineTargets for PushHooks {
         to: PushTo,
     ) -> HookFuture<'a, Vec<String>> {
         Box::pin(self.call(req, kind, to))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sender;
+
+    #[test]
+    fn a_foreign_sender_never_reads_like_a_local_login() {
+        assert_eq!(
+            sender("\"Alice\" <sip:alice@tandem.local>;tag=1", "tandem.local"),
+            ("alice".to_owned(), "Alice".to_owned())
+        );
+        assert_eq!(
+            sender("\"Alice\" <sip:alice@evil.example>;tag=1", "tandem.local"),
+            (
+                "alice@evil.example".to_owned(),
+                "Alice (alice@evil.example)".to_owned()
+            )
+        );
+        assert_eq!(
+            sender("<sip:alice@TANDEM.LOCAL>", "tandem.local").0,
+            "alice"
+        );
+        assert_eq!(sender("<sip:gw.example>", "tandem.local").0, "gw.example");
     }
 }
