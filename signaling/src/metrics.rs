@@ -56,6 +56,11 @@ pub enum DropReason {
     StrayResponse,
     /// A connection over `sip.max_connections`, closed at once.
     ConnectionsFull,
+    /// A connection over `sip.max_connections_per_source`, closed at once.
+    SourceConnectionsFull,
+    /// A stream message not complete within `sip.message_timeout_secs`: the
+    /// connection is closed.
+    SlowMessage,
 }
 
 impl DropReason {
@@ -69,6 +74,8 @@ impl DropReason {
             DropReason::ForksFull => "forks_full",
             DropReason::StrayResponse => "stray_response",
             DropReason::ConnectionsFull => "connections_full",
+            DropReason::SourceConnectionsFull => "source_connections_full",
+            DropReason::SlowMessage => "slow_message",
         }
     }
 }

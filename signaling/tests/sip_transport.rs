@@ -269,3 +269,67 @@ async fn stun_keepalive_on_the_sip_udp_port() {
     );
     shutdown.cancel();
 }
+
+/// One source cannot hold every connection place (a share per source), and a sender
+/// that trickles a message byte by byte is cut off at the message deadline although
+/// every byte resets the idle timer.
+#[tokio::test]
+async fn per_source_connection_share_and_slow_message_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let sip = SipConfig {
+        max_connections: 16,
+        max_connections_per_source: 3,
+        message_timeout_secs: 1,
+        idle_timeout_secs: 600,
+        ..sip_config()
+    };
+    let (server, shutdown) = start(store, sip, RegistrarConfig::default()).await;
+    let tcp = server.local_addrs().tcp.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(tcp).await.unwrap());
+    }
+    // The fourth from the same source is closed at once...
+    let mut fourth = TcpStream::connect(tcp).await.unwrap();
+    assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+    // ...while another source is served.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(tcp).await.unwrap();
+    let me = other.local_addr().unwrap();
+    other
+        .write_all(options(&format!("TCP {me}"), "share1").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_message(&mut other, &mut buf).await;
+    assert!(
+        r.starts_with(b"SIP/2.0 200"),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+
+    // Slowloris: one byte every 300 ms never completes a message; closed after ~1 s.
+    let mut slow = held.pop().unwrap();
+    let started = std::time::Instant::now();
+    let text = options("TCP 127.0.0.1:1", "slow1");
+    let mut closed = false;
+    for b in text.as_bytes().iter().take(20) {
+        if slow.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(300)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled message is cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
+}

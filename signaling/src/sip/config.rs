@@ -32,6 +32,13 @@ pub struct SipConfig {
     pub idle_timeout_secs: u64,
     /// How long a TLS handshake may take (seconds).
     pub tls_handshake_timeout_secs: u64,
+    /// A message on a TCP/TLS stream must be complete this long after its first byte
+    /// arrived (seconds), whatever the idle timer says: a sender that trickles a byte
+    /// at a time (slowloris) is cut off.
+    pub message_timeout_secs: u64,
+    /// Most TCP/TLS connections from one source (an IPv4 address, an IPv6 /64) at
+    /// once, so that one source cannot hold every place of `max_connections`.
+    pub max_connections_per_source: usize,
     /// Most server transactions held at once (a finished one is held up to 32 s on
     /// UDP to absorb retransmissions); a new request beyond it gets 503 with
     /// Retry-After.
@@ -51,6 +58,8 @@ impl Default for SipConfig {
             max_connections: 4096,
             idle_timeout_secs: 600,
             tls_handshake_timeout_secs: 10,
+            message_timeout_secs: 20,
+            max_connections_per_source: 256,
             max_transactions: 200_000,
         }
     }
@@ -78,6 +87,12 @@ impl SipConfig {
         }
         if self.max_connections == 0 {
             return Err("sip.max_connections: must be at least 1".into());
+        }
+        if self.message_timeout_secs == 0 {
+            return Err("sip.message_timeout_secs: must be at least 1".into());
+        }
+        if self.max_connections_per_source == 0 {
+            return Err("sip.max_connections_per_source: must be at least 1".into());
         }
         if self.idle_timeout_secs == 0 {
             return Err("sip.idle_timeout_secs: must be at least 1".into());

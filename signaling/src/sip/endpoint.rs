@@ -184,8 +184,46 @@ struct Server {
     timers: TimerConfig,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    /// Open connections per source key (IPv4 address, IPv6 /64).
+    per_source: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// One place of a source's connection share, given back when dropped.
+struct SourceSlot(
+    Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    std::net::IpAddr,
+);
+
+impl SourceSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        remote: SocketAddr,
+        max: usize,
+    ) -> Option<SourceSlot> {
+        let key = crate::http::limiter::source_key(remote.ip());
+        let mut m = map.lock().ok()?;
+        let n = m.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(map.clone(), key))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
 }
 
 impl Endpoint {
@@ -296,6 +334,7 @@ impl BoundEndpoint {
             timers: TimerConfig::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             connections: Arc::new(Semaphore::new(self.cfg.max_connections)),
+            per_source: Arc::new(std::sync::Mutex::new(HashMap::new())),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         });
@@ -461,6 +500,14 @@ impl Server {
                     }
                 },
             };
+            let Some(source_slot) = SourceSlot::take(
+                &self.per_source,
+                remote,
+                self.cfg.max_connections_per_source,
+            ) else {
+                self.metrics.drop(DropReason::SourceConnectionsFull);
+                continue;
+            };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.metrics.drop(DropReason::ConnectionsFull);
                 tracing::debug!("connection limit reached, closing new connection");
@@ -483,6 +530,7 @@ impl Server {
                     }
                 }
                 drop(permit);
+                drop(source_slot);
             });
         }
     }
@@ -579,6 +627,9 @@ impl Server {
         });
         let max = self.cfg.max_message_size;
         let idle = self.cfg.idle_timeout();
+        let message_timeout = Duration::from_secs(self.cfg.message_timeout_secs);
+        // When the first byte of the message being read arrived.
+        let mut started: Option<Instant> = None;
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
         let mut answered_before_close = false;
         'conn: loop {
@@ -596,6 +647,7 @@ impl Server {
                     }
                     Framing::Message(n) => {
                         let msg: Vec<u8> = buf.drain(..n).collect();
+                        started = None;
                         self.handle(
                             &msg,
                             Origin {
@@ -636,13 +688,30 @@ impl Server {
             if buf.capacity() - buf.len() < 2048 {
                 buf.reserve(4096);
             }
+            let now = self.clock.now();
+            if buf.is_empty() {
+                started = None;
+            } else if started.is_none() {
+                started = Some(now);
+            }
+            let wait = match started {
+                Some(t) => (t + message_timeout)
+                    .saturating_duration_since(now)
+                    .min(idle),
+                None => idle,
+            };
             let read = tokio::select! {
                 _ = close.cancelled() => break,
-                r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout(wait, rd.read_buf(&mut buf)) => r,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
                 Ok(Ok(_)) => {}
+                Err(_) if started.is_some() => {
+                    self.metrics.drop(DropReason::SlowMessage);
+                    tracing::debug!("message not complete in time, connection closed");
+                    break;
+                }
                 Err(_) => {
                     tracing::debug!("idle connection closed");
                     break;
