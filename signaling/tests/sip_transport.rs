@@ -333,3 +333,53 @@ async fn per_source_connection_share_and_slow_message_deadline() {
     );
     shutdown.cancel();
 }
+
+/// One source flooding new transactions gets 503 past its share of the table (an
+/// eighth), and another source is still served.
+#[tokio::test]
+async fn one_source_cannot_fill_the_transaction_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_account(&sqlite_url(&dir), &[]).await;
+    let sip = SipConfig {
+        max_transactions: 16,
+        ..sip_config()
+    };
+    let (server, shutdown) = start(store, sip, RegistrarConfig::default()).await;
+    let udp = server.local_addrs().udp.unwrap();
+    let flood = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        flood
+            .send_to(
+                options("UDP 127.0.0.1;rport", &format!("flood{i}")).as_bytes(),
+                udp,
+            )
+            .await
+            .unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), flood.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        codes.push(status(&buf[..n]));
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 503).count(), 18, "{codes:?}");
+    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    other
+        .send_to(options("UDP 127.0.0.2;rport", "other").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), other.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status(&buf[..n]),
+        200,
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}

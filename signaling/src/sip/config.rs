@@ -43,6 +43,11 @@ pub struct SipConfig {
     /// UDP to absorb retransmissions); a new request beyond it gets 503 with
     /// Retry-After.
     pub max_transactions: usize,
+    /// Most of those one source (IPv4 address, IPv6 /64) may hold; beyond it its new
+    /// requests get 503 with Retry-After while others are still served. 0: an eighth
+    /// of `max_transactions`. Raise it for a trusted peer that carries many users (an
+    /// SBC), whose load all comes from one address.
+    pub max_transactions_per_source: usize,
 }
 
 impl Default for SipConfig {
@@ -61,6 +66,7 @@ impl Default for SipConfig {
             message_timeout_secs: 20,
             max_connections_per_source: 256,
             max_transactions: 200_000,
+            max_transactions_per_source: 0,
         }
     }
 }
@@ -101,6 +107,14 @@ impl SipConfig {
             return Err("sip.tls_listen: needs sip.tls_cert and sip.tls_key".into());
         }
         Ok(())
+    }
+
+    /// The per-source share of the transaction table.
+    pub fn transactions_per_source(&self) -> usize {
+        match self.max_transactions_per_source {
+            0 => (self.max_transactions / 8).max(1),
+            n => n,
+        }
     }
 
     pub fn idle_timeout(&self) -> Duration {

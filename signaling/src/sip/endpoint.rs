@@ -146,15 +146,30 @@ struct TxEntry {
     tx: ServerTx,
     transport: Transport,
     dest: SocketAddr,
+    /// The source's key (IPv4 address, IPv6 /64) for its share of the table.
+    source: std::net::IpAddr,
 }
 
 #[derive(Default)]
 struct TxTable {
     entries: HashMap<String, TxEntry>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Transactions held per source key.
+    per_source: HashMap<std::net::IpAddr, usize>,
 }
 
 impl TxTable {
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.entries.remove(key) {
+            if let Some(n) = self.per_source.get_mut(&e.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_source.remove(&e.source);
+                }
+            }
+        }
+    }
+
     /// Schedules `key` at `at`; true when that is now the earliest timer (the timer
     /// task must wake earlier than it planned).
     fn schedule(&mut self, at: Instant, key: String) -> bool {
@@ -782,7 +797,7 @@ impl Server {
                         next = nt;
                     }
                     if done {
-                        t.entries.remove(&key);
+                        t.remove(&key);
                     } else if let Some(n) = next {
                         t.timers.push(Reverse((n, key)));
                     }
@@ -942,7 +957,13 @@ impl Server {
         let mut earlier = false;
         let is_new = match self.txs.table.lock() {
             Ok(mut t) => {
-                let at_limit = t.entries.len() >= self.cfg.max_transactions;
+                let source = crate::http::limiter::source_key(origin.source.ip());
+                // One source gets at most its share of the table (an eighth by
+                // default), so a flood from it leaves room for everybody else (it is
+                // answered 503 past its share).
+                let share = self.cfg.transactions_per_source();
+                let at_limit = t.entries.len() >= self.cfg.max_transactions
+                    || t.per_source.get(&source).is_some_and(|n| *n >= share);
                 match t.entries.get_mut(&key) {
                     Some(e) => {
                         let now = self.clock.now();
@@ -978,8 +999,10 @@ impl Server {
                                 tx,
                                 transport: origin.transport,
                                 dest,
+                                source,
                             },
                         );
+                        *t.per_source.entry(source).or_insert(0) += 1;
                         self.metrics.transactions(t.entries.len());
                         true
                     }
@@ -1110,7 +1133,7 @@ impl Upstream {
                 None => {}
             }
             if remove {
-                t.entries.remove(&self.key);
+                t.remove(&self.key);
                 self.metrics.transactions(t.entries.len());
             } else if let Some(n) = next {
                 earlier = t.schedule(n, self.key.clone());
