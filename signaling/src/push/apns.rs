@@ -197,10 +197,8 @@ impl Apns {
             return Attempt::Delivered;
         }
         let after = retry_after(resp.headers());
-        let reason = resp
-            .json::<serde_json::Value>()
+        let reason = super::json_capped::<serde_json::Value>(resp)
             .await
-            .ok()
             .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
             .unwrap_or_default();
         match (status.as_u16(), reason.as_str()) {

@@ -13,8 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    client, retry_after, retryable, transport_retry, without_url, Attempt, AttemptFuture,
-    PushError, PushPayload, PushProvider, PushTarget,
+    client, retry_after, retryable, transport_retry, Attempt, AttemptFuture, PushError,
+    PushPayload, PushProvider, PushTarget,
 };
 use crate::push::FcmConfig;
 
@@ -161,9 +161,9 @@ impl Fcm {
                 Attempt::Failed(format!("token URI refused the grant: {status}"))
             });
         }
-        let t: TokenResponse = r.json().await.map_err(|e| Attempt::Retry {
+        let t: TokenResponse = super::json_capped(r).await.ok_or_else(|| Attempt::Retry {
             after: None,
-            why: format!("bad token response: {}", without_url(&e)),
+            why: "bad token response (not JSON, or over 16 KiB)".into(),
         })?;
         let life = Duration::from_secs(t.expires_in.unwrap_or(3600)).saturating_sub(EARLY);
         *cache = Some((t.access_token.clone(), Instant::now() + life));
@@ -224,7 +224,9 @@ impl Fcm {
             return Attempt::Delivered;
         }
         let after = retry_after(resp.headers());
-        let err = resp.json::<serde_json::Value>().await.unwrap_or_default();
+        let err = super::json_capped::<serde_json::Value>(resp)
+            .await
+            .unwrap_or_default();
         let err = err.get("error").cloned().unwrap_or_default();
         let code_status = err
             .get("status")

@@ -421,6 +421,32 @@ async fn deliver(
 }
 
 /// Maps an HTTP status and the reqwest error classes shared by the providers.
+/// Most bytes of a provider's response body we read (error reasons and token grants
+/// are a few hundred bytes; a provider, or whatever answers at its URL, cannot make
+/// us buffer more).
+pub(crate) const MAX_RESPONSE_BODY: usize = 16 * 1024;
+
+/// The response body as JSON, read chunk by chunk up to [`MAX_RESPONSE_BODY`]; `None`
+/// when it is longer, unreadable or not JSON.
+pub(crate) async fn json_capped<T: serde::de::DeserializeOwned>(
+    mut resp: reqwest::Response,
+) -> Option<T> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BODY as u64)
+    {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).ok()
+}
+
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     // Delta-seconds; an HTTP-date is read as "soon" (the default backoff applies).
