@@ -13,6 +13,7 @@ pub mod number;
 pub mod proxy;
 pub mod push;
 pub mod registrar;
+pub mod sdp;
 pub mod service;
 pub mod sip;
 pub mod store;
