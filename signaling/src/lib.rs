@@ -203,6 +203,7 @@ pub async fn start(
         store: store.clone(),
         pusher: (!pusher.providers().is_empty()).then(|| pusher.clone()),
         ttl_secs: cfg.messages.ttl_secs,
+        domain: cfg.sip.realm.clone(),
     }));
     // Deferred messages go out, in order, when their device registers.
     tokio::spawn(push::deferred::run_delivery(
