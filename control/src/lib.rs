@@ -34,6 +34,7 @@
 //! | `PATCH /sessions/{id}` | [`UpdateSession`] | 200 [`SessionInfo`] |
 //! | `GET /sessions/{id}` | | 200 [`SessionInfo`] |
 //! | `DELETE /sessions/{id}` | | 200 [`SessionInfo`] (final counters) |
+//! | `GET /sessions/ended?after=<seq>` | | 200 [`EndedPage`] |
 //! | `GET /load` | | 200 [`Load`] |
 //! | `GET /health` | | 200 [`Health`] |
 //!
@@ -374,6 +375,47 @@ pub struct Load {
     pub workers: u32,
     /// True while the relay drains and takes no new sessions.
     pub draining: bool,
+}
+
+/// `GET /sessions/ended?after=<seq>`: sessions that ended after the cursor `after`,
+/// oldest first, so signaling learns of inactivity and maximum-duration ends with one
+/// request per relay however many sessions are live.
+///
+/// Each ended session gets the next number of a sequence that starts at 1 when the
+/// relay starts; `epoch` names that start. A client keeps (`epoch`, `next`) and asks
+/// with `after=next`; when the epoch it gets differs from the one it kept, the relay
+/// restarted and every session the client placed there is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndedPage {
+    /// Names this run of the relay; changes when it restarts.
+    pub epoch: String,
+    /// Ended sessions with a sequence number above `after`, oldest first, at most
+    /// [`MAX_ENDED_PAGE`].
+    pub sessions: Vec<EndedSession>,
+    /// The cursor for the next request: the last sequence number returned, or
+    /// `after` when none was (never less than `after`).
+    pub next: u64,
+    /// True when ended sessions after the cursor were already forgotten (the relay
+    /// keeps the last 4,096 for 10 minutes): the client should read the sessions it
+    /// still counts as live one by one.
+    pub missed: bool,
+    /// True when more ended sessions wait after `next`: ask again at once.
+    pub more: bool,
+}
+
+/// Most entries in one [`EndedPage`].
+pub const MAX_ENDED_PAGE: usize = 1000;
+
+/// One ended session in an [`EndedPage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndedSession {
+    /// Its place in the relay's sequence of ended sessions.
+    pub seq: u64,
+    /// The session's id.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    pub reason: EndReason,
 }
 
 /// `GET /health`.

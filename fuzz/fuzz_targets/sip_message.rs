@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
             ha1_sha256: "0".repeat(64),
             country_code: "1".into(),
             no_answer_forward: None,
+            media: Default::default(),
         };
         let ip = std::net::IpAddr::from([192, 0, 2, 1]);
         let _ = r.authenticate(&auths, "REGISTER", Some(&creds), ip, 1_700_000_000);

@@ -537,6 +537,90 @@ async fn the_session_limit_is_answered_like_ports_exhausted() {
     r.stop().await;
 }
 
+/// `GET /sessions/ended` reports a session the relay ended by inactivity and one that
+/// was deleted, with their call ids and reasons, after a cursor; a bad cursor is 400.
+#[tokio::test]
+async fn sessions_ended_are_listed_after_a_cursor() {
+    let r = TestRelay::start("").await;
+    let (s, page) = r.call("GET", "/sessions/ended", None).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["sessions"], json!([]));
+    assert_eq!(page["next"], 0);
+    assert_eq!(page["missed"], false);
+    let epoch = page["epoch"].as_str().unwrap().to_owned();
+
+    let (s, idle) = r
+        .call(
+            "POST",
+            "/sessions",
+            Some(json!({
+                "call_id": "idle@example.net",
+                "caller": {"streams": [{"rtcp_mux": true}]},
+                "inactivity_timeout_secs": 1
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{idle}");
+    let (s, gone) = r
+        .call(
+            "POST",
+            "/sessions",
+            Some(json!({"call_id": "gone@example.net", "caller": {}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{gone}");
+    let (s, _) = r
+        .call(
+            "DELETE",
+            &format!("/sessions/{}", gone["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // The inactivity timer runs on the relay's own clock: wait for it (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (s, page) = r.call("GET", "/sessions/ended?after=0", None).await;
+        assert_eq!(s, 200, "{page}");
+        if page["sessions"].as_array().unwrap().len() == 2 {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle session did not end: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(page["epoch"], epoch.as_str());
+    let list = page["sessions"].as_array().unwrap();
+    assert_eq!(list[0]["id"], gone["id"]);
+    assert_eq!(list[0]["call_id"], "gone@example.net");
+    assert_eq!(list[0]["reason"], "deleted");
+    assert_eq!(list[0]["seq"], 1);
+    assert_eq!(list[1]["id"], idle["id"]);
+    assert_eq!(list[1]["call_id"], "idle@example.net");
+    assert_eq!(list[1]["reason"], "inactivity");
+    assert_eq!(page["next"], 2);
+    assert_eq!(page["more"], false);
+
+    let (s, page) = r.call("GET", "/sessions/ended?after=1", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["sessions"].as_array().unwrap().len(), 1);
+    let (s, page) = r.call("GET", "/sessions/ended?after=2", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (page["sessions"].clone(), page["next"].clone()),
+        (json!([]), json!(2))
+    );
+
+    let (s, e) = r.call("GET", "/sessions/ended?after=x", None).await;
+    assert_error(s, &e, 400, "bad_request");
+    let resp = r.http.get(r.url("/sessions/ended")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    r.stop().await;
+}
+
 fn public_control_config(extra: &str) -> Config {
     Config::from_toml(
         &format!(

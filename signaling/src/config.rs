@@ -49,6 +49,14 @@ pub struct SignalingConfig {
     /// Deferred messages (`[messages]`).
     pub messages: crate::push::MessagesConfig,
     pub api: ApiConfig,
+    /// Media relays calls are placed on (`[[relays]]`, one table per relay); none:
+    /// no relay pool.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<crate::relays::RelayConfig>,
+    /// How the relays are checked (`[relay_pool]`).
+    pub relay_pool: crate::relays::PoolConfig,
+    /// TURN REST credentials for apps (`[turn]`).
+    pub turn: crate::relays::TurnConfig,
     /// Default per-class device limits for accounts that set none.
     pub device_limits: DeviceLimits,
     pub log: LogConfig,
@@ -67,6 +75,9 @@ impl Default for SignalingConfig {
             push: crate::push::PushConfig::default(),
             messages: crate::push::MessagesConfig::default(),
             api: ApiConfig::default(),
+            relays: Vec::new(),
+            relay_pool: crate::relays::PoolConfig::default(),
+            turn: crate::relays::TurnConfig::default(),
             device_limits: DeviceLimits::default(),
             log: LogConfig::default(),
         }
@@ -183,6 +194,22 @@ fn hide_url_password(url: &str) -> String {
     }
 }
 
+/// The first line of the file at `path`, trimmed; `key` names the setting in errors.
+fn first_line(path: &Path, key: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let line = text.lines().next().unwrap_or("").trim().to_owned();
+    if line.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{key}: {} is empty",
+            path.display()
+        )));
+    }
+    Ok(line)
+}
+
 /// Command-line flags; each also reads a `TANDEM_*` environment variable.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -262,14 +289,29 @@ impl SignalingConfig {
         if let Some(path) = std::env::var_os("TANDEM_DATABASE_URL_FILE") {
             cfg.database.url_file = Some(PathBuf::from(path));
         }
+        if let Ok(secret) = std::env::var("TANDEM_TURN_SECRET") {
+            cfg.turn.secret = Some(secret);
+        }
+        if let Some(path) = std::env::var_os("TANDEM_TURN_SECRET_FILE") {
+            cfg.turn.secret_file = Some(PathBuf::from(path));
+        }
         cfg.apply(cli);
         cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Reads settings kept in files (`database.url_file`) into the configuration.
+    /// Reads settings kept in files (`database.url_file`, `turn.secret_file`, each
+    /// `relays[].secret_file`) into the configuration; a value set directly wins.
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let (None, Some(path)) = (&self.turn.secret, &self.turn.secret_file) {
+            self.turn.secret = Some(first_line(path, "turn.secret_file")?);
+        }
+        for (i, r) in self.relays.iter_mut().enumerate() {
+            if let (None, Some(path)) = (&r.secret, &r.secret_file) {
+                r.secret = Some(first_line(path, &format!("relays[{i}].secret_file"))?);
+            }
+        }
         if let (None, Some(path)) = (&self.database.url, &self.database.url_file) {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -307,6 +349,14 @@ impl SignalingConfig {
         }
         if let Some(url) = shown.database.url.as_mut() {
             *url = hide_url_password(url);
+        }
+        if shown.turn.secret.is_some() {
+            shown.turn.secret = Some("<hidden>".to_owned());
+        }
+        for r in &mut shown.relays {
+            if r.secret.is_some() {
+                r.secret = Some("<hidden>".to_owned());
+            }
         }
         shown
     }
@@ -420,6 +470,11 @@ impl SignalingConfig {
         self.dialplan.validate().map_err(ConfigError::Invalid)?;
         self.push.validate().map_err(ConfigError::Invalid)?;
         self.messages.validate().map_err(ConfigError::Invalid)?;
+        crate::relays::config::validate_relays(&self.relays).map_err(ConfigError::Invalid)?;
+        self.relay_pool.validate().map_err(ConfigError::Invalid)?;
+        self.turn
+            .validate(&self.relays)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod number;
 pub mod proxy;
 pub mod push;
 pub mod registrar;
+pub mod relays;
 pub mod sdp;
 pub mod service;
 pub mod sip;
@@ -57,6 +58,9 @@ pub enum StartError {
     Service(#[from] ServiceError),
     #[error("push: {0}")]
     Push(#[from] push::PushError),
+    /// `[[relays]]` or `[relay_pool]`; the message starts with the key.
+    #[error("media relays: {0}")]
+    Relays(String),
     #[error("cannot bind the HTTP API on {addr}: {source}")]
     ApiBind {
         addr: SocketAddr,
@@ -86,6 +90,9 @@ pub struct Running {
     pub registrar: RegistrarHandle,
     /// The push service (providers from `[push]`).
     pub pusher: push::Pusher,
+    /// The media relay pool (`[[relays]]`), its health task running; `None` without
+    /// relays. The proxy takes it as `Arc<dyn relays::MediaRelays>`.
+    pub relays: Option<Arc<relays::RelayPool>>,
     sip_server: SipServer,
     api_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -165,6 +172,9 @@ pub async fn start(
     cfg: SignalingConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
+    let mut cfg = cfg;
+    // Secrets kept in files (a no-op when `SignalingConfig::load` read them already).
+    cfg.read_secret_files()?;
     cfg.validate()?;
     set_log_pii(cfg.log.show_personal_data);
     let (admin_token, admin_token_file) = admin_token(&cfg)?;
@@ -189,6 +199,25 @@ pub async fn start(
     )
     .await?;
     let registrar = sip.registrar();
+    // The media relay pool and its health task (health, load, ended sessions).
+    let clock = sip.clock();
+    let relay_metrics = relays::metrics::RelayMetrics::default();
+    let relay_pool = if cfg.relays.is_empty() {
+        None
+    } else {
+        let pool = Arc::new(
+            relays::RelayPool::new(&cfg.relays, &cfg.relay_pool, relay_metrics.clone())
+                .map_err(StartError::Relays)?,
+        );
+        tokio::spawn(relays::run_health(
+            pool.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(relays = cfg.relays.len(), "media relay pool started");
+        Some(pool)
+    };
+    let turn = relays::TurnService::new(&cfg.turn, &cfg.relays, clock.clone());
     // Push, plugged into the proxy before any request arrives.
     let pusher = push::Pusher::start(&cfg.push, Some(store.clone()), shutdown.clone())?;
     tokio::spawn(push::sweep_deferred(
@@ -240,9 +269,11 @@ pub async fn start(
         http::Metrics::with_more(|r| {
             pusher.register_metrics(r);
             sip_server.metrics().register(r);
+            relay_metrics.register(r);
         }),
     )
-    .with_dialplan(cfg.dialplan.clone());
+    .with_dialplan(cfg.dialplan.clone())
+    .with_turn(turn);
     let api_task = tokio::spawn(http::serve_with(
         listener,
         state,
@@ -258,6 +289,7 @@ pub async fn start(
         store,
         registrar,
         pusher,
+        relays: relay_pool,
         sip_server,
         api_task,
     })

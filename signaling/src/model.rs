@@ -60,6 +60,42 @@ pub struct AccountCredentials {
     pub country_code: String,
     /// The account's no-answer rule (a `sip:` URI), for calls to it.
     pub no_answer_forward: Option<String>,
+    /// How the account's calls carry media.
+    pub media: MediaPolicy,
+}
+
+/// How an account's calls carry media (`media` in the API, `media_policy` in the
+/// database).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaPolicy {
+    /// Media goes end to end where ICE finds a path; the relay is offered as a
+    /// candidate (the default).
+    #[default]
+    Ice,
+    /// Media always goes through a media relay (hides the devices' addresses).
+    ForceRelay,
+    /// No media relay for this account's calls.
+    Off,
+}
+
+impl MediaPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaPolicy::Ice => "ice",
+            MediaPolicy::ForceRelay => "force-relay",
+            MediaPolicy::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ice" => Some(MediaPolicy::Ice),
+            "force-relay" => Some(MediaPolicy::ForceRelay),
+            "off" => Some(MediaPolicy::Off),
+            _ => None,
+        }
+    }
 }
 
 /// A device authorised for an account through the HTTP API.

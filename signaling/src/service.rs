@@ -205,6 +205,11 @@ impl SipParts {
         })
     }
 
+    /// The clock every part reads (one instance, so a test's skew reaches all).
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
     pub fn registrar(&self) -> RegistrarHandle {
         self.registrar.clone()
     }

@@ -738,7 +738,89 @@ async fn account_holder_changes_password(backend: Backend) {
     api.stop().await;
 }
 
+/// `media` on create, PATCH and GET; a bad value is refused. Without `[turn]` the
+/// TURN credential routes say so.
+async fn media_policy_and_turn_not_configured(backend: Backend) {
+    let api = TestApi::new(backend).await;
+    let r = api
+        .call(
+            "POST",
+            "/accounts",
+            Auth::Admin,
+            Some(json!({"login": "alice", "password": "alice-password", "media": "force-relay"})),
+        )
+        .await;
+    let id = r.expect(201)["id"].as_i64().unwrap();
+    assert_eq!(r.body["media"], "force-relay");
+    let bob = api.account("bob", "bob-password", &[]).await;
+    let r = api
+        .call("GET", &format!("/accounts/{bob}"), Auth::Admin, None)
+        .await;
+    assert_eq!(r.expect(200)["media"], "ice");
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Auth::Admin,
+            Some(json!({"media": "off"})),
+        )
+        .await;
+    assert_eq!(r.expect(200)["media"], "off");
+    let r = api
+        .call("GET", "/me", Auth::Basic("alice", "alice-password"), None)
+        .await;
+    assert_eq!(r.expect(200)["media"], "off");
+    // Other fields alone leave it as it is.
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Auth::Admin,
+            Some(json!({"display_name": "Alice"})),
+        )
+        .await;
+    assert_eq!(r.expect(200)["media"], "off");
+    api.call(
+        "PATCH",
+        &format!("/accounts/{id}"),
+        Auth::Admin,
+        Some(json!({"media": "relay-please"})),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+    api.call(
+        "POST",
+        "/accounts",
+        Auth::Admin,
+        Some(json!({"login": "carol", "password": "carol-password", "media": "ICE"})),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+
+    api.call(
+        "POST",
+        "/me/turn-credentials",
+        Auth::Basic("alice", "alice-password"),
+        None,
+    )
+    .await
+    .expect_error(404, "turn_not_configured");
+    api.call(
+        "POST",
+        &format!("/accounts/{id}/turn-credentials"),
+        Auth::Admin,
+        None,
+    )
+    .await
+    .expect_error(404, "turn_not_configured");
+    api.call("POST", "/me/turn-credentials", Auth::None, None)
+        .await
+        .expect_error(401, "unauthorized");
+    api.stop().await;
+}
+
 on_both_backends!(
+    media_policy_and_turn_not_configured,
     account_holder_changes_password,
     create_get_list_update_delete,
     create_account_bad_input,

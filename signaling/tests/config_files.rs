@@ -95,6 +95,32 @@ fn bad_values_fail_naming_the_key() {
         ("[device_limits]\ntablet = 2", "tablet"),
         ("[log]\nlevel = \"[[[\"", "log.level"),
         ("data_dir = \"\"", "data_dir"),
+        ("[[relays]]\ncontrol_url = \"http://10.0.0.5:8081\"", "public_address"),
+        (
+            "[[relays]]\ncontrol_url = \"10.0.0.5:8081\"\nsecret = \"t\"\npublic_address = \"r\"",
+            "relays[0].control_url",
+        ),
+        (
+            "[[relays]]\ncontrol_url = \"http://h:1\"\npublic_address = \"r\"",
+            "relays[0].secret",
+        ),
+        (
+            "[[relays]]\ncontrol_url = \"http://h:1\"\nsecret = \"t\"\npublic_address = \"r:3478\"",
+            "relays[0].public_address",
+        ),
+        (
+            "[[relays]]\ncontrol_url = \"http://h:1\"\nsecret = \"t\"\npublic_address = \"r\"\nweight = 0",
+            "relays[0].weight",
+        ),
+        (
+            "[[relays]]\ncontrol_url = \"http://h:1\"\nsecret = \"t\"\npublic_address = \"r\"\nwieght = 1",
+            "wieght",
+        ),
+        ("[relay_pool]\nhealth_interval_secs = 0", "relay_pool.health_interval_secs"),
+        ("[relay_pool]\ndown_after_failures = 0", "relay_pool.down_after_failures"),
+        ("[turn]\nsecret = \"0123456789abcdef\"", "turn.uris"),
+        ("[turn]\nttl_secs = 0", "turn.ttl_secs"),
+        ("[turn]\nuris = [\"http://x\"]", "turn.uris[0]"),
     ] {
         let e = parse_err(text);
         assert!(e.contains(key), "{text:?}: error {e:?} does not name {key}");
@@ -223,4 +249,58 @@ fn check_config_hides_secrets_and_the_database_password() {
         plain.redacted().database.url.as_deref(),
         Some("postgres://postgres@127.0.0.1:5432/test")
     );
+}
+
+/// `[[relays]]` and `[turn]`: secrets from files and the environment, hidden by
+/// `--check-config`, which prints the relays as TOML.
+#[test]
+fn relays_and_turn_read_their_secrets_and_hide_them() {
+    let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let relay_secret = dir.path().join("relay.secret");
+    std::fs::write(&relay_secret, "relay-token-from-a-file\n").unwrap();
+    let toml = format!(
+        "[[relays]]\ncontrol_url = \"http://10.0.0.5:8081\"\nsecret_file = \"{}\"\npublic_address = \"relay-a.example.net\"\n\
+         [[relays]]\ncontrol_url = \"http://10.0.0.6:8081\"\nsecret = \"relay-token-inline\"\npublic_address = \"203.0.113.20\"\nweight = 2\n",
+        relay_secret.display()
+    );
+    let path = dir.path().join("signaling.toml");
+    std::fs::write(&path, toml).unwrap();
+    std::env::set_var("TANDEM_TURN_SECRET", "turn-secret-from-env-0123");
+    let cli =
+        Cli::try_parse_from(["tandem-signaling", "--config", path.to_str().unwrap()]).unwrap();
+    let cfg = SignalingConfig::load(&cli);
+    std::env::remove_var("TANDEM_TURN_SECRET");
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.relays.len(), 2);
+    assert_eq!(
+        cfg.relays[0].secret.as_deref(),
+        Some("relay-token-from-a-file")
+    );
+    assert_eq!(cfg.relays[0].weight, 1);
+    assert_eq!(cfg.relays[1].weight, 2);
+    assert_eq!(
+        cfg.turn.secret.as_deref(),
+        Some("turn-secret-from-env-0123")
+    );
+    assert_eq!(
+        cfg.turn.uris_for(&cfg.relays),
+        [
+            "turn:relay-a.example.net:3478?transport=udp",
+            "turn:203.0.113.20:3478?transport=udp"
+        ]
+    );
+    let shown = toml::to_string_pretty(&cfg.redacted()).unwrap();
+    for secret in [
+        "relay-token-from-a-file",
+        "relay-token-inline",
+        "turn-secret-from-env-0123",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(shown.contains("[[relays]]"), "{shown}");
+    // An empty secret file is refused naming the key.
+    std::fs::write(&relay_secret, "\n").unwrap();
+    let e = SignalingConfig::load(&cli).unwrap_err().to_string();
+    assert!(e.contains("relays[0].secret_file"), "{e}");
 }

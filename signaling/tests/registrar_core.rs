@@ -22,6 +22,7 @@ fn creds() -> AccountCredentials {
         ha1_sha256: s,
         country_code: "48".into(),
         no_answer_forward: None,
+        media: Default::default(),
     }
 }
 

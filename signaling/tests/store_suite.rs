@@ -5,7 +5,7 @@ mod store_support;
 use std::sync::Arc;
 
 use store_support::{Backend, TestDb};
-use tandem_signaling::model::{Binding, DeviceClass};
+use tandem_signaling::model::{Binding, DeviceClass, MediaPolicy};
 use tandem_signaling::store::{
     ha1, DeviceLimits, LimitOverrides, NewAccount, NewDevice, Store, StoreError,
 };
@@ -649,3 +649,45 @@ async fn concurrent_writers_do_not_fail(backend: Backend) {
 }
 
 on_both_backends!(concurrent_writers_do_not_fail);
+
+/// The media policy: `ice` by default, set and read back on the account and on the
+/// credentials the proxy loads for a call (by login, username and number).
+async fn media_policy(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let a = account(&store, "alice").await;
+    store.add_phone_number(a, "48600111222").await.unwrap();
+    assert_eq!(
+        store.get_account(a).await.unwrap().unwrap().media,
+        MediaPolicy::Ice
+    );
+    assert_eq!(
+        store.find_account("alice").await.unwrap().unwrap().media,
+        MediaPolicy::Ice
+    );
+    store
+        .set_media_policy(a, MediaPolicy::ForceRelay)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_account(a).await.unwrap().unwrap().media,
+        MediaPolicy::ForceRelay
+    );
+    let dialled = store
+        .find_account_dialled("0600111222", Some("48"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dialled.media, MediaPolicy::ForceRelay);
+    store.set_media_policy(a, MediaPolicy::Off).await.unwrap();
+    assert_eq!(
+        store.list_accounts(0, 10).await.unwrap()[0].media,
+        MediaPolicy::Off
+    );
+    assert!(matches!(
+        store.set_media_policy(a + 1000, MediaPolicy::Off).await,
+        Err(StoreError::AccountNotFound)
+    ));
+}
+
+on_both_backends!(media_policy);

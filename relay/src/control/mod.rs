@@ -9,6 +9,7 @@
 //! | `PATCH /sessions/{id}` | 200 `SessionInfo` |
 //! | `GET /sessions/{id}` | 200 `SessionInfo` (an ended one's final state for a while) |
 //! | `DELETE /sessions/{id}` | 200 `SessionInfo` with the final counters |
+//! | `GET /sessions/ended?after=<seq>` | 200 `EndedPage`: sessions ended after a cursor |
 //! | `GET /load` | 200 `Load` |
 //! | `GET /health` | 200 `Health` |
 //! | `GET /openapi.json` | this API as OpenAPI 3.1 |
@@ -26,7 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -35,7 +37,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tandem_control::{CreateSession, ErrorBody, Health, Load, SessionInfo, UpdateSession};
+use tandem_control::{
+    CreateSession, EndedPage, ErrorBody, Health, Load, SessionInfo, UpdateSession,
+};
 use tokio_util::sync::CancellationToken;
 
 use error::{ApiError, ApiJson, ApiPath};
@@ -49,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/sessions/{id}"),
     ("GET", "/sessions/{id}"),
     ("DELETE", "/sessions/{id}"),
+    ("GET", "/sessions/ended"),
     ("GET", "/load"),
     ("GET", "/health"),
     ("GET", "/openapi.json"),
@@ -114,6 +119,8 @@ pub trait Sessions: Send + Sync + std::fmt::Debug {
     fn get(&self, now: Instant, id: &str) -> Result<SessionInfo, MediaError>;
     fn delete(&self, now: Instant, id: &str) -> Result<SessionInfo, MediaError>;
     fn load(&self, now: Instant) -> Load;
+    /// Sessions that ended after the cursor `after`, oldest first.
+    fn ended_since(&self, now: Instant, after: u64) -> EndedPage;
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +139,8 @@ pub fn router(control: Arc<dyn Sessions>, tokens: Tokens, stats: Arc<ApiStats>) 
     };
     Router::new()
         .route("/sessions", post(create))
+        // A static segment wins over the `{id}` capture (session ids are hex).
+        .route("/sessions/ended", get(ended))
         .route("/sessions/{id}", get(read).patch(update).delete(remove))
         .route("/load", get(load))
         .route("/health", get(health))
@@ -275,6 +284,35 @@ async fn remove(
 ) -> Result<Json<SessionInfo>, ApiError> {
     let now = Instant::now();
     Ok(Json(s.control.delete(now, &id)?))
+}
+
+/// The cursor of `GET /sessions/ended`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EndedQuery {
+    /// The `next` of the previous answer; 0 (the default) reads from the oldest
+    /// ended session the relay still keeps.
+    #[serde(default)]
+    after: u64,
+}
+
+/// Sessions that ended after a cursor (timed out, deleted, shut down), oldest first:
+/// one request per relay tells signaling of every session the relay ended itself.
+#[utoipa::path(get, path = "/sessions/ended", tag = "sessions",
+    params(EndedQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ended sessions after the cursor and the next cursor", body = EndedPage),
+        (status = 400, description = "bad_request: `after` is not a number", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+    ))]
+async fn ended(
+    State(s): State<ApiState>,
+    q: Result<Query<EndedQuery>, QueryRejection>,
+) -> Result<Json<EndedPage>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let now = Instant::now();
+    Ok(Json(s.control.ended_since(now, q.after)))
 }
 
 /// What placement needs to know about this relay.

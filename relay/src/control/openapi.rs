@@ -33,6 +33,7 @@ impl Modify for Security {
         super::update,
         super::read,
         super::remove,
+        super::ended,
         super::load,
         super::health,
         super::openapi_json,

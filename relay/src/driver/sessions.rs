@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tandem_control::{CreateSession, Load, SessionInfo, UpdateSession};
+use tandem_control::{
+    CreateSession, EndReason, EndedPage, EndedSession, Load, SessionInfo, UpdateSession,
+    MAX_ENDED_PAGE,
+};
 
 use super::{lock as lock_shard, Inner};
 use crate::media::{MediaError, MediaStats, SessionKey};
@@ -22,14 +25,34 @@ const ENDED_KEEP: usize = 4096;
 const ENDED_TTL: Duration = Duration::from_secs(600);
 
 /// Public names of live sessions and the final state of ended ones.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     live: HashMap<String, (usize, SessionKey)>,
     ended: HashMap<String, SessionInfo>,
-    order: VecDeque<(Instant, String)>,
+    /// Ended sessions in the order they ended, each with its sequence number
+    /// (increasing by one), for `GET /sessions/ended`; the same bounds as `ended`.
+    order: VecDeque<(Instant, EndedSession)>,
+    /// The sequence number of the last session that ended (0: none yet).
+    last_seq: u64,
+    /// Names this run of the relay, so a client holding a cursor learns of a restart.
+    epoch: String,
     /// Packet count and time of the last rate sample, and the rate it gave.
     sample: Option<(Instant, u64)>,
     rate: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            live: HashMap::new(),
+            ended: HashMap::new(),
+            order: VecDeque::new(),
+            last_seq: 0,
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            sample: None,
+            rate: 0,
+        }
+    }
 }
 
 pub(crate) fn lock(r: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
@@ -40,17 +63,60 @@ impl Registry {
     /// Record a session that ended (timed out, deleted or shut down).
     pub(crate) fn ended(&mut self, now: Instant, info: SessionInfo) {
         self.live.remove(&info.id);
-        self.order.push_back((now, info.id.clone()));
+        self.last_seq += 1;
+        self.order.push_back((
+            now,
+            EndedSession {
+                seq: self.last_seq,
+                id: info.id.clone(),
+                call_id: info.call_id.clone(),
+                // The media core always names the reason of an ended session.
+                reason: info.end_reason.unwrap_or(EndReason::Deleted),
+            },
+        ));
         self.ended.insert(info.id.clone(), info);
+        self.forget_old(now);
+    }
+
+    /// Forgets ended sessions beyond [`ENDED_KEEP`] or older than [`ENDED_TTL`].
+    fn forget_old(&mut self, now: Instant) {
         while self.order.len() > ENDED_KEEP
             || self
                 .order
                 .front()
                 .is_some_and(|(t, _)| now.saturating_duration_since(*t) > ENDED_TTL)
         {
-            if let Some((_, id)) = self.order.pop_front() {
-                self.ended.remove(&id);
+            if let Some((_, e)) = self.order.pop_front() {
+                self.ended.remove(&e.id);
             }
+        }
+    }
+
+    /// Sessions that ended after the cursor `after`, oldest first, at most `limit`.
+    pub(crate) fn ended_since(&mut self, now: Instant, after: u64, limit: usize) -> EndedPage {
+        self.forget_old(now);
+        // A cursor from the future (another run of the relay) reads from the start.
+        let after = if after > self.last_seq { 0 } else { after };
+        let oldest = self.order.front().map_or(self.last_seq + 1, |(_, e)| e.seq);
+        let missed = after.saturating_add(1) < oldest;
+        // Sequence numbers increase by one along `order`, so the first entry after
+        // the cursor is found by position.
+        let skip =
+            usize::try_from(after.saturating_sub(oldest.saturating_sub(1))).unwrap_or(usize::MAX);
+        let sessions: Vec<EndedSession> = self
+            .order
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let next = sessions.last().map_or(after, |e| e.seq);
+        EndedPage {
+            epoch: self.epoch.clone(),
+            more: next < self.last_seq,
+            sessions,
+            next,
+            missed,
         }
     }
 }
@@ -189,6 +255,11 @@ impl Control {
         Ok(info)
     }
 
+    /// Sessions that ended after the cursor `after` (see [`EndedPage`]).
+    pub fn ended_since(&self, now: Instant, after: u64) -> EndedPage {
+        lock(&self.inner.sessions).ended_since(now, after, MAX_ENDED_PAGE)
+    }
+
     /// What placement needs: sessions, allocations, the packet rate since the last
     /// sample (samples at least a second apart), workers.
     pub fn load(&self, now: Instant) -> Load {
@@ -258,5 +329,74 @@ impl crate::control::Sessions for Control {
     }
     fn load(&self, now: Instant) -> Load {
         Control::load(self, now)
+    }
+    fn ended_since(&self, now: Instant, after: u64) -> EndedPage {
+        Control::ended_since(self, now, after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, reason: EndReason) -> SessionInfo {
+        let leg = tandem_control::LegInfo {
+            ice: false,
+            learn_first_source: false,
+            srtp: None,
+            streams: vec![],
+            counters: Default::default(),
+        };
+        SessionInfo {
+            id: id.to_owned(),
+            call_id: Some(format!("call-{id}")),
+            state: tandem_control::SessionState::Ended,
+            end_reason: Some(reason),
+            age_secs: 1,
+            caller: leg.clone(),
+            callee: leg,
+        }
+    }
+
+    #[test]
+    fn ended_sessions_are_read_after_a_cursor_in_pages() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let page = r.ended_since(t0, 0, 10);
+        assert!(page.sessions.is_empty() && !page.missed && !page.more);
+        assert_eq!(page.next, 0);
+        for (i, reason) in [
+            EndReason::Inactivity,
+            EndReason::Deleted,
+            EndReason::MaxDuration,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.ended(t0, info(&format!("s{i}"), reason));
+        }
+        let page = r.ended_since(t0, 0, 2);
+        assert_eq!(page.sessions.len(), 2);
+        assert_eq!(page.sessions[0].id, "s0");
+        assert_eq!(page.sessions[0].reason, EndReason::Inactivity);
+        assert_eq!(page.sessions[0].call_id.as_deref(), Some("call-s0"));
+        assert_eq!((page.next, page.more, page.missed), (2, true, false));
+        let page2 = r.ended_since(t0, page.next, 2);
+        assert_eq!(page2.sessions.len(), 1);
+        assert_eq!(page2.sessions[0].reason, EndReason::MaxDuration);
+        assert_eq!((page2.next, page2.more), (3, false));
+        assert_eq!(page2.epoch, page.epoch);
+        // Nothing new: the cursor stays.
+        assert_eq!(r.ended_since(t0, 3, 2).next, 3);
+        // A cursor of another run reads from the start.
+        assert_eq!(r.ended_since(t0, 99, 10).sessions.len(), 3);
+        // After the TTL, the entries are forgotten and a cursor behind them is told so.
+        let later = t0 + ENDED_TTL + Duration::from_secs(1);
+        r.ended(later, info("s3", EndReason::Inactivity));
+        let page = r.ended_since(later, 1, 10);
+        assert!(page.missed);
+        assert_eq!(page.sessions.len(), 1);
+        assert_eq!(page.sessions[0].seq, 4);
+        assert!(!r.ended_since(later, 3, 10).missed);
     }
 }

@@ -8,8 +8,9 @@ use super::auth::{AccountAuth, Admin};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::types::*;
 use super::AppState;
-use crate::model::AccountId;
+use crate::model::{AccountId, MediaPolicy};
 use crate::number::{self, Redacted};
+use crate::relays::TurnCredentials;
 use crate::store::{LimitOverrides, NewAccount, StoreError};
 
 async fn view(state: &AppState, id: AccountId) -> Result<AccountView, ApiError> {
@@ -64,7 +65,10 @@ pub async fn create(
     // Public IDs after the account exists; a conflict undoes the whole creation so
     // that a failed request leaves nothing behind.
     let mut result: Result<(), StoreError> = Ok(());
-    if let Some(u) = &body.username {
+    if let Some(media) = body.media.filter(|m| *m != MediaPolicy::default()) {
+        result = state.store().set_media_policy(account.id, media).await;
+    }
+    if let (Ok(()), Some(u)) = (&result, &body.username) {
         result = state.store().set_username(account.id, u).await;
     }
     for n in &numbers {
@@ -172,6 +176,10 @@ pub async fn update(
             body.no_answer_forward.as_ref().map(|n| n.as_deref()),
         )
         .await?;
+    if let Some(media) = body.media {
+        state.store().set_media_policy(id, media).await?;
+        return Ok(Json(view(&state, id).await?));
+    }
     Ok(Json(AccountView::new(account, state.default_limits())))
 }
 
@@ -306,6 +314,49 @@ pub async fn me(
     State(state): State<AppState>,
 ) -> Result<Json<AccountView>, ApiError> {
     Ok(Json(view(&state, id).await?))
+}
+
+/// Credentials for the media relays' TURN service (coturn `use-auth-secret`
+/// scheme): username `<expiry>:<account id>`, password
+/// base64(HMAC-SHA1(secret, username)), valid for `ttl` seconds, with the URIs to use
+/// them on.
+#[utoipa::path(post, path = "/me/turn-credentials", tag = "me", security(("basic" = [])),
+    responses((status = 200, body = TurnCredentials), (status = 401, body = ErrorBody),
+        (status = 404, description = "turn_not_configured: no [turn] secret", body = ErrorBody)))]
+pub async fn me_turn_credentials(
+    AccountAuth(id): AccountAuth,
+    State(state): State<AppState>,
+) -> Result<Json<TurnCredentials>, ApiError> {
+    turn_credentials_for(&state, id).await
+}
+
+/// TURN credentials for an account, as `POST /me/turn-credentials` gives them.
+#[utoipa::path(post, path = "/accounts/{id}/turn-credentials", tag = "accounts", security(("admin" = [])),
+    params(("id" = i64, Path, description = "Account id")),
+    responses((status = 200, body = TurnCredentials), (status = 401, body = ErrorBody),
+        (status = 404, description = "account_not_found, turn_not_configured", body = ErrorBody)))]
+pub async fn turn_credentials(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<AccountId>,
+) -> Result<Json<TurnCredentials>, ApiError> {
+    turn_credentials_for(&state, id).await
+}
+
+async fn turn_credentials_for(
+    state: &AppState,
+    id: AccountId,
+) -> Result<Json<TurnCredentials>, ApiError> {
+    let Some(turn) = state.turn() else {
+        return Err(ApiError::not_found(
+            "turn_not_configured",
+            "this server mints no TURN credentials: [turn] has no secret",
+        ));
+    };
+    if state.store().get_account(id).await?.is_none() {
+        return Err(ApiError::account_not_found());
+    }
+    Ok(Json(turn.mint(id)))
 }
 
 #[utoipa::path(put, path = "/me/username", tag = "me", security(("basic" = [])),

@@ -8,7 +8,7 @@
 //! | POST   | /accounts                                         | admin | create account (login, password, numbers, ...)    |
 //! | GET    | /accounts?after=&limit= or ?identity=             | admin | list accounts by id, or find one by public ID     |
 //! | GET    | /accounts/{id}                                    | admin | one account                                       |
-//! | PATCH  | /accounts/{id}                                    | admin | password, name, country code, no-answer rule      |
+//! | PATCH  | /accounts/{id}                                    | admin | password, name, country code, no-answer rule, media |
 //! | DELETE | /accounts/{id}                                    | admin | delete account, drop its registrations            |
 //! | POST   | /accounts/{id}/phone-numbers                      | admin | add a number `{"number": "+48 600 ..."}`          |
 //! | DELETE | /accounts/{id}/phone-numbers/{number}             | admin | remove a number (any accepted form)               |
@@ -19,6 +19,7 @@
 //! | DELETE | /accounts/{id}/devices/{instance}                 | admin | revoke a device (drops its binding at once)       |
 //! | PUT    | /accounts/{id}/devices/{instance}/push-token      | admin | set push provider + token                         |
 //! | DELETE | /accounts/{id}/devices/{instance}/push-token      | admin | clear the push token                              |
+//! | POST   | /accounts/{id}/turn-credentials                   | admin | TURN REST credentials for the account (`[turn]`)  |
 //! | GET    | /registrations/{id}                               | admin | live bindings from the registrar                  |
 //! | GET    | /me                                               | basic | own account                                       |
 //! | PUT    | /me/username                                      | basic | set own username, once                            |
@@ -28,6 +29,7 @@
 //! | DELETE | /me/devices/{instance}                            | basic | revoke own device                                 |
 //! | PUT    | /me/devices/{instance}/push-token                 | basic | set push provider + token                         |
 //! | DELETE | /me/devices/{instance}/push-token                 | basic | clear the push token                              |
+//! | POST   | /me/turn-credentials                              | basic | TURN REST credentials `{username, password, ttl, uris}` |
 //! | GET    | /dialplan                                         | basic or admin | prefix dial plan (OFFNET mark, routes)   |
 //!
 //! * admin: `Authorization: Bearer <api.admin_token>`.
@@ -44,7 +46,8 @@
 //!   `unauthorized`, `account_not_found`, `device_not_found`, `not_found`,
 //!   `method_not_allowed`, `too_many_auth_failures` (429, after repeated failed
 //!   authentications from one address), `login_taken`, `username_taken`, `username_already_set`,
-//!   `phone_number_taken`, `device_limit_reached`, `device_class_mismatch`, `internal`.
+//!   `phone_number_taken`, `device_limit_reached`, `device_class_mismatch`,
+//!   `turn_not_configured` (404: no `[turn]` secret), `internal`.
 
 pub mod accounts;
 pub mod auth;
@@ -95,6 +98,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/accounts/{id}/devices/{instance}"),
     ("PUT", "/accounts/{id}/devices/{instance}/push-token"),
     ("DELETE", "/accounts/{id}/devices/{instance}/push-token"),
+    ("POST", "/accounts/{id}/turn-credentials"),
     ("GET", "/registrations/{id}"),
     ("GET", "/me"),
     ("PUT", "/me/username"),
@@ -104,6 +108,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/me/devices/{instance}"),
     ("PUT", "/me/devices/{instance}/push-token"),
     ("DELETE", "/me/devices/{instance}/push-token"),
+    ("POST", "/me/turn-credentials"),
     ("GET", "/dialplan"),
 ];
 
@@ -154,6 +159,7 @@ struct StateInner {
     metrics: Metrics,
     limiter: limiter::AuthLimiter,
     dialplan: crate::proxy::DialPlanConfig,
+    turn: Option<crate::relays::TurnService>,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -184,29 +190,45 @@ impl AppState {
                 metrics,
                 limiter,
                 dialplan: crate::proxy::DialPlanConfig::default(),
+                turn: None,
             }),
         }
     }
 
     /// The same state serving `plan` at `GET /dialplan`.
     pub fn with_dialplan(self, plan: crate::proxy::DialPlanConfig) -> AppState {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.dialplan = plan;
-                inner
-            }
+        self.with(|inner| inner.dialplan = plan)
+    }
+
+    /// The same state minting TURN credentials with `turn` (`None`: the routes
+    /// answer 404 `turn_not_configured`).
+    pub fn with_turn(self, turn: Option<crate::relays::TurnService>) -> AppState {
+        self.with(|inner| inner.turn = turn)
+    }
+
+    /// The same state with `change` applied (a copy when the state is shared).
+    fn with(self, change: impl FnOnce(&mut StateInner)) -> AppState {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
             Err(shared) => StateInner {
                 store: shared.store.clone(),
                 registrations: shared.registrations.clone(),
                 settings: shared.settings.clone(),
                 metrics: shared.metrics.clone(),
                 limiter: limiter::AuthLimiter::new(shared.settings.auth_limiter),
-                dialplan: plan,
+                dialplan: shared.dialplan.clone(),
+                turn: shared.turn.clone(),
             },
         };
+        change(&mut inner);
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// TURN credentials minting, when `[turn]` has a secret.
+    pub fn turn(&self) -> Option<&crate::relays::TurnService> {
+        self.inner.turn.as_ref()
     }
     pub fn dialplan(&self) -> &crate::proxy::DialPlanConfig {
         &self.inner.dialplan
@@ -272,6 +294,10 @@ pub fn router(state: AppState) -> Router {
             "/accounts/{id}/devices/{instance}/push-token",
             put(devices::admin_set_push).delete(devices::admin_clear_push),
         )
+        .route(
+            "/accounts/{id}/turn-credentials",
+            post(accounts::turn_credentials),
+        )
         .route("/registrations/{id}", get(devices::registrations))
         .route("/me", get(accounts::me))
         .route("/me/username", put(accounts::me_set_username))
@@ -281,6 +307,7 @@ pub fn router(state: AppState) -> Router {
             get(devices::me_list).post(devices::me_authorise),
         )
         .route("/me/devices/{instance}", delete(devices::me_revoke))
+        .route("/me/turn-credentials", post(accounts::me_turn_credentials))
         .route("/dialplan", get(dialplan::get))
         .route(
             "/me/devices/{instance}/push-token",

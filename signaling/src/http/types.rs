@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use crate::model::{Binding, Device, DeviceClass};
+use crate::model::{Binding, Device, DeviceClass, MediaPolicy};
 use crate::store::{Account, DeviceLimits, LimitOverrides};
 
 /// Device class as it appears in JSON (schema only).
@@ -17,6 +17,19 @@ pub enum DeviceClassSchema {
     Tablet,
     Desktop,
     Web,
+}
+
+/// Media policy as it appears in JSON (schema only): `ice` (end to end where ICE
+/// finds a path, the relay offered as a candidate; the default), `force-relay`
+/// (always through a media relay) or `off` (no relay).
+#[derive(Debug, ToSchema)]
+#[schema(as = MediaPolicy)]
+#[allow(dead_code)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaPolicySchema {
+    Ice,
+    ForceRelay,
+    Off,
 }
 
 /// Push provider as it appears in JSON (schema only).
@@ -48,6 +61,9 @@ pub struct CreateAccount {
     /// Phone numbers in any accepted form; stored as E.164 digits.
     #[serde(default)]
     pub phone_numbers: Vec<String>,
+    /// How the account's calls carry media (default `ice`).
+    #[schema(value_type = Option<MediaPolicySchema>)]
+    pub media: Option<MediaPolicy>,
 }
 
 /// Fields left out stay as they are; `display_name: null` clears it.
@@ -65,6 +81,9 @@ pub struct UpdateAccount {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub no_answer_forward: Option<Option<String>>,
+    /// How the account's calls carry media: `ice`, `force-relay` or `off`.
+    #[schema(value_type = Option<MediaPolicySchema>)]
+    pub media: Option<MediaPolicy>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(
@@ -88,6 +107,9 @@ pub struct AccountView {
     pub limit_overrides: LimitOverrides,
     /// Where unanswered calls go; `null`: they end with 480.
     pub no_answer_forward: Option<String>,
+    /// How the account's calls carry media.
+    #[schema(value_type = MediaPolicySchema)]
+    pub media: MediaPolicy,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -104,6 +126,7 @@ impl AccountView {
             display_name: a.display_name,
             phone_numbers: a.phone_numbers,
             no_answer_forward: a.no_answer_forward,
+            media: a.media,
             created_at: a.created_at,
         }
     }

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::model::{AccountCredentials, AccountId, Binding, Device, DeviceClass};
+use crate::model::{AccountCredentials, AccountId, Binding, Device, DeviceClass, MediaPolicy};
 use crate::number;
 
 mod messages;
@@ -129,6 +129,8 @@ pub struct Account {
     /// The no-answer rule: a `sip:` URI a call goes to when no device
     /// answered (voicemail, another number); `None` ends such a call with 480.
     pub no_answer_forward: Option<String>,
+    /// How the account's calls carry media.
+    pub media: MediaPolicy,
     pub created_at: i64,
 }
 
@@ -242,7 +244,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const ACCOUNT_COLUMNS: &str = "id, login, country_code, username, display_name, \
-     limit_mobile, limit_desktop, limit_web, no_answer_forward, created_at";
+     limit_mobile, limit_desktop, limit_web, no_answer_forward, media_policy, created_at";
 const DEVICE_COLUMNS: &str =
     "account_id, instance_id, class, name, created_at, push_provider, push_token";
 const BINDING_COLUMNS: &str = "account_id, instance_id, reg_id, contact_uri, expires_at, \
@@ -250,6 +252,16 @@ const BINDING_COLUMNS: &str = "account_id, instance_id, reg_id, contact_uri, exp
 
 fn opt_limit(v: Option<i64>) -> Option<u32> {
     v.and_then(|v| u32::try_from(v).ok())
+}
+
+/// The `media_policy` column; a value this version does not know reads as the
+/// default rather than failing every look-up of the account.
+fn media_from_row(row: &AnyRow) -> Result<MediaPolicy, sqlx::Error> {
+    let v: String = row.try_get("media_policy")?;
+    Ok(MediaPolicy::parse(&v).unwrap_or_else(|| {
+        tracing::warn!(value = %v, "unknown media_policy in the database; using ice");
+        MediaPolicy::Ice
+    }))
 }
 
 fn account_from_row(row: &AnyRow) -> Result<Account, sqlx::Error> {
@@ -261,6 +273,7 @@ fn account_from_row(row: &AnyRow) -> Result<Account, sqlx::Error> {
         display_name: row.try_get("display_name")?,
         phone_numbers: Vec::new(),
         no_answer_forward: row.try_get("no_answer_forward")?,
+        media: media_from_row(row)?,
         limits: LimitOverrides {
             mobile: opt_limit(row.try_get("limit_mobile")?),
             desktop: opt_limit(row.try_get("limit_desktop")?),
@@ -582,6 +595,25 @@ impl Store {
             .ok_or(StoreError::AccountNotFound)
     }
 
+    /// Sets how the account's calls carry media.
+    pub async fn set_media_policy(
+        &self,
+        id: AccountId,
+        media: MediaPolicy,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE accounts SET media_policy = $1, updated_at = $2 WHERE id = $3")
+                .bind(media.as_str())
+                .bind(unix_now())
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AccountNotFound);
+        }
+        Ok(())
+    }
+
     /// Deletes the account with its numbers, devices and bindings. Returns the
     /// devices it had, so the caller can drop their live registrations.
     pub async fn delete_account(&self, id: AccountId) -> Result<Vec<Device>, StoreError> {
@@ -752,7 +784,8 @@ impl Store {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT id, login, ha1_md5, ha1_sha256, country_code, no_answer_forward FROM accounts \
+            "SELECT id, login, ha1_md5, ha1_sha256, country_code, no_answer_forward, \
+             media_policy FROM accounts \
              WHERE login = $1 OR username = $1 \
              ORDER BY CASE WHEN login = $1 THEN 0 ELSE 1 END LIMIT 1",
         )
@@ -779,7 +812,7 @@ impl Store {
                 for c in candidates {
                     found = sqlx::query(
                         "SELECT a.id, a.login, a.ha1_md5, a.ha1_sha256, a.country_code, \
-                         a.no_answer_forward FROM accounts a \
+                         a.no_answer_forward, a.media_policy FROM accounts a \
                          JOIN phone_numbers p ON p.account_id = a.id WHERE p.number = $1",
                     )
                     .bind(c)
@@ -800,6 +833,7 @@ impl Store {
             ha1_sha256: row.try_get("ha1_sha256")?,
             country_code: row.try_get("country_code")?,
             no_answer_forward: row.try_get("no_answer_forward")?,
+            media: media_from_row(&row)?,
         }))
     }
 
