@@ -41,7 +41,7 @@
 mod media_support;
 mod sipp_support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,7 @@ use media_support::{
     is_invite_ok, media_socket, prerequisites, receive_for, rtp, rtp_payload, sipp, Relay,
     Signaling, Sipp, Traced, PASSWORD, RELAY_IP,
 };
+use serde_json::json;
 use sipp_support::free_udp_port;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
@@ -481,41 +482,13 @@ async fn rtp_flows_both_ways_through_the_relay() {
         format!("media addresses in the SDP: caller sends to {to_relay_from_caller}, callee to {to_relay_from_callee}; expected {RELAY_IP}"),
     );
     if through_relay {
-        let (sent, got_by_callee, got_by_caller) = tokio::task::spawn_blocking(move || {
-            exchange(
-                &caller_sock,
-                to_relay_from_caller,
-                &callee_sock,
-                to_relay_from_callee,
-            )
-        })
-        .await
-        .unwrap();
-        for (who, got, ssrc) in [
-            ("callee", &got_by_callee, 0x1111_1111u32),
-            ("caller", &got_by_caller, 0x2222_2222),
-        ] {
-            let good = got
-                .iter()
-                .filter(|(from, p)| {
-                    from.ip() == relay_ip()
-                        && p.get(8..12) == Some(&ssrc.to_be_bytes()[..])
-                        && rtp_payload(p).iter().all(|b| *b == (ssrc as u8))
-                })
-                .count();
-            c.check(
-                good * 2 >= sent,
-                format!("the {who} got {good} of {sent} RTP packets from the relay with their payload intact ({} datagrams in all)", got.len()),
-            );
-        }
-        let forwarded = relay
-            .metric("tandem_relay_media_packets_forwarded_total")
-            .await;
-        let received = (got_by_callee.len() + got_by_caller.len()) as f64;
-        c.check(
-            forwarded >= received && received > 0.0,
-            format!("relay metrics: {forwarded} packets forwarded, the sides received {received}"),
-        );
+        check_rtp_both_ways(
+            &relay,
+            (caller_sock, to_relay_from_caller),
+            (callee_sock, to_relay_from_callee),
+            &mut c,
+        )
+        .await;
     }
     finish_all(&mut [&mut call, &mut device], Duration::from_secs(20)).await;
     c.assert_all(&signaling);
@@ -528,9 +501,9 @@ type Got = Vec<(SocketAddr, Vec<u8>)>;
 /// bytes 0x11, callee 0x22222222 with 0x22); returns (sent per side, what the callee
 /// got, what the caller got).
 fn exchange(
-    caller: &std::net::UdpSocket,
+    caller: &UdpSocket,
     caller_to: SocketAddr,
-    callee: &std::net::UdpSocket,
+    callee: &UdpSocket,
     callee_to: SocketAddr,
 ) -> (usize, Got, Got) {
     const N: u16 = 50;
@@ -548,6 +521,128 @@ fn exchange(
     to_callee.extend(receive_for(callee, Duration::from_millis(300), 256));
     to_caller.extend(receive_for(caller, Duration::from_millis(300), 256));
     (usize::from(N), to_callee, to_caller)
+}
+
+/// Both sides send RTP to the relay address in the SDP they received (`*.1`): each
+/// must get at least half of the other's packets, from the relay, intact, and the
+/// relay must count them forwarded.
+async fn check_rtp_both_ways(
+    relay: &Relay,
+    caller: (UdpSocket, SocketAddr),
+    callee: (UdpSocket, SocketAddr),
+    c: &mut Checks,
+) {
+    let ((caller_sock, to_relay_from_caller), (callee_sock, to_relay_from_callee)) =
+        (caller, callee);
+    let (sent, got_by_callee, got_by_caller) = tokio::task::spawn_blocking(move || {
+        exchange(
+            &caller_sock,
+            to_relay_from_caller,
+            &callee_sock,
+            to_relay_from_callee,
+        )
+    })
+    .await
+    .unwrap();
+    for (who, got, ssrc) in [
+        ("callee", &got_by_callee, 0x1111_1111u32),
+        ("caller", &got_by_caller, 0x2222_2222),
+    ] {
+        let good = got
+            .iter()
+            .filter(|(from, p)| {
+                from.ip() == relay_ip()
+                    && p.get(8..12) == Some(&ssrc.to_be_bytes()[..])
+                    && rtp_payload(p).iter().all(|b| *b == (ssrc as u8))
+            })
+            .count();
+        c.check(
+            good * 2 >= sent,
+            format!("the {who} got {good} of {sent} RTP packets from the relay with their payload intact ({} datagrams in all)", got.len()),
+        );
+    }
+    let forwarded = relay
+        .metric("tandem_relay_media_packets_forwarded_total")
+        .await;
+    let received = (got_by_callee.len() + got_by_caller.len()) as f64;
+    c.check(
+        forwarded >= received && received > 0.0,
+        format!("relay metrics: {forwarded} packets forwarded, the sides received {received}"),
+    );
+}
+
+/// The caller sends SRTP under `caller_key` to the relay address in its 200, the
+/// gateway plain RTP to the one in its INVITE: the gateway must get at least half of
+/// the caller's packets as plain RTP with their payload, the caller at least half of
+/// the gateway's as SRTP under `relay_key`, and the relay must count its decryptions.
+async fn check_srtp_bridge(
+    relay: &Relay,
+    caller: (UdpSocket, SocketAddr, &str, &str),
+    gateway: (UdpSocket, SocketAddr),
+    c: &mut Checks,
+) {
+    let (caller_sock, caller_to, caller_key, relay_key) = caller;
+    let (gateway_sock, gateway_to) = gateway;
+    let key = caller_key.to_owned();
+    let (sent, plain_at_gateway, srtp_at_caller) = tokio::task::spawn_blocking(move || {
+        let mut enc = srtp_context(&key);
+        const N: u16 = 30;
+        let (mut at_gw, mut at_caller) = (Vec::new(), Vec::new());
+        for seq in 0..N {
+            let payload = [seq as u8; 160];
+            let srtp = enc.encrypt_rtp(&rtp(seq, 0x3333_3333, &payload)).unwrap();
+            caller_sock.send_to(&srtp, caller_to).unwrap();
+            gateway_sock
+                .send_to(&rtp(seq, 0x4444_4444, &[0x80 | seq as u8; 160]), gateway_to)
+                .unwrap();
+            at_gw.extend(receive_for(&gateway_sock, Duration::from_millis(5), 64));
+            at_caller.extend(receive_for(&caller_sock, Duration::from_millis(5), 64));
+        }
+        at_gw.extend(receive_for(&gateway_sock, Duration::from_millis(300), 256));
+        at_caller.extend(receive_for(&caller_sock, Duration::from_millis(300), 256));
+        (usize::from(N), at_gw, at_caller)
+    })
+    .await
+    .unwrap();
+    // Plain RTP at the gateway: the caller's payloads, in the clear.
+    let plain: Vec<u8> = plain_at_gateway
+        .iter()
+        .filter(|(from, p)| from.ip() == relay_ip() && p.len() == 12 + 160)
+        .filter(|(_, p)| {
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            rtp_payload(p).iter().all(|b| *b == seq as u8)
+        })
+        .map(|(_, p)| p[3])
+        .collect();
+    c.check(
+        plain.len() * 2 >= sent,
+        format!("the gateway got {} of {sent} packets as plain RTP with the caller's payload ({} datagrams in all)", plain.len(), plain_at_gateway.len()),
+    );
+    // SRTP at the caller, under the relay's key: the gateway's payloads.
+    let mut dec = srtp_context(relay_key);
+    let decrypted = srtp_at_caller
+        .iter()
+        .filter(|(from, _)| from.ip() == relay_ip())
+        .filter_map(|(_, p)| dec.decrypt_rtp(p).ok())
+        .filter(|p| {
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            rtp_payload(p).iter().all(|b| *b == 0x80 | seq as u8)
+        })
+        .count();
+    c.check(
+        decrypted * 2 >= sent,
+        format!("the caller got {decrypted} of {sent} packets as SRTP under the relay's key with the gateway's payload ({} datagrams in all)", srtp_at_caller.len()),
+    );
+    let bridged = relay
+        .metric("tandem_relay_media_srtp_bridged_total{op=\"decrypt\"}")
+        .await;
+    c.check(
+        bridged >= plain.len() as f64,
+        format!(
+            "relay metrics: {bridged} packets decrypted, the gateway got {}",
+            plain.len()
+        ),
+    );
 }
 
 fn srtp_context(key_salt_b64: &str) -> Context {
@@ -642,66 +737,107 @@ async fn srtp_caller_reaches_an_offnet_gateway_with_plain_rtp() {
     if let (true, Some(relay_key), Some(caller_to), Some(gateway_to)) =
         (c.0.is_empty(), relay_key, answer.audio(), offer.audio())
     {
-        let (sent, plain_at_gateway, srtp_at_caller) = tokio::task::spawn_blocking(move || {
-            let mut enc = srtp_context(&key);
-            const N: u16 = 30;
-            let (mut at_gw, mut at_caller) = (Vec::new(), Vec::new());
-            for seq in 0..N {
-                let payload = [seq as u8; 160];
-                let srtp = enc.encrypt_rtp(&rtp(seq, 0x3333_3333, &payload)).unwrap();
-                caller_sock.send_to(&srtp, caller_to).unwrap();
-                gateway_sock
-                    .send_to(&rtp(seq, 0x4444_4444, &[0x80 | seq as u8; 160]), gateway_to)
-                    .unwrap();
-                at_gw.extend(receive_for(&gateway_sock, Duration::from_millis(5), 64));
-                at_caller.extend(receive_for(&caller_sock, Duration::from_millis(5), 64));
-            }
-            at_gw.extend(receive_for(&gateway_sock, Duration::from_millis(300), 256));
-            at_caller.extend(receive_for(&caller_sock, Duration::from_millis(300), 256));
-            (usize::from(N), at_gw, at_caller)
-        })
-        .await
-        .unwrap();
-        // Plain RTP at the gateway: the caller's payloads, in the clear.
-        let plain: Vec<u8> = plain_at_gateway
-            .iter()
-            .filter(|(from, p)| from.ip() == relay_ip() && p.len() == 12 + 160)
-            .filter(|(_, p)| {
-                let seq = u16::from_be_bytes([p[2], p[3]]);
-                rtp_payload(p).iter().all(|b| *b == seq as u8)
-            })
-            .map(|(_, p)| p[3])
-            .collect();
-        c.check(
-            plain.len() * 2 >= sent,
-            format!("the gateway got {} of {sent} packets as plain RTP with the caller's payload ({} datagrams in all)", plain.len(), plain_at_gateway.len()),
-        );
-        // SRTP at the caller, under the relay's key: the gateway's payloads.
-        let mut dec = srtp_context(&relay_key);
-        let decrypted = srtp_at_caller
-            .iter()
-            .filter(|(from, _)| from.ip() == relay_ip())
-            .filter_map(|(_, p)| dec.decrypt_rtp(p).ok())
-            .filter(|p| {
-                let seq = u16::from_be_bytes([p[2], p[3]]);
-                rtp_payload(p).iter().all(|b| *b == 0x80 | seq as u8)
-            })
-            .count();
-        c.check(
-            decrypted * 2 >= sent,
-            format!("the caller got {decrypted} of {sent} packets as SRTP under the relay's key with the gateway's payload ({} datagrams in all)", srtp_at_caller.len()),
-        );
-        let bridged = relay
-            .metric("tandem_relay_media_srtp_bridged_total{op=\"decrypt\"}")
-            .await;
-        c.check(
-            bridged >= plain.len() as f64,
-            format!(
-                "relay metrics: {bridged} packets decrypted, the gateway got {}",
-                plain.len()
-            ),
-        );
+        check_srtp_bridge(
+            &relay,
+            (caller_sock, caller_to, &key, &relay_key),
+            (gateway_sock, gateway_to),
+            &mut c,
+        )
+        .await;
     }
     finish_all(&mut [&mut call, &mut gateway], Duration::from_secs(20)).await;
     c.assert_all(&signaling);
+}
+
+/// The media half of the harness against the relay alone, so that a failure of the
+/// tests above points at signaling: sessions placed through the control API the way
+/// signaling is to place them (the caller leg from the offer, then the answer), then
+/// the same RTP and SRTP checks as `rtp_flows_both_ways_through_the_relay` and
+/// `srtp_caller_reaches_an_offnet_gateway_with_plain_rtp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_checks_pass_through_a_session_placed_directly() {
+    if !prerequisites() {
+        return;
+    }
+    let relay = Relay::start().await;
+    let mut c = Checks::default();
+    let relay_rtp = |leg: &serde_json::Value| -> SocketAddr {
+        leg["streams"][0]["relay_rtp"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("relay_rtp in {leg}"))
+    };
+
+    let (caller_sock, callee_sock) = (media_socket(), media_socket());
+    let created = relay
+        .control(
+            "POST",
+            "/sessions",
+            json!({"call_id": "plain", "caller": {"streams": [
+                {"rtp": caller_sock.local_addr().unwrap().to_string()}]}}),
+        )
+        .await;
+    let id = created["id"].as_str().expect("session id").to_owned();
+    let answered = relay
+        .control(
+            "PATCH",
+            &format!("/sessions/{id}"),
+            json!({"answer": {"streams": [
+                {"rtp": callee_sock.local_addr().unwrap().to_string()}]}}),
+        )
+        .await;
+    let (to_caller_leg, to_callee_leg) = (
+        relay_rtp(&answered["caller"]),
+        relay_rtp(&answered["callee"]),
+    );
+    assert_eq!(to_caller_leg.ip(), relay_ip());
+    check_rtp_both_ways(
+        &relay,
+        (caller_sock, to_caller_leg),
+        (callee_sock, to_callee_leg),
+        &mut c,
+    )
+    .await;
+    relay
+        .control("DELETE", &format!("/sessions/{id}"), json!(null))
+        .await;
+
+    let (caller_sock, gateway_sock) = (media_socket(), media_socket());
+    let key: [u8; 30] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let created = relay
+        .control(
+            "POST",
+            "/sessions",
+            json!({"call_id": "srtp", "caller": {
+                "srtp": {"suite": SUITE, "key": key},
+                "streams": [{"rtp": caller_sock.local_addr().unwrap().to_string()}]}}),
+        )
+        .await;
+    let id = created["id"].as_str().expect("session id").to_owned();
+    let answered = relay
+        .control(
+            "PATCH",
+            &format!("/sessions/{id}"),
+            json!({"answer": {"streams": [
+                {"rtp": gateway_sock.local_addr().unwrap().to_string()}]}}),
+        )
+        .await;
+    let relay_key = answered["caller"]["srtp"]["key"]
+        .as_str()
+        .expect("the relay's SRTP key for the caller leg")
+        .to_owned();
+    check_srtp_bridge(
+        &relay,
+        (
+            caller_sock,
+            relay_rtp(&answered["caller"]),
+            &key,
+            &relay_key,
+        ),
+        (gateway_sock, relay_rtp(&answered["callee"])),
+        &mut c,
+    )
+    .await;
+    assert!(c.0.is_empty(), "{}", c.0.join("\n"));
 }

@@ -75,7 +75,7 @@ fn free_tcp_port() -> u16 {
 /// (the port goes into the SDP the sipp peer sends).
 pub fn media_socket() -> UdpSocket {
     let s = UdpSocket::bind((DEVICE_IP, 0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     s
 }
 
@@ -244,6 +244,24 @@ impl Relay {
             return Err(format!("GET {path}: {}", r.status()));
         }
         r.json().await.map_err(|e| e.to_string())
+    }
+
+    /// A control API request (`body` null: none); panics unless it succeeds.
+    pub async fn control(&self, method: &str, path: &str, body: Value) -> Value {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self
+            .http
+            .request(method.clone(), format!("http://{}{path}", self.control))
+            .bearer_auth(CONTROL_TOKEN)
+            .timeout(Duration::from_secs(5));
+        if !body.is_null() {
+            r = r.json(&body);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
     }
 
     /// Live media sessions (`GET /load`).
