@@ -23,6 +23,9 @@
 //!   key; SRTP the caller sends arrives at the gateway as plain RTP with the same
 //!   payloads, and the gateway's RTP arrives at the caller as SRTP under the relay's
 //!   key.
+//! - `media_checks_pass_through_a_session_placed_directly`: the RTP and SRTP checks
+//!   of the two tests above pass through sessions placed on the relay alone through
+//!   its control API, so that their failure points at signaling, not the harness.
 //!
 //! Each test first checks the harness (binaries start, accounts, registrations, the
 //! SIP flows of sipp), then collects every media assertion and reports them together,
@@ -249,6 +252,18 @@ async fn forked_call_uses_one_relay_session() {
             offers.iter().map(|o| o.audio()).collect::<Vec<_>>()
         ),
     );
+    for (who, sdp) in [
+        ("the caller's 200", &answer),
+        ("the answering device's INVITE", &offers[0]),
+    ] {
+        c.check(
+            sdp.audio_port.is_some_and(|p| relay.has_port(p)),
+            format!(
+                "{who} has m=audio port {:?}, not one of the relay's {:?}",
+                sdp.audio_port, relay.ports
+            ),
+        );
+    }
     c.check(
         answer.audio() != offers[0].audio(),
         format!(

@@ -191,10 +191,16 @@ pub struct Relay {
     proc: Proc,
     pub control: SocketAddr,
     pub metrics: SocketAddr,
+    /// `--min-port`, `--max-port`: the ports it hands out for media.
+    pub ports: (u16, u16),
     http: reqwest::Client,
 }
 
 impl Relay {
+    pub fn has_port(&self, port: u16) -> bool {
+        (self.ports.0..=self.ports.1).contains(&port)
+    }
+
     pub async fn start() -> Relay {
         let (min, max) = relay_port_range();
         let control = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
@@ -217,6 +223,7 @@ impl Relay {
             proc: Proc::spawn("tandem-relay", &mut cmd),
             control,
             metrics,
+            ports: (min, max),
             http: reqwest::Client::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
