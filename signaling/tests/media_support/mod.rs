@@ -295,7 +295,11 @@ impl Relay {
     /// The sum of the samples of `/metrics` named `selector` (a full name such as
     /// `tandem_relay_media_sessions_created_total`, or one with its labels).
     pub async fn metric(&self, selector: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.metrics))
+            .timeout(Duration::from_secs(5))
+            .send()
             .await
             .expect("GET /metrics")
             .text()
