@@ -215,6 +215,7 @@ pub async fn start(
             shutdown.clone(),
         ));
         tracing::info!(relays = cfg.relays.len(), "media relay pool started");
+        sip.set_media_relays(pool.clone(), shutdown.clone());
         Some(pool)
     };
     let turn = relays::TurnService::new(&cfg.turn, &cfg.relays, clock.clone());
@@ -232,7 +233,6 @@ pub async fn start(
         store: store.clone(),
         pusher: (!pusher.providers().is_empty()).then(|| pusher.clone()),
         ttl_secs: cfg.messages.ttl_secs,
-        domain: cfg.sip.realm.clone(),
     }));
     // Deferred messages go out, in order, when their device registers.
     tokio::spawn(push::deferred::run_delivery(

@@ -224,6 +224,15 @@ impl SipParts {
         self.proxy.set_offline(hooks);
     }
 
+    /// Calls' media goes through these relays (see [`SipServer::set_media_relays`]).
+    pub fn set_media_relays(
+        &self,
+        relays: Arc<dyn crate::relays::MediaRelays>,
+        shutdown: CancellationToken,
+    ) {
+        self.proxy.set_relays(relays, shutdown);
+    }
+
     /// Sends requests of our own to registered devices (deferred delivery).
     pub fn request_sender(&self) -> Arc<dyn RequestSender> {
         self.proxy.clone()
@@ -307,6 +316,16 @@ impl SipServer {
     /// messages); without them such requests get 480.
     pub fn set_offline_targets(&self, hooks: Arc<dyn OfflineTargets>) {
         self.proxy.set_offline(hooks);
+    }
+
+    /// Calls' media goes through these relays from now on (SDP rewritten, one
+    /// session per call); calls whose session ends on the relay's side get a BYE.
+    pub fn set_media_relays(
+        &self,
+        relays: Arc<dyn crate::relays::MediaRelays>,
+        shutdown: CancellationToken,
+    ) {
+        self.proxy.set_relays(relays, shutdown);
     }
 
     /// Sends requests of our own to registered devices as client transactions of the

@@ -223,6 +223,17 @@ async fn callers_authenticate_and_are_limited() {
     let ch = challenge(&resp, "Proxy-Authenticate", "SHA-256");
     challenge(&resp, "Proxy-Authenticate", "MD5");
     assert!(recv(&dev, Duration::from_millis(200)).await.is_none());
+
+    // RFC 3261 16.4: a client configured with us as its outbound proxy pre-loads a
+    // Route naming us (by address or by domain); it is removed and the request is
+    // routed on its Request-URI (here: challenged, not 404).
+    for route in [format!("<sip:{sip};lr>"), format!("<sip:{REALM};lr>")] {
+        let s2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut pre = Invite::new(s2.local_addr().unwrap(), &alice, &bob);
+        pre.extra = format!("Route: {route}\r\n");
+        let resp = exchange(&s2, sip, &pre.build("INVITE")).await;
+        assert_eq!(status(&resp), 407, "Route {route}: {resp}");
+    }
     // The hop-by-hop ACK for the 407.
     caller
         .send_to(

@@ -231,7 +231,6 @@ async fn proxy_hooks_store_push_and_answer_202(backend: Backend) {
         store: store.clone(),
         pusher: Some(pusher),
         ttl_secs: 3600,
-        domain: "tandem.local".into(),
     };
     let mut req = ForkedRequest {
         account,
@@ -242,6 +241,7 @@ async fn proxy_hooks_store_push_and_answer_202(backend: Backend) {
         date: Some("Sat, 13 Nov 2010 23:29:00 GMT".into()),
         body: b"hello there".to_vec(),
         live_instances: Vec::new(),
+        local_sender: true,
     };
     // Nobody live: stored for all three devices, 202.
     assert_eq!(hooks.no_live_binding(&req).await, (202, "Accepted"));

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::fork::{Action, CancelReason, Final, Fork, ForkOptions, PushOrder, PushPolicy};
+use super::media::MediaRole;
 use super::offline::{CallPush, ForkedRequest};
-use super::routing::{hop_of, Hop};
+use super::routing::Hop;
 use super::{msg, Proxy};
 use crate::metrics::SipMetrics;
 use crate::model::{AccountId, Binding};
@@ -154,6 +155,8 @@ pub(crate) struct Forking {
     pub(crate) outgoing_call: Option<String>,
     /// Set for INVITEs to one of our accounts.
     pub(crate) setup: Option<CallSetup>,
+    /// The call's media session, when its SDP goes through a relay.
+    pub(crate) media: Option<MediaRole>,
 }
 
 /// One branch to start: where, its Via branch, the request bytes, and the device
@@ -195,6 +198,7 @@ impl Proxy {
             invite,
             outgoing_call,
             setup,
+            media,
         } = how;
         let (tx, rx) = mpsc::channel(64);
         let refuse = |code: u16, reason: &str, retry_after: Option<&str>| {
@@ -259,6 +263,7 @@ impl Proxy {
             outgoing_call,
             answered_2xx: false,
             setup,
+            media,
             pushes: pushes
                 .then(|| PushPolicy::new(Duration::from_secs(self.cfg.park_timeout_secs))),
             branches: branches
@@ -389,6 +394,8 @@ struct Call {
     /// Set for INVITEs to one of our accounts: more branches can join, devices
     /// are pushed, the no-answer rule applies.
     setup: Option<CallSetup>,
+    /// The call's media session: answers are rewritten, a failure deletes it.
+    media: Option<MediaRole>,
     /// The push side of the call (when devices are pushed): who was pushed, the
     /// park, who hears of the end.
     pushes: Option<PushPolicy>,
@@ -492,7 +499,9 @@ impl Call {
         if self.setup.is_none() {
             return;
         }
-        let Some(hop) = hop_of(b) else { return };
+        let Some(hop) = self.proxy.binding_hop(b) else {
+            return;
+        };
         if self
             .branches
             .iter()
@@ -732,16 +741,17 @@ impl Call {
                         .as_mut()
                         .and_then(|p| p.forwarded(code, by.as_deref(), forwarded));
                     self.queue(order);
+                    if (200..300).contains(&code) && !self.answered_2xx {
+                        tracing::info!(
+                            call_id = %self.call_ref(),
+                            branch,
+                            instance = %by.as_deref().map(crate::registrar::redact_instance).unwrap_or_default(),
+                            code,
+                            "answered"
+                        );
+                    }
                     self.answered_2xx |= (200..300).contains(&code);
-                    let bytes = self
-                        .branches
-                        .get(branch)
-                        .and_then(|b| b.last.as_ref())
-                        .and_then(|l| {
-                            Message::parse(l)
-                                .ok()
-                                .map(|m| msg::response_upstream(&m, None, &[]))
-                        });
+                    let bytes = self.forward_bytes(branch, code).await;
                     if let Some(bytes) = bytes {
                         self.upstream.respond(code, bytes).await;
                     }
@@ -760,6 +770,12 @@ impl Call {
                         }
                         CancelReason::DeviceRevoked => None,
                     };
+                    tracing::info!(
+                        call_id = %self.call_ref(),
+                        branch,
+                        reason = ?reason,
+                        "branch cancelled"
+                    );
                     if let Some(b) = self.branches.get_mut(branch) {
                         if let Ok(sent) = Message::parse(&b.request) {
                             let c = msg::cancel_for(&sent, text.as_deref());
@@ -781,6 +797,11 @@ impl Call {
                     let order = self.pushes.as_mut().and_then(PushPolicy::responded);
                     self.queue(order);
                     let (code, bytes) = self.final_bytes(f);
+                    if code >= 300 {
+                        if let Some(m) = &self.media {
+                            self.proxy.media_failed(m).await;
+                        }
+                    }
                     if !(200..300).contains(&code) {
                         // The call failed: it stops counting against the limit now,
                         // not when the last branch's transaction ends.
@@ -798,7 +819,7 @@ impl Call {
             while let Some(bytes) = b.tx.poll_transmit() {
                 self.proxy
                     .flows
-                    .send(b.hop.transport, b.hop.addr, bytes)
+                    .send_or_connect(b.hop.transport, b.hop.addr, bytes)
                     .await;
             }
             if let Some(c) = b.cancel.as_mut() {
@@ -811,6 +832,31 @@ impl Call {
                 while c.poll_event().is_some() {}
             }
         }
+    }
+
+    /// The call's Call-ID for the log.
+    fn call_ref(&self) -> String {
+        Message::parse(&self.request)
+            .ok()
+            .and_then(|m| m.call_id().map(|c| super::media::call_ref(c).to_owned()))
+            .unwrap_or_default()
+    }
+
+    /// The bytes of branch `branch`'s latest response as it goes upstream, its SDP
+    /// rewritten when the call's media goes through a relay.
+    async fn forward_bytes(&self, branch: usize, code: u16) -> Option<Vec<u8>> {
+        let b = self.branches.get(branch)?;
+        let m = Message::parse(b.last.as_ref()?).ok()?;
+        if let Some(role) = &self.media {
+            if code >= 300 {
+                self.proxy.media_failed(role).await;
+            } else if code > 100 {
+                if let Some(body) = self.proxy.media_response(role, b.hop, &m).await {
+                    return Some(msg::response_upstream_with_body(&m, None, &[], &body));
+                }
+            }
+        }
+        Some(msg::response_upstream(&m, None, &[]))
     }
 
     fn final_bytes(&self, f: Final) -> (u16, Vec<u8>) {

@@ -11,6 +11,7 @@ pub mod call;
 pub mod config;
 pub mod dialplan;
 pub mod fork;
+pub(crate) mod media;
 pub mod msg;
 pub mod offline;
 pub mod own;
@@ -39,7 +40,7 @@ pub use dialplan::DialPlanConfig;
 use offline::forked_request;
 pub use offline::{CallPush, ForkedRequest, HookFuture, OfflineTargets, PushTo, Unavailable};
 pub use own::{RequestSender, SendFuture};
-use routing::{hop_of, max_forwards, Hop, Routing};
+use routing::{max_forwards, Hop, Routing};
 
 /// The proxy shared by every connection of the SIP server.
 pub struct Proxy {
@@ -62,6 +63,18 @@ pub struct Proxy {
     outgoing: Mutex<Outgoing>,
     metrics: SipMetrics,
     clock: Clock,
+    /// Media sessions of calls, once relays are configured.
+    media: std::sync::OnceLock<media::MediaCalls>,
+}
+
+/// How a new request goes on once routed: its loop hash, Max-Forwards, the outgoing
+/// call it counts as, its media session, and whether the sender is one of ours.
+struct Onward<'a> {
+    hash: &'a str,
+    max_forwards: u32,
+    counted_call: Option<String>,
+    media: Option<media::MediaRole>,
+    local_sender: bool,
 }
 
 /// Outgoing calls per account: counted from the INVITE until a non-2xx final
@@ -141,7 +154,11 @@ enum Caller {
     /// From names no account of ours: a caller from the outside.
     External,
     /// Authenticated as this account, whose country code reads the numbers it dials.
-    Account { id: AccountId, country_code: String },
+    Account {
+        id: AccountId,
+        country_code: String,
+        media: crate::model::MediaPolicy,
+    },
 }
 
 impl std::fmt::Debug for Proxy {
@@ -194,6 +211,7 @@ impl Proxy {
             outgoing: Mutex::new(Outgoing::default()),
             metrics,
             clock,
+            media: std::sync::OnceLock::new(),
         }
     }
 
@@ -230,6 +248,7 @@ impl Proxy {
         Ok(Caller::Account {
             id: a.id,
             country_code: a.country_code,
+            media: a.media,
         })
     }
 
@@ -338,32 +357,74 @@ impl Proxy {
         }
         let routes = self.routing.own_routes(msg, origin.local);
         let in_dialog = msg.to().is_some_and(|t| t.params.contains("tag"));
+        // RFC 3261 16.4: a request that is not in a dialog and whose Route names only
+        // us, without a flow token of ours (a client's outbound proxy, a pre-loaded
+        // route), loses those entries and is routed on its Request-URI like any other.
+        let preloaded =
+            !in_dialog && routes.popped > 0 && routes.tokens.is_empty() && routes.next.is_none();
+        let stripped = preloaded.then(|| msg::drop_leading_routes(msg, routes.popped));
+        let parsed_stripped = stripped
+            .as_deref()
+            .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
+        let without_routes;
+        let req = match &parsed_stripped {
+            Some((raw, m)) => {
+                without_routes = Request {
+                    msg: m,
+                    raw,
+                    ..*req
+                };
+                &without_routes
+            }
+            None => req,
+        };
+        let msg = req.msg;
 
-        if in_dialog || routes.popped > 0 {
+        if in_dialog || (routes.popped > 0 && !preloaded) {
             if method == "BYE" {
                 if let Some(c) = msg.call_id() {
                     self.release_call(c);
                 }
             }
-            return match self.routing.in_dialog(&routes, origin) {
-                Ok(route) => self.forward_in_dialog(req, upstream, route, &hash, max_forwards),
-                Err((code, reason)) => reply(code, reason),
+            let route = match self.routing.in_dialog(&routes, origin) {
+                Ok(route) => route,
+                Err((code, reason)) => return reply(code, reason),
             };
+            let (body, role) = self.media_in_dialog(msg, origin.source).await;
+            let parsed = body
+                .as_deref()
+                .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
+            let changed;
+            let req = match &parsed {
+                Some((raw, m)) => {
+                    changed = Request {
+                        msg: m,
+                        raw,
+                        ..*req
+                    };
+                    &changed
+                }
+                None => req,
+            };
+            return self.forward_in_dialog(req, upstream, route, &hash, max_forwards, role);
         }
 
         // Out of dialog: who is calling (RFC 3261 22.3)?
         let mut counted_call = None;
         let mut caller_account = None;
         let mut caller_cc = None;
+        let mut caller_media = None;
         if matches!(method, "INVITE" | "MESSAGE" | "SUBSCRIBE") {
             match self.authenticate_caller(msg, origin, top_via, &tag).await {
                 Ok(Caller::External) => {}
                 Ok(Caller::Account {
                     id: account,
                     country_code,
+                    media,
                 }) => {
                     caller_account = Some(account);
                     caller_cc = Some(country_code);
+                    caller_media = Some(media);
                     if method == "INVITE" {
                         let call_id = msg.call_id().unwrap_or("");
                         if !self.admit_call(account, call_id) {
@@ -420,34 +481,89 @@ impl Proxy {
                 if caller_account.is_none() {
                     return release(reply(404, "Not Found"));
                 }
+                let policy = media::Effective::from(caller_media.unwrap_or_default());
+                if dialplan::route(&self.dialplan, &identity).is_none() {
+                    return release(reply(404, "Not Found"));
+                }
+                let (raw, role) = match self.media_offer(req, policy, true).await {
+                    Ok(Some((raw, role))) => (raw, Some(role)),
+                    Ok(None) => (None, None),
+                    Err(r) => return release(r.reply(req)),
+                };
+                let parsed = raw
+                    .as_deref()
+                    .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
+                let changed;
+                let req = match &parsed {
+                    Some((raw, m)) => {
+                        changed = Request {
+                            msg: m,
+                            raw,
+                            ..*req
+                        };
+                        &changed
+                    }
+                    None => req,
+                };
                 let h = self
                     .route_offnet(
                         req,
                         upstream,
                         &identity,
-                        max_forwards,
-                        &hash,
-                        counted_call.clone(),
+                        Onward {
+                            hash: &hash,
+                            max_forwards,
+                            counted_call: counted_call.clone(),
+                            media: role.clone(),
+                            local_sender: true,
+                        },
                     )
                     .await;
-                return release(h);
+                return release(self.media_unless_taken(h, role).await);
             }
             Err(e) => {
                 tracing::error!(error = %e, "account lookup failed");
                 return release(reply(500, "Server Internal Error"));
             }
         };
+        let policy = media::Effective::from(account.media).max(media::Effective::from(
+            caller_media.unwrap_or(account.media),
+        ));
+        let (raw, role) = match self.media_offer(req, policy, false).await {
+            Ok(Some((raw, role))) => (raw, Some(role)),
+            Ok(None) => (None, None),
+            Err(r) => return release(r.reply(req)),
+        };
+        let parsed = raw
+            .as_deref()
+            .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
+        let changed;
+        let req = match &parsed {
+            Some((raw, m)) => {
+                changed = Request {
+                    msg: m,
+                    raw,
+                    ..*req
+                };
+                &changed
+            }
+            None => req,
+        };
         let h = self
             .fork_to_account(
                 req,
                 upstream,
                 &account,
-                &hash,
-                max_forwards,
-                counted_call.clone(),
+                Onward {
+                    hash: &hash,
+                    max_forwards,
+                    counted_call: counted_call.clone(),
+                    media: role.clone(),
+                    local_sender: caller_account.is_some(),
+                },
             )
             .await;
-        release(h)
+        release(self.media_unless_taken(h, role).await)
     }
 
     /// The bytes of a request forwarded in dialog (or an ACK for a 2xx): our Via on
@@ -483,6 +599,7 @@ impl Proxy {
         route: routing::InDialog,
         hash: &str,
         max_forwards: u32,
+        media: Option<media::MediaRole>,
     ) -> Handled {
         let msg = req.msg;
         let branch = format!("z9hG4bK{hash}.{}", new_tag());
@@ -500,8 +617,18 @@ impl Proxy {
                 invite: msg.method() == Some("INVITE"),
                 outgoing_call: None,
                 setup: None,
+                media,
             },
         )
+    }
+
+    /// A request the proxy answered itself after its media session was set up: the
+    /// session goes.
+    async fn media_unless_taken(&self, h: Handled, role: Option<media::MediaRole>) -> Handled {
+        if let (Some(role), false) = (role, matches!(h, Handled::Taken)) {
+            self.media_failed(&role).await;
+        }
+        h
     }
 
     /// An INVITE or MESSAGE to one of our accounts: one branch per live binding;
@@ -511,10 +638,15 @@ impl Proxy {
         req: &Request<'_>,
         upstream: Upstream,
         account: &crate::model::AccountCredentials,
-        hash: &str,
-        max_forwards: u32,
-        counted_call: Option<String>,
+        onward: Onward<'_>,
     ) -> Handled {
+        let Onward {
+            hash,
+            max_forwards,
+            counted_call,
+            media,
+            local_sender,
+        } = onward;
         let Request {
             msg,
             origin,
@@ -539,7 +671,9 @@ impl Proxy {
         let record = invite;
         let mut branches = Vec::with_capacity(bindings.len());
         for b in &bindings {
-            let Some(hop) = hop_of(b) else { continue };
+            let Some(hop) = self.binding_hop(b) else {
+                continue;
+            };
             let branch = format!("z9hG4bK{hash}.{}", new_tag());
             let rr = if record {
                 self.routing.record_routes(origin, hop)
@@ -568,12 +702,19 @@ impl Proxy {
         // With nobody registered a MESSAGE is stored (202) or refused, and a call
         // ends at once unless devices can be pushed or the no-answer rule applies.
         if branches.is_empty() && !(pushes || forward.is_some()) {
-            let forked = forked_request(msg, account.id, Vec::new());
+            let forked = forked_request(msg, account.id, Vec::new(), local_sender);
             let (code, reason) = hooks.no_live_binding(&forked).await;
             return reply(code, reason);
         }
         let live: Vec<String> = branches.iter().filter_map(|b| b.instance.clone()).collect();
-        let forked = forked_request(msg, account.id, live);
+        tracing::info!(
+            call_id = %media::call_ref(msg.call_id().unwrap_or("")),
+            method,
+            account = account.id,
+            devices = branches.len(),
+            "forked to the account's registered devices"
+        );
+        let forked = forked_request(msg, account.id, live, local_sender);
         if !invite {
             let outgoing = counted_call.clone();
             tokio::spawn(async move { hooks.forked(&forked).await });
@@ -585,6 +726,7 @@ impl Proxy {
                     invite: false,
                     outgoing_call: outgoing,
                     setup: None,
+                    media: None,
                 },
             );
         }
@@ -615,6 +757,7 @@ impl Proxy {
                 invite,
                 outgoing_call: outgoing,
                 setup,
+                media,
             },
         )
     }
@@ -671,10 +814,15 @@ impl Proxy {
         req: &Request<'_>,
         upstream: Upstream,
         identity: &str,
-        max_forwards: u32,
-        hash: &str,
-        outgoing: Option<String>,
+        onward: Onward<'_>,
     ) -> Handled {
+        let Onward {
+            hash,
+            max_forwards,
+            counted_call: outgoing,
+            media,
+            ..
+        } = onward;
         let Request {
             msg,
             origin,
@@ -731,6 +879,7 @@ impl Proxy {
                 invite: msg.method() == Some("INVITE"),
                 outgoing_call: outgoing,
                 setup: None,
+                media,
             },
         )
     }
@@ -757,7 +906,15 @@ impl Proxy {
             .unwrap_or_default();
         let h = crate::registrar::digest::Algorithm::Sha256.hash_hex(incoming.as_bytes());
         let branch = format!("z9hG4bK{}", h.get(..24).unwrap_or(&h));
-        let bytes = self.in_dialog_bytes(msg, &route, &branch, max_forwards);
+        // The ACK of a late offer carries the answer.
+        let (body, _) = self.media_in_dialog(msg, origin.source).await;
+        let parsed = body.as_deref().and_then(|b| Message::parse(b).ok());
+        let bytes = self.in_dialog_bytes(
+            parsed.as_ref().unwrap_or(msg),
+            &route,
+            &branch,
+            max_forwards,
+        );
         self.flows
             .send(route.hop.transport, route.hop.addr, bytes)
             .await;

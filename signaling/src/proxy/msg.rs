@@ -190,6 +190,16 @@ pub fn response_upstream(
     status: Option<(u16, &str)>,
     extra: &[(String, String)],
 ) -> Vec<u8> {
+    response_upstream_with_body(resp, status, extra, resp.body)
+}
+
+/// [`response_upstream`] with another body (an SDP rewritten for the relay).
+pub fn response_upstream_with_body(
+    resp: &Message<'_>,
+    status: Option<(u16, &str)>,
+    extra: &[(String, String)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = String::with_capacity(resp.headers.len() * 64 + 64);
     match status {
         Some((code, reason)) => {
@@ -215,7 +225,43 @@ pub fn response_upstream(
     for (n, v) in extra {
         let _ = write!(out, "{n}: {v}\r\n");
     }
-    finish(out, resp.body)
+    finish(out, body)
+}
+
+/// `msg` with its first `n` Route values removed (ours, RFC 3261 16.4), the rest as
+/// it was.
+pub fn drop_leading_routes(msg: &Message<'_>, n: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(msg.headers.len() * 64 + 64);
+    write_start(&mut out, &msg.start);
+    let mut to_pop = n;
+    for h in &msg.headers {
+        match h.name {
+            HeaderName::ContentLength => {}
+            HeaderName::Route if to_pop > 0 => {
+                let parts = grammar::split_top_level(&h.value, b',').unwrap_or_default();
+                let keep: Vec<&str> = parts.iter().map(|p| trim_ws(p)).skip(to_pop).collect();
+                to_pop = to_pop.saturating_sub(parts.len());
+                if !keep.is_empty() {
+                    let _ = write!(out, "{}: {}\r\n", h.raw_name, keep.join(", "));
+                }
+            }
+            _ => write_header(&mut out, h),
+        }
+    }
+    finish(out, msg.body)
+}
+
+/// `msg` (request or response) as it is, with `body` in place of its body: every
+/// header kept in order, Content-Length set to the new body's length.
+pub fn replace_body(msg: &Message<'_>, body: &[u8]) -> Vec<u8> {
+    let mut out = String::with_capacity(msg.headers.len() * 64 + 64);
+    write_start(&mut out, &msg.start);
+    for h in &msg.headers {
+        if h.name != HeaderName::ContentLength {
+            write_header(&mut out, h);
+        }
+    }
+    finish(out, body)
 }
 
 /// Every WWW-Authenticate and Proxy-Authenticate value of a response, for aggregation.

@@ -20,6 +20,9 @@ pub struct ForkedRequest {
     pub body: Vec<u8>,
     /// Instances of the devices that got the request live (empty when none did).
     pub live_instances: Vec<String>,
+    /// The proxy authenticated the sender as one of our accounts. Anybody else is a
+    /// foreign sender, whose From (any name, any user part) proves nothing.
+    pub local_sender: bool,
 }
 
 /// Boxed future returned by [`OfflineTargets`] hooks.
@@ -98,6 +101,7 @@ pub(crate) fn forked_request(
     msg: &Message<'_>,
     account: AccountId,
     live: Vec<String>,
+    local_sender: bool,
 ) -> ForkedRequest {
     ForkedRequest {
         account,
@@ -108,5 +112,6 @@ pub(crate) fn forked_request(
         date: msg.header(HeaderName::Other("Date")).map(str::to_owned),
         body: msg.body.to_vec(),
         live_instances: live,
+        local_sender,
     }
 }

@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 
 use super::call::Input;
-use super::routing::hop_of;
+use super::routing::{hop_of, Hop};
 use super::Proxy;
 use crate::model::Binding;
 use crate::sip::message::Message;
@@ -33,7 +33,17 @@ impl Proxy {
         binding: &Binding,
         request: Vec<u8>,
     ) -> Option<u16> {
-        let hop = hop_of(binding)?;
+        let hop = self.binding_hop(binding)?;
+        self.own_transaction(hop, request).await
+    }
+
+    /// Sends a request of our own over the flow `hop` names (a BYE to a side of a
+    /// call), as [`Proxy::send_own_request`] does to a binding.
+    pub(crate) async fn send_own_request_to(&self, hop: Hop, request: Vec<u8>) -> Option<u16> {
+        self.own_transaction(hop, request).await
+    }
+
+    async fn own_transaction(&self, hop: Hop, request: Vec<u8>) -> Option<u16> {
         let branch = Message::parse(&request)
             .ok()?
             .top_via()
@@ -66,7 +76,11 @@ impl Proxy {
         );
         loop {
             while let Some(bytes) = t.poll_transmit() {
-                if !self.registrar.send_to(binding, bytes).await {
+                if !self
+                    .flows
+                    .send_or_connect(hop.transport, hop.addr, bytes)
+                    .await
+                {
                     return None;
                 }
             }
@@ -93,6 +107,37 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+impl Proxy {
+    /// Where a request to binding `b` goes. Over UDP, and over TCP/TLS while the
+    /// connection it registered on is open: that flow (RFC 5626 connection reuse).
+    /// A TCP binding registered without `outbound` (reg-id 0) whose connection is gone
+    /// (the device closed it, or we restarted) is reached as RFC 3261 18.1.1 says: a
+    /// new connection to its Contact's address. An outbound binding whose flow is gone
+    /// is not (RFC 5626 5.3: the device opens a new flow and registers it; it is
+    /// pushed meanwhile when it has a token), nor is a TLS one (no name to check the
+    /// device's certificate against); both are logged.
+    pub(crate) fn binding_hop(&self, b: &Binding) -> Option<Hop> {
+        let hop = hop_of(b)?;
+        if !hop.transport.reliable() || self.flows.is_open(hop.transport, hop.addr) {
+            return Some(hop);
+        }
+        if b.reg_id > 0 || hop.transport != crate::sip::transport::Transport::Tcp {
+            tracing::info!(
+                account = b.account_id,
+                instance = %crate::registrar::redact_instance(&b.instance_id),
+                transport = hop.transport.as_str(),
+                outbound = b.reg_id > 0,
+                "the device's connection is gone: not reached until it registers again"
+            );
+            return None;
+        }
+        let uri = crate::sip::grammar::SipUri::parse(&b.contact_uri)?;
+        let ip: std::net::IpAddr = uri.host.trim_matches(['[', ']']).parse().ok()?;
+        let addr = std::net::SocketAddr::new(ip, uri.port.unwrap_or(5060));
+        Some(Hop { addr, ..hop })
     }
 }
 

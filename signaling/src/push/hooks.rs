@@ -18,16 +18,13 @@ pub struct PushHooks {
     pub pusher: Option<Pusher>,
     /// `[messages] ttl_secs`.
     pub ttl_secs: u64,
-    /// Our SIP domain (the realm): a sender in it is one of our accounts (the proxy
-    /// authenticated it); anybody else is shown with their whole address.
-    pub domain: String,
 }
 
-/// (login, display name) of the From header value, as a push shows them. A sender of
-/// our domain is shown by login; a foreign one by `user@host` (never a bare user
-/// name that reads like a local login), and its display name, which anybody can set,
-/// carries that address along.
-fn sender(from: &str, domain: &str) -> (String, String) {
+/// (login, display name) of the From header value, as a push shows them. A sender the
+/// proxy authenticated as one of our accounts (`local`) is shown by login; a foreign
+/// one by `user@host` (never a bare user name that reads like a local login), and its
+/// display name, which anybody can set, carries that address along.
+fn sender(from: &str, local: bool) -> (String, String) {
     let Some(na) = name_addr(from) else {
         return (String::new(), String::new());
     };
@@ -41,10 +38,10 @@ fn sender(from: &str, domain: &str) -> (String, String) {
         .as_deref()
         .map(|d| d.trim().to_owned())
         .unwrap_or_default();
-    let host = uri.as_ref().map(|u| u.host).unwrap_or("");
-    if host.eq_ignore_ascii_case(domain) {
+    if local {
         return (user, display);
     }
+    let host = uri.as_ref().map(|u| u.host).unwrap_or("");
     let address = if user.is_empty() {
         host.to_owned()
     } else {
@@ -60,7 +57,7 @@ fn sender(from: &str, domain: &str) -> (String, String) {
 
 impl PushHooks {
     async fn message(&self, req: &ForkedRequest) -> usize {
-        let (login, display) = sender(&req.from, &self.domain);
+        let (login, display) = sender(&req.from, req.local_sender);
         let live: Vec<&str> = req.live_instances.iter().map(String::as_str).collect();
         let m = IncomingMessage {
             account: req.account,
@@ -87,7 +84,7 @@ impl PushHooks {
         let Some(pusher) = &self.pusher else {
             return Vec::new();
         };
-        let (login, display) = sender(&req.from, &self.domain);
+        let (login, display) = sender(&req.from, req.local_sender);
         let video = std::str::from_utf8(&req.body)
             .map(|sdp| {
                 sdp.lines()
@@ -169,20 +166,21 @@ mod tests {
     #[test]
     fn a_foreign_sender_never_reads_like_a_local_login() {
         assert_eq!(
-            sender("\"Alice\" <sip:alice@tandem.local>;tag=1", "tandem.local"),
+            sender("\"Alice\" <sip:alice@tandem.local>;tag=1", true),
             ("alice".to_owned(), "Alice".to_owned())
         );
         assert_eq!(
-            sender("\"Alice\" <sip:alice@evil.example>;tag=1", "tandem.local"),
+            sender("\"Alice\" <sip:alice@evil.example>;tag=1", false),
             (
                 "alice@evil.example".to_owned(),
                 "Alice (alice@evil.example)".to_owned()
             )
         );
+        // Our domain in From proves nothing unless the proxy authenticated it.
         assert_eq!(
-            sender("<sip:alice@TANDEM.LOCAL>", "tandem.local").0,
-            "alice"
+            sender("<sip:alice@tandem.local>", false).0,
+            "alice@tandem.local"
         );
-        assert_eq!(sender("<sip:gw.example>", "tandem.local").0, "gw.example");
+        assert_eq!(sender("<sip:gw.example>", false).0, "gw.example");
     }
 }
