@@ -71,15 +71,29 @@ fn ip() -> IpAddr {
 }
 
 #[test]
-fn challenges_offer_sha256_before_md5_with_qop_auth() {
+fn challenges_offer_md5_then_sha256_by_default_with_qop_auth() {
     let r = registrar(RegistrarConfig::default());
     let ch = r.challenges(T0, [0; 8], false);
     assert_eq!(ch.len(), 2);
-    assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
+    assert!(ch[0].contains("algorithm=MD5") && ch[1].contains("algorithm=SHA-256"));
     assert!(ch
         .iter()
         .all(|c| c.contains("qop=\"auth\"") && c.contains("realm=\"tandem.local\"")));
     assert!(r.challenges(T0, [0; 8], true)[0].contains("stale=TRUE"));
+}
+
+/// An identity that names no account is answered as a wrong password is (challenged
+/// again), not refused, so the answers do not enumerate accounts.
+#[test]
+fn unknown_identities_are_answered_like_wrong_passwords() {
+    let mut r = registrar(RegistrarConfig::default());
+    let n = nonce_of(&r, T0, "MD5");
+    let known = decide(&mut r, &auth(Algorithm::Md5, "alice", "wrong", &n, 1), T0);
+    let header = auth(Algorithm::Md5, "nobody", "pw", &n, 2);
+    let a = AuthParams::parse(&header).unwrap();
+    let unknown = r.authenticate(&[a], "REGISTER", None, ip(), T0);
+    assert!(matches!(known, AuthDecision::Retry { .. }), "{known:?}");
+    assert!(matches!(unknown, AuthDecision::Retry { .. }), "{unknown:?}");
 }
 
 #[test]

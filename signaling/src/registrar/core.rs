@@ -250,11 +250,26 @@ impl Registrar {
         let Some(auth) = ours.first() else {
             return AuthDecision::Challenge { stale: false };
         };
-        let Some(creds) = account else {
-            let banned = self.record_failure(source, now);
-            return AuthDecision::Forbidden { banned };
+        // An identity that names no account is answered exactly as a wrong password
+        // for a real one (same checks, same hash work, challenged again), so the
+        // answers do not tell which accounts exist.
+        let unknown;
+        let creds = match account {
+            Some(c) => c,
+            None => {
+                unknown = AccountCredentials {
+                    id: 0,
+                    login: auth.get("username").unwrap_or("").to_owned(),
+                    ha1_md5: "0".repeat(32),
+                    ha1_sha256: "0".repeat(64),
+                    country_code: String::new(),
+                    no_answer_forward: None,
+                    media: Default::default(),
+                };
+                &unknown
+            }
         };
-        match digest::verify(
+        let verified = digest::verify(
             auth,
             &self.algorithms,
             method,
@@ -262,7 +277,12 @@ impl Registrar {
             &self.key,
             &mut self.counts,
             now,
-        ) {
+        );
+        let verified = match (verified, account) {
+            (Ok(()), None) => Err(AuthFailure::WrongPassword),
+            (v, _) => v,
+        };
+        match verified {
             Ok(()) => AuthDecision::Accept,
             Err(AuthFailure::NoCredentials) => AuthDecision::Challenge { stale: false },
             Err(AuthFailure::Stale) => AuthDecision::Challenge { stale: true },
