@@ -1026,6 +1026,15 @@ fn stream_client_gets_padded_channel_data_and_closing_deletes_the_allocation() {
         assert_eq!(u16::from_be_bytes([m[2], m[3]]) as usize, len);
         assert!(m[4 + len..].iter().all(|b| *b == 0), "zero padding");
     }
+    // 401s are not rate-limited on a stream (no reflection; no retransmission
+    // either, so a dropped challenge would hang the client).
+    let mut s2 = Client::new("198.51.100.1:40001", Creds::md5("alice", "wonderland"));
+    s2.tuple.transport = tandem_relay::turn::Transport::Stream(9);
+    for i in 0..200u8 {
+        let p = s2.build(method::ALLOCATE, [i; 12], &udp, false, false);
+        let (_, r) = s2.send(&mut srv, now, &mut ports, &p);
+        assert_eq!(error_code(&r), Some(401), "challenge {i}");
+    }
     srv.stream_closed(&c.tuple, &mut ports);
     assert_eq!(srv.allocation_count(), 0);
     assert_eq!(ports.closed, vec![id]);

@@ -779,13 +779,19 @@ impl Server {
     /// the answer is not sent at all).
     fn unauth_error(
         &mut self,
-        _tuple: FiveTuple,
+        tuple: FiveTuple,
         req: &Request<'_>,
         out: &mut [u8],
         code: u16,
         unknown: &[u16],
     ) -> ClientOutput {
-        let budget = amplification_budget(req.msg.as_bytes().len());
+        // The budget is against reflection; a stream (its source proved by the
+        // handshake) gets its answer whatever its size.
+        let budget = if tuple.is_stream() {
+            usize::MAX
+        } else {
+            amplification_budget(req.msg.as_bytes().len())
+        };
         tracing::debug!(
             code,
             method = req.msg.method(),
@@ -867,7 +873,10 @@ impl Server {
         out: &mut [u8],
         code: u16,
     ) -> ClientOutput {
-        if !self.limiter.allow(now.mono, tuple.client.ip()) {
+        // The limit is against reflection, which a stream cannot carry (its handshake
+        // proved the source); and a stream client never retransmits, so a dropped
+        // challenge would leave it waiting for good.
+        if !tuple.is_stream() && !self.limiter.allow(now.mono, tuple.client.ip()) {
             self.stats.unauthorized_rate_limited += 1;
             return ClientOutput::None;
         }
