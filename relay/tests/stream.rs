@@ -3,7 +3,7 @@
 //! padded to 4 bytes on the stream), the allocation deleted when the connection
 //! closes; TLS 1.2 and 1.3 with a certificate made here, reloaded without dropping
 //! a connection or its allocation; and the limits (connections per source, framing
-//! errors, message size).
+//! errors, message size, idle connections, slow readers).
 
 mod common;
 
@@ -411,4 +411,57 @@ async fn no_udp_and_no_tcp_listen_only_where_asked() {
         ..cfg
     };
     assert!(cfg.validate().unwrap_err().to_string().contains("`no-udp`"));
+}
+
+#[tokio::test]
+async fn idle_connections_and_slow_readers_are_dropped() {
+    let r = start("stream-idle-timeout = 1\nstream-max-buffered = 4096\n").await;
+    // Without an allocation and silent: closed after the idle time (checked every
+    // few seconds).
+    let mut idle = Stream::new(TcpStream::connect(r.tcp).await.unwrap());
+    assert!(idle.closed().await, "idle connection closed");
+    wait_metric(
+        r.metrics,
+        "tandem_relay_stream_connections_dropped_total{reason=\"idle\"}",
+        1,
+    )
+    .await;
+    // A client that stops reading while its peer keeps sending: once more than
+    // stream-max-buffered bytes wait in its queue, the relay drops it.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(r.tcp).await.unwrap();
+    let me = tcp.local_addr().unwrap().to_string();
+    let mut s = Stream::new(tcp);
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = Client::new(&me, Creds::md5("alice", "wonderland"));
+    let relayed = allocate(&mut s, &mut c).await;
+    let perm = move |w: &mut MessageWriter<'_>| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, &peer_addr).unwrap();
+    };
+    let resp = s
+        .roundtrip(&c.build(method::CREATE_PERMISSION, [4; 12], &perm, true, true))
+        .await;
+    assert_eq!(error_code(&resp), None);
+    let slow = "tandem_relay_stream_connections_dropped_total{reason=\"slow_reader\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let payload = [0x55u8; 1200];
+    'blast: loop {
+        for _ in 0..500 {
+            let _ = peer.send_to(&payload, relayed).await;
+        }
+        if metric(r.metrics, slow).await == Some(1) {
+            break 'blast;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow reader never dropped"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Its allocation went with it.
+    wait_metric(r.metrics, "tandem_relay_allocations", 0).await;
+    r.shutdown.cancel();
+    r.task.await.unwrap();
 }
