@@ -465,3 +465,42 @@ async fn idle_connections_and_slow_readers_are_dropped() {
     r.shutdown.cancel();
     r.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn messages_longer_than_the_first_read_buffer_arrive_whole() {
+    // The read buffer starts small and grows for a longer message (up to
+    // stream-max-frame); the message may also arrive in pieces.
+    let r = start("").await;
+    let tcp = TcpStream::connect(r.tcp).await.unwrap();
+    let me = tcp.local_addr().unwrap().to_string();
+    let mut s = Stream::new(tcp);
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = Client::new(&me, Creds::md5("alice", "wonderland"));
+    let relayed = allocate(&mut s, &mut c).await;
+    let bind = move |w: &mut MessageWriter<'_>| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x09, 0, 0]).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, &peer_addr).unwrap();
+    };
+    let resp = s
+        .roundtrip(&c.build(method::CHANNEL_BIND, [6; 12], &bind, true, true))
+        .await;
+    assert_eq!(error_code(&resp), None);
+    let data: Vec<u8> = (0..3001u32).map(|i| i as u8).collect();
+    let mut m = vec![0x40, 0x09];
+    m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    m.extend_from_slice(&data);
+    m.resize(m.len().next_multiple_of(4), 0);
+    for piece in m.chunks(700) {
+        s.send(piece).await;
+        tokio::task::yield_now().await;
+    }
+    let mut buf = vec![0u8; 4096];
+    let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .expect("peer gets the long ChannelData")
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&data[..], relayed));
+    r.shutdown.cancel();
+    r.task.await.unwrap();
+}

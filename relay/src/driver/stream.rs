@@ -1,8 +1,8 @@
 //! TURN over TCP and TLS (RFC 8656 section 3.1): the client's connection is a stream,
 //! the allocation's relayed side stays UDP.
 //!
-//! One tokio task per accepted connection. It reads the stream into a fixed buffer of
-//! `stream-max-frame` bytes, cuts it into STUN and ChannelData messages
+//! One tokio task per accepted connection. It reads the stream into a buffer of at
+//! most `stream-max-frame` bytes, cuts it into STUN and ChannelData messages
 //! ([`crate::stun::framing`]) and hands each to the same `turn::Server` shard the UDP
 //! path uses, under the shard's lock, with a 5-tuple whose transport is
 //! [`Transport::Stream`] and the connection's id. Answers go back on the stream;
@@ -38,6 +38,9 @@ use crate::turn::{AllocationId, ClientOutput, FiveTuple, Transport};
 /// Messages queued towards one client before the queue counts as full (the byte cap
 /// usually bites first).
 const QUEUE_MESSAGES: usize = 256;
+/// Size a connection's read buffer starts at; it grows (up to `stream-max-frame`)
+/// only for a message that does not fit, so an idle connection stays small.
+const READ_START: usize = 512;
 /// How often a connection checks that its allocation still exists (to free the
 /// duplicate of a relayed socket whose allocation expired) and whether it is idle.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -358,9 +361,8 @@ where
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut conn = Conn {
         tuple,
-        buf: vec![0u8; ctx.limits.max_frame],
+        buf: vec![0u8; READ_START.min(ctx.limits.max_frame)],
         filled: 0,
-        out: vec![0u8; RESPONSE_MAX],
         replies: Vec::new(),
         relayed: None,
     };
@@ -404,13 +406,17 @@ where
                         if let Err(e) = conn.handle_frames(ctx, shard) {
                             break End::BadFrame(e);
                         }
+                        // A full buffer holds the start of a message longer than it
+                        // (never longer than the maximum, which the framer checked).
+                        if conn.filled == conn.buf.len() {
+                            let grown = (conn.buf.len() * 2).min(ctx.limits.max_frame);
+                            conn.buf.resize(grown, 0);
+                        }
                         if !conn.replies.is_empty() {
                             let replies = std::mem::take(&mut conn.replies);
                             if wr.write_all(&replies).await.is_err() {
                                 break End::WriteError;
                             }
-                            conn.replies = replies;
-                            conn.replies.clear();
                         }
                     }
                 }
@@ -452,9 +458,9 @@ struct Conn {
     /// Bytes read and not yet framed: `buf[..filled]`.
     buf: Vec<u8>,
     filled: usize,
-    /// Scratch space for one STUN answer.
-    out: Vec<u8>,
-    /// Answers to write once the shard's lock is released.
+    /// Answers to write once the shard's lock is released (freed after each
+    /// write: STUN answers are rare next to data, and an idle connection keeps no
+    /// buffer for them).
     replies: Vec<u8>,
     /// The allocation's relayed socket (a duplicate descriptor), once allocated.
     relayed: Option<(AllocationId, StdUdpSocket)>,
@@ -477,13 +483,19 @@ impl Conn {
             let Shared { server, relays, .. } = &mut **g;
             let t = now();
             let stun = msg.first().is_some_and(|b| b >> 6 == 0);
-            match server.handle_client(t, self.tuple, msg, &mut self.out, relays) {
-                ClientOutput::None => {}
-                ClientOutput::Reply { len } | ClientOutput::ReplyTo { len, .. } => {
-                    if let Some(r) = self.out.get(..len) {
-                        self.replies.extend_from_slice(r);
-                    }
-                }
+            // The answer is written straight after the ones already waiting; no
+            // scratch buffer is kept per connection.
+            let at = self.replies.len();
+            self.replies.resize(at + RESPONSE_MAX, 0);
+            let out = self.replies.get_mut(at..).unwrap_or_default();
+            let o = server.handle_client(t, self.tuple, msg, out, relays);
+            let kept = match o {
+                ClientOutput::Reply { len } | ClientOutput::ReplyTo { len, .. } => len,
+                _ => 0,
+            };
+            self.replies.truncate(at + kept);
+            match o {
+                ClientOutput::None | ClientOutput::Reply { .. } | ClientOutput::ReplyTo { .. } => {}
                 ClientOutput::Forward {
                     allocation,
                     peer,
