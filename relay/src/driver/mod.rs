@@ -400,41 +400,21 @@ impl Relay {
         crate::pii::set_show(config.log_addresses);
         let io = io::choose(config.io)?;
         let workers = config.worker_count();
-        let mut sockets: Vec<Vec<StdUdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut listening = Vec::new();
-        let udp_ips: &[std::net::IpAddr] = if config.no_udp {
-            &[]
-        } else {
-            &config.listening_ip
-        };
-        for ip in udp_ips {
-            let mut addr = SocketAddr::new(*ip, config.listening_port);
-            for (w, per_worker) in sockets.iter_mut().enumerate() {
-                let sock = bind_listener(addr, workers > 1)
-                    .map_err(|source| DriverError::Bind { addr, source })?;
-                if w == 0 {
-                    // The first worker's socket fixes the port (port 0 picks one); the
-                    // others share it through SO_REUSEPORT.
-                    addr = sock
-                        .local_addr()
-                        .map_err(|source| DriverError::Bind { addr, source })?;
-                    listening.push(addr);
+        // With port 0 the UDP socket picks a port and TCP takes the same one, which a
+        // TCP socket elsewhere may already hold: pick again (tests bind port 0).
+        let mut attempt = 0;
+        let (sockets, listening, tcp) = loop {
+            match bind_udp_and_tcp(config, workers) {
+                Err(DriverError::Bind { source, .. })
+                    if config.listening_port == 0
+                        && source.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < 16 =>
+                {
+                    attempt += 1;
                 }
-                per_worker.push(sock);
+                r => break r?,
             }
-        }
-        // TCP on the listening port (the one UDP got, when it was 0).
-        let mut tcp = Vec::new();
-        if !config.no_tcp {
-            for (i, ip) in config.listening_ip.iter().enumerate() {
-                let port = listening.get(i).map_or(config.listening_port, |a| a.port());
-                let addr = SocketAddr::new(*ip, port);
-                tcp.push(
-                    bind_stream_listener(addr)
-                        .map_err(|source| DriverError::Bind { addr, source })?,
-                );
-            }
-        }
+        };
         let stream_stats = Arc::new(stream::StreamStats::default());
         let mut tls = Vec::new();
         let mut certs = None;
@@ -680,6 +660,57 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdUdpSo
     enlarge_buffers(&sock, LISTEN_SOCKET_BUFFER);
     sock.bind(&addr.into())?;
     Ok(sock.into())
+}
+
+/// The UDP listening sockets of every worker, the bound UDP addresses, and the TCP
+/// listeners on the same ports (unless `no-udp` / `no-tcp`).
+#[allow(clippy::type_complexity)]
+fn bind_udp_and_tcp(
+    config: &Config,
+    workers: usize,
+) -> Result<
+    (
+        Vec<Vec<StdUdpSocket>>,
+        Vec<SocketAddr>,
+        Vec<tokio::net::TcpListener>,
+    ),
+    DriverError,
+> {
+    let mut sockets: Vec<Vec<StdUdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut listening = Vec::new();
+    let udp_ips: &[std::net::IpAddr] = if config.no_udp {
+        &[]
+    } else {
+        &config.listening_ip
+    };
+    for ip in udp_ips {
+        let mut addr = SocketAddr::new(*ip, config.listening_port);
+        for (w, per_worker) in sockets.iter_mut().enumerate() {
+            let sock = bind_listener(addr, workers > 1)
+                .map_err(|source| DriverError::Bind { addr, source })?;
+            if w == 0 {
+                // The first worker's socket fixes the port (port 0 picks one); the
+                // others share it through SO_REUSEPORT.
+                addr = sock
+                    .local_addr()
+                    .map_err(|source| DriverError::Bind { addr, source })?;
+                listening.push(addr);
+            }
+            per_worker.push(sock);
+        }
+    }
+    // TCP on the listening port (the one UDP got, when it was 0).
+    let mut tcp = Vec::new();
+    if !config.no_tcp {
+        for (i, ip) in config.listening_ip.iter().enumerate() {
+            let port = listening.get(i).map_or(config.listening_port, |a| a.port());
+            let addr = SocketAddr::new(*ip, port);
+            tcp.push(
+                bind_stream_listener(addr).map_err(|source| DriverError::Bind { addr, source })?,
+            );
+        }
+    }
+    Ok((sockets, listening, tcp))
 }
 
 /// A TCP listener for TURN over TCP or TLS.
