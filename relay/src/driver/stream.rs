@@ -260,6 +260,7 @@ pub(crate) async fn accept_loop(
     let shutdown = ctx.inner.shutdown.clone();
     let tracker = tokio_util::task::TaskTracker::new();
     let mut error_logged: Option<tokio::time::Instant> = None;
+    let mut refusal_logged: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -281,6 +282,17 @@ pub(crate) async fn accept_loop(
         };
         let Some(admitted) = ctx.admit(from.ip()) else {
             drop(sock);
+            // Counted by reason; logged at most every 10 s.
+            let t = tokio::time::Instant::now();
+            if refusal_logged.is_none_or(|l| t.duration_since(l) > Duration::from_secs(10)) {
+                tracing::warn!(
+                    client = %crate::pii::Pii(from),
+                    max_connections = ctx.limits.max_connections,
+                    max_per_ip = ctx.limits.max_per_ip,
+                    "TURN stream connection refused: connection limit reached"
+                );
+                refusal_logged = Some(t);
+            }
             continue;
         };
         let local = match sock.local_addr() {
@@ -304,8 +316,13 @@ pub(crate) async fn accept_loop(
                             .await;
                     match hs {
                         Ok(Ok(stream)) => serve(&ctx, stream, local, from).await,
-                        _ => {
+                        Ok(Err(e)) => {
                             ctx.stats.handshake_failed.fetch_add(1, Relaxed);
+                            tracing::debug!(client = %crate::pii::Pii(from), error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            ctx.stats.handshake_failed.fetch_add(1, Relaxed);
+                            tracing::debug!(client = %crate::pii::Pii(from), "TLS handshake timed out");
                         }
                     }
                     drop(admitted);
