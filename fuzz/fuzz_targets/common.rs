@@ -72,6 +72,7 @@ fn make_world() -> World {
             tuple: FiveTuple {
                 local: SocketAddr::from(([192, 0, 2, 1], 3478)),
                 client: SocketAddr::from(([198, 51, 100, 1], 40_000)),
+                transport: tandem_relay::turn::Transport::Udp,
             },
             out: vec![0; 1500],
             peer_buf: vec![0; PEER_HEADROOM + 65_535 + PEER_TAILROOM],

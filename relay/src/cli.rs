@@ -92,6 +92,45 @@ pub struct Args {
     /// Most media sessions on this relay (0 = no limit but the ports).
     #[arg(long, env = "TANDEM_MEDIA_MAX_SESSIONS")]
     media_max_sessions: Option<u32>,
+    /// TURN over TLS port (default 5349).
+    #[arg(long, env = "TANDEM_TLS_LISTENING_PORT")]
+    tls_listening_port: Option<u16>,
+    /// TLS certificate chain, PEM (read again on SIGHUP).
+    #[arg(long, env = "TANDEM_CERT")]
+    cert: Option<PathBuf>,
+    /// TLS private key, PEM (read again on SIGHUP).
+    #[arg(long, env = "TANDEM_PKEY")]
+    pkey: Option<PathBuf>,
+    /// Do not serve STUN/TURN over UDP.
+    #[arg(long, env = "TANDEM_NO_UDP")]
+    no_udp: bool,
+    /// Do not serve TURN over TCP.
+    #[arg(long, env = "TANDEM_NO_TCP")]
+    no_tcp: bool,
+    /// Do not serve TURN over TLS.
+    #[arg(long, env = "TANDEM_NO_TLS")]
+    no_tls: bool,
+    /// Accepted for coturn compatibility: DTLS is not served.
+    #[arg(long, env = "TANDEM_NO_DTLS")]
+    no_dtls: bool,
+    /// TCP and TLS connections open at once.
+    #[arg(long, env = "TANDEM_STREAM_MAX_CONNECTIONS")]
+    stream_max_connections: Option<usize>,
+    /// TCP and TLS connections open at once from one source IP.
+    #[arg(long, env = "TANDEM_STREAM_MAX_CONNECTIONS_PER_IP")]
+    stream_max_connections_per_ip: Option<u32>,
+    /// Seconds for a TLS handshake.
+    #[arg(long, env = "TANDEM_STREAM_HANDSHAKE_TIMEOUT")]
+    stream_handshake_timeout: Option<u64>,
+    /// Seconds a connection without an allocation may stay silent.
+    #[arg(long, env = "TANDEM_STREAM_IDLE_TIMEOUT")]
+    stream_idle_timeout: Option<u64>,
+    /// Bytes queued towards one client before it is dropped as a slow reader.
+    #[arg(long, env = "TANDEM_STREAM_MAX_BUFFERED")]
+    stream_max_buffered: Option<usize>,
+    /// Largest STUN or ChannelData message read from a stream.
+    #[arg(long, env = "TANDEM_STREAM_MAX_FRAME")]
+    stream_max_frame: Option<usize>,
 }
 
 impl Args {
@@ -143,6 +182,29 @@ impl Args {
         );
         set(&mut c.media_max_duration, self.media_max_duration);
         set(&mut c.media_max_sessions, self.media_max_sessions);
+        set(&mut c.tls_listening_port, self.tls_listening_port);
+        if self.cert.is_some() {
+            c.cert = self.cert;
+        }
+        if self.pkey.is_some() {
+            c.pkey = self.pkey;
+        }
+        c.no_udp |= self.no_udp;
+        c.no_tcp |= self.no_tcp;
+        c.no_tls |= self.no_tls;
+        c.no_dtls |= self.no_dtls;
+        set(&mut c.stream_max_connections, self.stream_max_connections);
+        set(
+            &mut c.stream_max_connections_per_ip,
+            self.stream_max_connections_per_ip,
+        );
+        set(
+            &mut c.stream_handshake_timeout,
+            self.stream_handshake_timeout,
+        );
+        set(&mut c.stream_idle_timeout, self.stream_idle_timeout);
+        set(&mut c.stream_max_buffered, self.stream_max_buffered);
+        set(&mut c.stream_max_frame, self.stream_max_frame);
     }
 }
 

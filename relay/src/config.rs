@@ -124,6 +124,33 @@ pub struct Config {
     pub media_max_duration: u64,
     /// Most media sessions on this relay (0 = no limit but the ports).
     pub media_max_sessions: u32,
+    /// Port of TURN over TLS (coturn `tls-listening-port`; 443 works too).
+    pub tls_listening_port: u16,
+    /// TLS certificate chain (PEM); TLS listens only with `cert` and `pkey`. Read
+    /// again on SIGHUP.
+    pub cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    pub pkey: Option<std::path::PathBuf>,
+    /// Do not serve STUN/TURN over UDP (relayed sockets stay UDP).
+    pub no_udp: bool,
+    /// Do not serve TURN over TCP on the listening port.
+    pub no_tcp: bool,
+    /// Do not serve TURN over TLS.
+    pub no_tls: bool,
+    /// Accepted for coturn command-line compatibility; DTLS is not served.
+    pub no_dtls: bool,
+    /// TCP and TLS connections open at once.
+    pub stream_max_connections: usize,
+    /// TCP and TLS connections open at once from one source IP.
+    pub stream_max_connections_per_ip: u32,
+    /// Seconds for a TLS handshake.
+    pub stream_handshake_timeout: u64,
+    /// Seconds a connection without an allocation may stay silent.
+    pub stream_idle_timeout: u64,
+    /// Bytes queued towards one client before it is disconnected as a slow reader.
+    pub stream_max_buffered: usize,
+    /// Largest STUN or ChannelData message read from a stream (64 to 65540).
+    pub stream_max_frame: usize,
 }
 
 impl Default for Config {
@@ -165,6 +192,19 @@ impl Default for Config {
             media_inactivity_timeout: 60,
             media_max_duration: 12 * 3600,
             media_max_sessions: 0,
+            tls_listening_port: 5349,
+            cert: None,
+            pkey: None,
+            no_udp: false,
+            no_tcp: false,
+            no_tls: false,
+            no_dtls: false,
+            stream_max_connections: 10_000,
+            stream_max_connections_per_ip: 1024,
+            stream_handshake_timeout: 10,
+            stream_idle_timeout: 60,
+            stream_max_buffered: 256 * 1024,
+            stream_max_frame: 4096,
         }
     }
 }
@@ -277,6 +317,31 @@ impl Config {
         if self.media_max_duration == 0 {
             return Err(invalid("media-max-duration", "must be non-zero"));
         }
+        if self.cert.is_some() != self.pkey.is_some() {
+            return Err(invalid("cert", "cert and pkey go together"));
+        }
+        let tls = !self.no_tls && self.cert.is_some();
+        if self.no_udp && self.no_tcp && !tls {
+            return Err(invalid(
+                "no-udp",
+                "nothing to listen on: UDP and TCP are off and TLS has no cert/pkey",
+            ));
+        }
+        if self.stream_max_connections == 0 || self.stream_max_connections_per_ip == 0 {
+            return Err(invalid("stream-max-connections", "must be non-zero"));
+        }
+        if self.stream_handshake_timeout == 0 {
+            return Err(invalid("stream-handshake-timeout", "must be non-zero"));
+        }
+        if self.stream_idle_timeout == 0 {
+            return Err(invalid("stream-idle-timeout", "must be non-zero"));
+        }
+        if self.stream_max_buffered < 4096 {
+            return Err(invalid("stream-max-buffered", "at least 4096 bytes"));
+        }
+        if !(64..=65_540).contains(&self.stream_max_frame) {
+            return Err(invalid("stream-max-frame", "64 to 65540 bytes"));
+        }
         Ok(())
     }
 
@@ -316,6 +381,18 @@ impl Config {
             max_duration: Duration::from_secs(self.media_max_duration),
             max_sessions: per_worker,
             external_ip: self.external_ip,
+        }
+    }
+
+    /// The limits of the TCP and TLS listeners.
+    pub fn stream_limits(&self) -> crate::driver::stream::StreamLimits {
+        crate::driver::stream::StreamLimits {
+            max_connections: self.stream_max_connections,
+            max_per_ip: self.stream_max_connections_per_ip,
+            handshake_timeout: Duration::from_secs(self.stream_handshake_timeout),
+            idle_timeout: Duration::from_secs(self.stream_idle_timeout),
+            max_buffered: self.stream_max_buffered,
+            max_frame: self.stream_max_frame,
         }
     }
 

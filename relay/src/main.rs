@@ -41,6 +41,26 @@ async fn main() -> anyhow::Result<()> {
         }
         s.cancel();
     });
+    if let Some(certs) = relay.tls_certificates() {
+        // SIGHUP reads the TLS certificate and key again (renewals); connections and
+        // allocations stay.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        match certs.reload() {
+                            Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "SIGHUP: TLS certificate and key not reloaded, the previous ones stay"
+                            ),
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler: TLS reload unavailable"),
+        }
+    }
     relay.run(shutdown).await;
     Ok(())
 }

@@ -11,7 +11,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use tandem_relay::stun::attr;
 use tandem_relay::stun::{address, integrity, method, ChannelData, Message, MessageWriter};
 use tandem_relay::turn::request::{password_algorithms, Request};
-use tandem_relay::turn::{ClientOutput, Config, PeerPolicy, Server, PEER_HEADROOM};
+use tandem_relay::turn::{
+    amplification_budget, ClientOutput, Config, PeerPolicy, Server, PEER_HEADROOM,
+};
 
 const BUDGET: Duration = Duration::from_millis(1500);
 const MAX_CASES: u64 = 400_000;
@@ -44,6 +46,13 @@ fn decode_all(p: &[u8]) {
         let _ = r.peers().count();
     }
     let _ = ChannelData::decode(p);
+    // The stream framer: frames it cuts stay inside the input and the maximum.
+    let mut rest = p;
+    while let Ok(Some(f)) = tandem_relay::stun::framing::next_frame(rest, 1024) {
+        assert!(f.len <= f.consumed && f.consumed <= rest.len() && f.consumed <= 1024);
+        assert_eq!(f.consumed % 4, 0);
+        rest = &rest[f.consumed..];
+    }
 }
 
 /// Valid packets to mutate.
@@ -192,12 +201,15 @@ fn server_survives_hostile_packets_and_keeps_answering() {
                 client: format!("198.51.100.7:{}", rng.random_range(1..65535u32))
                     .parse()
                     .unwrap(),
+                transport: tandem_relay::turn::Transport::Udp,
             }
         };
         let t = now.advance(Duration::from_millis(n % 5000));
         let o = srv.handle_client(t, tuple, &p, &mut out, &mut ports);
         match o {
-            ClientOutput::Reply { len } => assert!(len <= out.len()),
+            ClientOutput::Reply { len } | ClientOutput::ReplyTo { len, .. } => {
+                assert!(len <= out.len())
+            }
             ClientOutput::Forward { payload, .. } => assert!(payload.end <= p.len()),
             ClientOutput::None => {}
         }
@@ -371,9 +383,9 @@ fn attributes_after_message_integrity_are_ignored() {
 }
 
 #[test]
-fn unauthenticated_answers_never_exceed_the_request() {
-    // Except the Binding success (the minimum RFC 8489 answer) and the rate-limited
-    // 401/438 challenge that must carry REALM and NONCE.
+fn unauthenticated_answers_stay_within_the_amplification_budget() {
+    // Except the Binding success's XOR-MAPPED-ADDRESS (the minimum RFC 8489 answer)
+    // and the rate-limited 401/438 challenge that must carry REALM and NONCE.
     let now = t0();
     let (mut srv, mut ports) = (Server::new(config(), now, [1; 32]), FakePorts::default());
     let c = Client::new("198.51.100.1:40000", Creds::md5("alice", "wonderland"));
@@ -406,6 +418,7 @@ fn unauthenticated_answers_never_exceed_the_request() {
         let tuple = tandem_relay::turn::FiveTuple {
             local: c.tuple.local,
             client: format!("198.51.100.{}:1", i % 200).parse().unwrap(),
+            transport: tandem_relay::turn::Transport::Udp,
         };
         if let ClientOutput::Reply { len } = srv.handle_client(now, tuple, &p, &mut out, &mut ports)
         {
@@ -417,11 +430,113 @@ fn unauthenticated_answers_never_exceed_the_request() {
                 assert!(len <= 44);
             } else if !challenge {
                 assert!(
-                    len <= p.len(),
-                    "answer {len} > request {} (code {code:?})",
+                    len <= amplification_budget(p.len()),
+                    "answer {len} > budget of request {} (code {code:?})",
                     p.len()
                 );
+                assert!(len <= 3 * p.len() && len <= 512);
             }
         }
     }
+}
+
+#[test]
+fn binding_with_unknown_attribute_gets_its_420_even_when_larger_than_the_request() {
+    // The smallest such request: a header and one empty comprehension-required
+    // attribute (24 bytes). The 420 with its reason phrase and UNKNOWN-ATTRIBUTES
+    // is 56 bytes: more than the request, within three times it.
+    let now = t0();
+    let (mut srv, mut ports) = (Server::new(config(), now, [1; 32]), FakePorts::default());
+    let c = Client::new("198.51.100.1:40000", Creds::md5("alice", "wonderland"));
+    for (fingerprint, unknown) in [(false, 1usize), (true, 1), (false, 8), (true, 8)] {
+        let p = c.build(
+            method::BINDING,
+            [7; 12],
+            &move |w| {
+                for t in 0..unknown {
+                    w.attr(0x0031 + t as u16, &[]).unwrap();
+                }
+            },
+            false,
+            fingerprint,
+        );
+        let (_, r) = c.send(&mut srv, now, &mut ports, &p);
+        assert_eq!(
+            error_code(&r),
+            Some(420),
+            "fp {fingerprint} unknown {unknown}"
+        );
+        assert!(r.len() > p.len(), "{} vs {}", r.len(), p.len());
+        let m = Message::decode(&r).unwrap();
+        let listed = m.get(attr::UNKNOWN_ATTRIBUTES).unwrap().value;
+        assert_eq!(listed.len(), 2 * unknown);
+        assert_eq!(&listed[..2], &[0x00, 0x31]);
+        // The reason phrase is kept.
+        let ec = m.get(attr::ERROR_CODE).unwrap().value;
+        assert_eq!(&ec[4..], b"Unknown Attribute");
+        assert_eq!(m.get(attr::FINGERPRINT).is_some(), fingerprint);
+    }
+    // CHANGE-REQUEST (RFC 5780, 0x0003), which `turnutils_stunclient -f` sends: 420.
+    let p = c.build(
+        method::BINDING,
+        [8; 12],
+        &|w| w.attr(0x0003, &[0, 0, 0, 6]).unwrap(),
+        false,
+        false,
+    );
+    let (_, r) = c.send(&mut srv, now, &mut ports, &p);
+    assert_eq!(error_code(&r), Some(420));
+}
+
+#[test]
+fn amplification_budget_is_three_times_capped_at_512() {
+    assert_eq!(amplification_budget(20), 60);
+    assert_eq!(amplification_budget(24), 72);
+    assert_eq!(amplification_budget(170), 510);
+    assert_eq!(amplification_budget(171), 512);
+    assert_eq!(amplification_budget(65_535), 512);
+    assert_eq!(amplification_budget(usize::MAX), 512);
+}
+
+#[test]
+fn response_port_sends_the_binding_answer_to_that_port_of_the_same_ip() {
+    // What `turnutils_stunclient -f` sends second: RESPONSE-PORT and CHANGE-REQUEST;
+    // it then listens on the response port only. No alternate address here, so
+    // CHANGE-REQUEST gets a 420 (RFC 5780 section 7.2), sent to that port.
+    let now = t0();
+    let (mut srv, mut ports) = (Server::new(config(), now, [1; 32]), FakePorts::default());
+    let c = Client::new("198.51.100.1:40000", Creds::md5("alice", "wonderland"));
+    let mut out = vec![0u8; 1500];
+    let p = c.build(
+        method::BINDING,
+        [9; 12],
+        &|w| {
+            w.attr(attr::RESPONSE_PORT, &[0x9c, 0x41, 0, 0]).unwrap();
+            w.attr(0x0003, &[0, 0, 0, 6]).unwrap();
+        },
+        false,
+        false,
+    );
+    let ClientOutput::ReplyTo { len, to } =
+        srv.handle_client(now, c.tuple, &p, &mut out, &mut ports)
+    else {
+        panic!("an answer to the response port");
+    };
+    assert_eq!(to, "198.51.100.1:40001".parse().unwrap());
+    assert_eq!(error_code(&out[..len]), Some(420));
+    // Without CHANGE-REQUEST: the success, to the response port too.
+    let p = c.build(
+        method::BINDING,
+        [10; 12],
+        &|w| w.attr(attr::RESPONSE_PORT, &[0x9c, 0x41, 0, 0]).unwrap(),
+        false,
+        false,
+    );
+    let ClientOutput::ReplyTo { len, to } =
+        srv.handle_client(now, c.tuple, &p, &mut out, &mut ports)
+    else {
+        panic!("an answer to the response port");
+    };
+    assert_eq!(to.port(), 40001);
+    assert_eq!(error_code(&out[..len]), None);
 }

@@ -1,7 +1,9 @@
 //! Interop with coturn's own clients against the real `tandem-relay` binary on
 //! 127.0.0.1: `turnutils_uclient` (long-term and REST credentials, channels and Send
 //! indications, 10 clients each, zero loss) with `turnutils_peer` as the echo peer,
-//! and `turnutils_stunclient` for the mapped address. Run once per datapath
+//! and `turnutils_stunclient` for the mapped address (and `-f`, RFC 5780 probing, which
+//! must get its 420s), the same uclient runs over TCP (`-t`) and TLS (`-t -S`, with a
+//! certificate made by the test). Run once per datapath
 //! (`--io portable` and `--io uring`; the io_uring run is skipped, with a message,
 //! where the kernel does not allow io_uring), with two workers, checking that the
 //! relay logs which datapath it runs.
@@ -62,8 +64,19 @@ fn free_udp_port() -> u16 {
 
 /// Start tandem-relay on an ephemeral port with datapath `io` and read back the
 /// bound addresses and the logged datapath line.
-fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, String) {
+fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, SocketAddr, String) {
+    // A self-signed certificate for TURN over TLS, made here.
+    let dir = std::env::temp_dir().join(format!("tandem-interop-{}-{io}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("turn.crt"), dir.join("turn.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+        .args(["--tls-listening-port", "0", "--cert"])
+        .arg(&cert)
+        .arg("--pkey")
+        .arg(&key)
         .args([
             "--listening-ip",
             "127.0.0.1",
@@ -108,16 +121,20 @@ fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, String) {
         }
     });
     let guard = Guard(child);
-    let (mut listen, mut metrics, mut datapath) = (None, None, None);
+    let (mut listen, mut metrics, mut datapath, mut tls) = (None, None, None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while listen.is_none() || metrics.is_none() || datapath.is_none() {
+    while listen.is_none() || metrics.is_none() || datapath.is_none() || tls.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("relay reports its addresses and datapath");
         if line.contains(" datapath") && line.contains("io=") {
             datapath = Some(line.clone());
         }
-        for (key, slot) in [("listen=", &mut listen), ("metrics=", &mut metrics)] {
+        for (key, slot) in [
+            ("listen=", &mut listen),
+            ("metrics=", &mut metrics),
+            ("listen_tls=", &mut tls),
+        ] {
             if let Some(i) = line.find(key) {
                 let a = line[i + key.len()..].split_whitespace().next().unwrap();
                 *slot = Some(a.parse::<SocketAddr>().unwrap());
@@ -126,7 +143,13 @@ fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, String) {
     }
     // Keep draining the relay's output so it never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    (guard, listen.unwrap(), metrics.unwrap(), datapath.unwrap())
+    (
+        guard,
+        listen.unwrap(),
+        metrics.unwrap(),
+        tls.unwrap(),
+        datapath.unwrap(),
+    )
 }
 
 fn run_with_timeout(cmd: &mut Command, limit: Duration) -> String {
@@ -225,7 +248,7 @@ fn coturn_clients_against_tandem_relay(io: &str) {
         return;
     }
     let started = Instant::now();
-    let (_relay, listen, metrics, datapath) = start_relay(io);
+    let (_relay, listen, metrics, tls, datapath) = start_relay(io);
     assert!(
         datapath.contains(&format!("io={io} ")) && datapath.contains("reason="),
         "datapath log line: {datapath}"
@@ -253,9 +276,28 @@ fn coturn_clients_against_tandem_relay(io: &str) {
         .unwrap_or_else(|| panic!("stunclient:\n{out}"));
     assert!(line.contains("127.0.0.1:"), "{line}");
     eprintln!("turnutils_stunclient: {}", line.trim());
+    // `-f` (RFC 5780 probing): a Binding with RESPONSE-PORT and CHANGE-REQUEST (the
+    // client then listens on the response port only), then one padded to 1500 bytes.
+    // Without an alternate address the relay answers 420 to both; the client must
+    // not hang waiting.
+    let out = run_with_timeout(
+        Command::new("turnutils_stunclient").args([
+            "-f",
+            "-p",
+            &listen.port().to_string(),
+            "127.0.0.1",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        out.matches("The response is an error 420").count(),
+        2,
+        "stunclient -f:\n{out}"
+    );
 
     // uclient scenarios, in parallel: 10 clients each, RTP+RTCP allocations.
     let port = listen.port().to_string();
+    let tls_port = tls.port().to_string();
     let pport = peer_port.to_string();
     let scenarios: Vec<(&str, Vec<&str>)> = vec![
         ("long-term, channels", vec!["-u", "lt1", "-w", "pass1"]),
@@ -268,11 +310,33 @@ fn coturn_clients_against_tandem_relay(io: &str) {
             "REST -W, send indications",
             vec!["-s", "-W", SECRET, "-u", "rest2"],
         ),
+        // TURN over TCP (-t) on the listening port, and over TLS (-t -S) on the TLS
+        // port; the relayed side is UDP.
+        (
+            "TCP, long-term, channels",
+            vec!["-t", "-u", "lt1", "-w", "pass1"],
+        ),
+        (
+            "TCP, REST -W, send indications",
+            vec!["-t", "-s", "-W", SECRET, "-u", "rest3"],
+        ),
+        (
+            "TLS, long-term, channels",
+            vec!["-t", "-S", "-u", "lt2", "-w", "pass2", "-p", &tls_port],
+        ),
+        (
+            "TLS, REST -W, send indications",
+            vec![
+                "-t", "-S", "-s", "-W", SECRET, "-u", "rest4", "-p", &tls_port,
+            ],
+        ),
     ];
     let handles: Vec<_> = scenarios
         .into_iter()
         .map(|(name, extra)| {
             let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            // The listening port unless the scenario names one (-p).
+            let own_port = args.iter().any(|a| a == "-p");
             args.extend(
                 [
                     "-m",
@@ -285,13 +349,14 @@ fn coturn_clients_against_tandem_relay(io: &str) {
                     "127.0.0.1",
                     "-r",
                     &pport,
-                    "-p",
-                    &port,
-                    "127.0.0.1",
                 ]
                 .iter()
                 .map(|s| s.to_string()),
             );
+            if !own_port {
+                args.extend(["-p".to_string(), port.clone()]);
+            }
+            args.push("127.0.0.1".to_string());
             std::thread::spawn(move || {
                 let out = run_with_timeout(
                     Command::new("turnutils_uclient").args(&args),

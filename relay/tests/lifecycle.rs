@@ -321,6 +321,38 @@ fn sha256_password_algorithm_and_userhash() {
 }
 
 #[test]
+fn nonce_advertises_userhash_only_when_static_users_exist() {
+    // The nonce's security-feature bits (RFC 8489 section 9.2): "password
+    // algorithms" always; "username anonymity" only when a USERHASH can name a user.
+    for (users, cookie) in [
+        (
+            vec![("alice".into(), "wonderland".into())],
+            &b"obMatJos2wAAA"[..],
+        ),
+        (Vec::new(), &b"obMatJos2gAAA"[..]),
+    ] {
+        let cfg = Config {
+            users,
+            auth_secrets: vec!["secret".into()],
+            ..config()
+        };
+        let (mut srv, mut ports, now) = server(cfg);
+        let user = format!("{}:carol", now.unix_secs + 3600);
+        let pw = rest_password(b"secret", user.as_bytes());
+        let mut c = Client::new("198.51.100.1:40000", Creds::md5(&user, &pw));
+        let tid = c.tid();
+        let p = c.build(method::ALLOCATE, tid, &udp, false, false);
+        let (_, r) = c.send(&mut srv, now, &mut ports, &p);
+        assert_eq!(error_code(&r), Some(401));
+        let m = Message::decode(&r).unwrap();
+        assert!(m.get(attr::NONCE).unwrap().value.starts_with(cookie));
+        // REST credentials work under either cookie.
+        let r = allocate(&mut c, &mut srv, now, &mut ports);
+        assert_eq!(error_code(&r), None);
+    }
+}
+
+#[test]
 fn rest_credentials_rotation_and_expiry() {
     let cfg = Config {
         auth_secrets: vec!["new-secret".into(), "old-secret".into()],
@@ -437,12 +469,14 @@ fn permissions_send_and_data_indications_and_timeout() {
     let PeerOutput::ToClient {
         local,
         client,
+        transport,
         range,
     } = o
     else {
         panic!("{o:?}")
     };
     assert_eq!((local, client), (c.tuple.local, c.tuple.client));
+    assert_eq!(transport, tandem_relay::turn::Transport::Udp);
     let m = Message::decode(&pb[range.clone()]).unwrap();
     assert_eq!((m.class(), m.method()), (Class::Indication, method::DATA));
     assert_eq!(m.get(attr::DATA).unwrap().value, b"world");
@@ -834,11 +868,11 @@ fn binding_answers_are_small_and_read_by_stun_rs() {
     let dec = stun_rs::MessageDecoderBuilder::default().build();
     dec.decode(&r)
         .expect("stun-rs decodes our Binding response");
-    // With FINGERPRINT in the request (28 bytes) the answer stays at 32: no room
-    // for a FINGERPRINT of our own.
+    // With FINGERPRINT in the request (28 bytes) the answer has one too (40 bytes,
+    // within three times the request).
     let p = c.build(method::BINDING, [2; 12], &|_| {}, false, true);
     let (_, r) = c.send(&mut srv, now, &mut ports, &p);
-    assert_eq!(r.len(), 32);
+    assert_eq!(r.len(), 40);
     // A larger request (ICE-style, with padding) gets the FINGERPRINT too.
     let p = c.build(
         method::BINDING,
@@ -935,4 +969,77 @@ fn shared_quota_ledger_spans_servers() {
         error_code(&allocate(&mut alice[2], &mut b, now, &mut pb)),
         None
     );
+}
+
+#[test]
+fn stream_client_gets_padded_channel_data_and_closing_deletes_the_allocation() {
+    // A client on a TCP/TLS connection (RFC 8656 section 3.1): same core, a 5-tuple
+    // naming the connection; ChannelData towards it is padded to 4 bytes (section
+    // 12.5); the allocation goes when the connection closes.
+    let (mut srv, mut ports, now) = server(config());
+    let mut c = Client::new("198.51.100.1:40000", Creds::md5("alice", "wonderland"));
+    c.tuple.transport = tandem_relay::turn::Transport::Stream(7);
+    let r = allocate(&mut c, &mut srv, now, &mut ports);
+    assert_eq!(error_code(&r), None);
+    let id = srv.allocation_of(&c.tuple).unwrap();
+    // The same addresses over UDP (or another connection) are another 5-tuple.
+    let mut udp_twin = c.tuple;
+    udp_twin.transport = tandem_relay::turn::Transport::Udp;
+    assert_eq!(srv.allocation_of(&udp_twin), None);
+    udp_twin.transport = tandem_relay::turn::Transport::Stream(8);
+    assert_eq!(srv.allocation_of(&udp_twin), None);
+    let bind = |w: &mut MessageWriter<'_>| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, &PEER_A.parse().unwrap())
+            .unwrap();
+    };
+    let r = c.request(&mut srv, now, &mut ports, method::CHANNEL_BIND, &bind);
+    assert_eq!(error_code(&r), None);
+    // RESPONSE-PORT is ignored on a stream: the answer goes back on it.
+    let p = c.build(
+        method::BINDING,
+        [3; 12],
+        &|w| w.attr(attr::RESPONSE_PORT, &[0x9c, 0x41, 0, 0]).unwrap(),
+        false,
+        false,
+    );
+    let (o, _) = c.send(&mut srv, now, &mut ports, &p);
+    assert!(matches!(o, ClientOutput::Reply { .. }), "{o:?}");
+    for (len, padded) in [(5usize, 12usize), (8, 12), (1, 8), (0, 4)] {
+        let mut pb = vec![0xEEu8; PEER_HEADROOM + 64];
+        let o = srv.handle_peer(
+            now,
+            id,
+            PEER_A.parse().unwrap(),
+            &mut pb,
+            PEER_HEADROOM..PEER_HEADROOM + len,
+        );
+        let PeerOutput::ToClient {
+            transport, range, ..
+        } = o
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(transport, tandem_relay::turn::Transport::Stream(7));
+        assert_eq!(range.len(), padded, "data {len}");
+        let m = &pb[range];
+        assert_eq!(u16::from_be_bytes([m[2], m[3]]) as usize, len);
+        assert!(m[4 + len..].iter().all(|b| *b == 0), "zero padding");
+    }
+    // 401s are not rate-limited on a stream (no reflection; no retransmission
+    // either, so a dropped challenge would hang the client).
+    let mut s2 = Client::new("198.51.100.1:40001", Creds::md5("alice", "wonderland"));
+    s2.tuple.transport = tandem_relay::turn::Transport::Stream(9);
+    for i in 0..200u8 {
+        let p = s2.build(method::ALLOCATE, [i; 12], &udp, false, false);
+        let (_, r) = s2.send(&mut srv, now, &mut ports, &p);
+        assert_eq!(error_code(&r), Some(401), "challenge {i}");
+    }
+    srv.stream_closed(&c.tuple, &mut ports);
+    assert_eq!(srv.allocation_count(), 0);
+    assert_eq!(ports.closed, vec![id]);
+    assert_eq!(srv.stats().allocations_deleted, 1);
+    // Closing again, or a connection without an allocation: nothing.
+    srv.stream_closed(&c.tuple, &mut ports);
+    assert_eq!(srv.stats().allocations_deleted, 1);
 }

@@ -134,6 +134,50 @@ impl Collector for Shards {
             "Open relayed sockets.",
             s.sockets,
         )?;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = &self.0.stream_stats;
+            gauge(
+                &mut e,
+                "stream_connections",
+                "Open TURN over TCP and TLS client connections.",
+                st.open.load(Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "stream_connections_accepted",
+                "TURN over TCP and TLS client connections accepted.",
+                st.accepted.load(Relaxed),
+            )?;
+            counter_by(
+                &mut e,
+                "stream_connections_refused",
+                "TURN over TCP and TLS connections refused or failed before serving.",
+                "reason",
+                &[
+                    ("total_limit", st.refused_total_limit.load(Relaxed)),
+                    ("per_ip_limit", st.refused_per_ip_limit.load(Relaxed)),
+                    ("tls_handshake", st.handshake_failed.load(Relaxed)),
+                ],
+            )?;
+            counter_by(
+                &mut e,
+                "stream_connections_dropped",
+                "TURN over TCP and TLS connections the relay closed.",
+                "reason",
+                &[
+                    ("idle", st.closed_idle.load(Relaxed)),
+                    ("slow_reader", st.closed_slow_reader.load(Relaxed)),
+                    ("bad_frame", st.closed_bad_frame.load(Relaxed)),
+                ],
+            )?;
+            counter(
+                &mut e,
+                "tls_reloads",
+                "TLS certificate and key reloads (SIGHUP).",
+                st.tls_reloads.load(Relaxed),
+            )?;
+        }
         counter(
             &mut e,
             "allocations_refused_fd_limit",

@@ -12,6 +12,7 @@
 mod metrics;
 mod ports;
 pub mod sessions;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::io::{self, Datapath, IoMode, Received, SocketId, Transmit};
 use crate::media::{Media, MediaOutput, PortKey};
-use crate::turn::{AllocationId, ClientOutput, FiveTuple, Now, PeerOutput, Server};
+use crate::turn::{AllocationId, ClientOutput, FiveTuple, Now, PeerOutput, Server, Transport};
 use ports::{Owner, RelayTable};
 
 /// Longest wait of a turn, so timers and shutdown are never late by more.
@@ -44,12 +45,16 @@ pub enum DriverError {
     },
     #[error("datapath (`io`): {0}")]
     Io(#[from] io::IoError),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
 }
 
 pub(crate) struct Shared {
     pub(crate) server: Server,
     pub(crate) media: Media,
     pub(crate) relays: RelayTable,
+    /// The writer queues of this shard's TURN stream (TCP/TLS) connections, by id.
+    pub(crate) streams: HashMap<u64, stream::StreamTx>,
 }
 
 pub(crate) struct Inner {
@@ -62,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) sessions: Mutex<sessions::Registry>,
     /// Datagrams handled by all workers (for the packet rate in `GET /load`).
     pub(crate) packets: std::sync::atomic::AtomicU64,
+    /// Counters of the TCP and TLS listeners.
+    pub(crate) stream_stats: Arc<stream::StreamStats>,
     shutdown: CancellationToken,
 }
 
@@ -227,12 +234,14 @@ impl Worker {
                     server,
                     media,
                     relays,
+                    streams,
                 } = &mut **g;
                 match roles.get(r.socket).copied().flatten()? {
                     Role::Listener(local) => {
                         let tuple = FiveTuple {
                             local,
                             client: r.from,
+                            transport: crate::turn::Transport::Udp,
                         };
                         let packet = r.buf.get(r.payload.clone())?;
                         match server.handle_client(t, tuple, packet, response, relays) {
@@ -246,6 +255,15 @@ impl Worker {
                                 Some(Transmit {
                                     socket: r.socket,
                                     to: r.from,
+                                    range: 0..len,
+                                })
+                            }
+                            ClientOutput::ReplyTo { len, to } => {
+                                let body = response.get(..len)?;
+                                r.buf.get_mut(..len)?.copy_from_slice(body);
+                                Some(Transmit {
+                                    socket: r.socket,
+                                    to,
                                     range: 0..len,
                                 })
                             }
@@ -265,9 +283,22 @@ impl Worker {
                         match server.handle_peer(t, alloc, r.from, r.buf, r.payload) {
                             PeerOutput::None => None,
                             PeerOutput::ToClient {
+                                transport: Transport::Stream(id),
+                                range,
+                                ..
+                            } => {
+                                // A TCP/TLS client: a copy goes on its connection's
+                                // queue (only this path allocates).
+                                if let Some(s) = streams.get(&id) {
+                                    s.send(r.buf.get(range)?);
+                                }
+                                None
+                            }
+                            PeerOutput::ToClient {
                                 local,
                                 client,
                                 range,
+                                ..
                             } => {
                                 let socket = listeners.iter().find(|(a, _)| *a == local)?.1;
                                 Some(Transmit {
@@ -333,6 +364,7 @@ impl Worker {
             server,
             media,
             relays,
+            ..
         } = &mut *g;
         server.shutdown(relays);
         media.shutdown(Instant::now(), relays);
@@ -352,6 +384,12 @@ pub struct Relay {
     /// Listening sockets of each worker (one per listening address).
     sockets: Vec<Vec<StdUdpSocket>>,
     io: io::Choice,
+    /// TURN over TCP listeners (on the listening port, like coturn).
+    tcp: Vec<tokio::net::TcpListener>,
+    /// TURN over TLS listeners (on `tls-listening-port`).
+    tls: Vec<tokio::net::TcpListener>,
+    certs: Option<Arc<stream::TlsCertificates>>,
+    stream_limits: stream::StreamLimits,
 }
 
 impl Relay {
@@ -362,22 +400,45 @@ impl Relay {
         crate::pii::set_show(config.log_addresses);
         let io = io::choose(config.io)?;
         let workers = config.worker_count();
-        let mut sockets: Vec<Vec<StdUdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut listening = Vec::new();
-        for ip in &config.listening_ip {
-            let mut addr = SocketAddr::new(*ip, config.listening_port);
-            for (w, per_worker) in sockets.iter_mut().enumerate() {
-                let sock = bind_listener(addr, workers > 1)
-                    .map_err(|source| DriverError::Bind { addr, source })?;
-                if w == 0 {
-                    // The first worker's socket fixes the port (port 0 picks one); the
-                    // others share it through SO_REUSEPORT.
-                    addr = sock
-                        .local_addr()
-                        .map_err(|source| DriverError::Bind { addr, source })?;
-                    listening.push(addr);
+        // With port 0 the UDP socket picks a port and TCP takes the same one, which a
+        // TCP socket elsewhere may already hold: pick again (tests bind port 0).
+        let mut attempt = 0;
+        let (sockets, listening, tcp) = loop {
+            match bind_udp_and_tcp(config, workers) {
+                Err(DriverError::Bind { source, .. })
+                    if config.listening_port == 0
+                        && source.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < 16 =>
+                {
+                    attempt += 1;
                 }
-                per_worker.push(sock);
+                r => break r?,
+            }
+        };
+        let stream_stats = Arc::new(stream::StreamStats::default());
+        let mut tls = Vec::new();
+        let mut certs = None;
+        if let (false, Some(cert), Some(key)) = (config.no_tls, &config.cert, &config.pkey) {
+            certs = Some(Arc::new(stream::TlsCertificates::load(
+                cert.clone(),
+                key.clone(),
+                stream_stats.clone(),
+            )?));
+            for ip in &config.listening_ip {
+                let addr = SocketAddr::new(*ip, config.tls_listening_port);
+                tls.push(
+                    bind_stream_listener(addr)
+                        .map_err(|source| DriverError::Bind { addr, source })?,
+                );
+            }
+        }
+        // The policy's own addresses: every listening address, whatever transport.
+        let mut own = listening.clone();
+        for l in tcp.iter().chain(&tls) {
+            if let Ok(a) = l.local_addr() {
+                if !own.contains(&a) {
+                    own.push(a);
+                }
             }
         }
         let metrics = match config.metrics_listen {
@@ -398,7 +459,7 @@ impl Relay {
             }
             None => None,
         };
-        let core = config.core(&listening);
+        let core = config.core(&own);
         // One count of allocations for all workers, so the quotas hold process-wide.
         let quota = Arc::new(crate::turn::QuotaLedger::default());
         // One nonce key for all workers, so a nonce is good on any of them.
@@ -427,6 +488,7 @@ impl Relay {
                     server,
                     media,
                     relays,
+                    streams: HashMap::new(),
                 })
             })
             .collect();
@@ -434,6 +496,7 @@ impl Relay {
             shards,
             sessions: Mutex::new(sessions::Registry::default()),
             packets: std::sync::atomic::AtomicU64::new(0),
+            stream_stats,
             shutdown: CancellationToken::new(),
         });
         Ok(Relay {
@@ -443,7 +506,32 @@ impl Relay {
             listening,
             sockets,
             io,
+            tcp,
+            tls,
+            certs,
+            stream_limits: config.stream_limits(),
         })
+    }
+
+    /// The bound TURN over TCP addresses.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The bound TURN over TLS addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The TLS certificate and key, to reload (on SIGHUP) while running.
+    pub fn tls_certificates(&self) -> Option<Arc<stream::TlsCertificates>> {
+        self.certs.clone()
     }
 
     /// The bound listening addresses (useful with port 0).
@@ -520,6 +608,23 @@ impl Relay {
         for l in &self.listening {
             tracing::info!(listen = %l, "tandem-relay serving STUN/TURN over UDP");
         }
+        let ctx = Arc::new(stream::StreamCtx::new(
+            inner.clone(),
+            self.stream_limits.clone(),
+            inner.stream_stats.clone(),
+        ));
+        for l in self.tcp {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(listen_tcp = %a, "tandem-relay serving STUN/TURN over TCP");
+            }
+            tasks.spawn(stream::accept_loop(ctx.clone(), l, None));
+        }
+        for l in self.tls {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(listen_tls = %a, "tandem-relay serving STUN/TURN over TLS");
+            }
+            tasks.spawn(stream::accept_loop(ctx.clone(), l, self.certs.clone()));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {}
             // A worker that could not start.
@@ -555,6 +660,71 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdUdpSo
     enlarge_buffers(&sock, LISTEN_SOCKET_BUFFER);
     sock.bind(&addr.into())?;
     Ok(sock.into())
+}
+
+/// The UDP listening sockets of every worker, the bound UDP addresses, and the TCP
+/// listeners on the same ports (unless `no-udp` / `no-tcp`).
+#[allow(clippy::type_complexity)]
+fn bind_udp_and_tcp(
+    config: &Config,
+    workers: usize,
+) -> Result<
+    (
+        Vec<Vec<StdUdpSocket>>,
+        Vec<SocketAddr>,
+        Vec<tokio::net::TcpListener>,
+    ),
+    DriverError,
+> {
+    let mut sockets: Vec<Vec<StdUdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut listening = Vec::new();
+    let udp_ips: &[std::net::IpAddr] = if config.no_udp {
+        &[]
+    } else {
+        &config.listening_ip
+    };
+    for ip in udp_ips {
+        let mut addr = SocketAddr::new(*ip, config.listening_port);
+        for (w, per_worker) in sockets.iter_mut().enumerate() {
+            let sock = bind_listener(addr, workers > 1)
+                .map_err(|source| DriverError::Bind { addr, source })?;
+            if w == 0 {
+                // The first worker's socket fixes the port (port 0 picks one); the
+                // others share it through SO_REUSEPORT.
+                addr = sock
+                    .local_addr()
+                    .map_err(|source| DriverError::Bind { addr, source })?;
+                listening.push(addr);
+            }
+            per_worker.push(sock);
+        }
+    }
+    // TCP on the listening port (the one UDP got, when it was 0).
+    let mut tcp = Vec::new();
+    if !config.no_tcp {
+        for (i, ip) in config.listening_ip.iter().enumerate() {
+            let port = listening.get(i).map_or(config.listening_port, |a| a.port());
+            let addr = SocketAddr::new(*ip, port);
+            tcp.push(
+                bind_stream_listener(addr).map_err(|source| DriverError::Bind { addr, source })?,
+            );
+        }
+    }
+    Ok((sockets, listening, tcp))
+}
+
+/// A TCP listener for TURN over TCP or TLS.
+fn bind_stream_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
 }
 
 /// Receive and send buffer asked for on each listening socket. Every client of a

@@ -117,6 +117,16 @@ impl RelayTable {
             .map(|(_, s)| s)
     }
 
+    /// A duplicate of the descriptor of `id`'s relayed socket while it is still
+    /// pending (opened by a core call, not yet taken by the worker): a TURN stream
+    /// connection sends its client's data from it.
+    pub(crate) fn try_clone_pending(&self, id: AllocationId) -> Option<StdUdpSocket> {
+        self.pending
+            .iter()
+            .find(|(p, _)| *p == Owner::Allocation(id))
+            .and_then(|(_, s)| s.try_clone().ok())
+    }
+
     /// Whether sockets were opened or closed since the last [`RelayTable::take_changes`].
     pub(crate) fn changed(&self) -> bool {
         !self.pending.is_empty() || !self.closed.is_empty()

@@ -10,7 +10,8 @@
 //!
 //! Layout: [`message`] (decoder and attribute iterator), [`writer`] (encoder into a
 //! caller-owned buffer), [`integrity`] (MESSAGE-INTEGRITY, -SHA256, FINGERPRINT, keys),
-//! [`address`] (MAPPED/XOR-* address attributes), [`channel_data`] and [`demux`].
+//! [`address`] (MAPPED/XOR-* address attributes), [`channel_data`] and [`demux`],
+//! [`framing`] (STUN and ChannelData on a TCP or TLS stream).
 //!
 //! Wire input never panics here: every length from the wire goes through `get` (or
 //! `split_at_checked`/`first_chunk`) and fixed-size arrays, and the lint below keeps it so.
@@ -19,6 +20,7 @@
 pub mod address;
 pub mod attr;
 pub mod channel_data;
+pub mod framing;
 pub mod integrity;
 pub mod message;
 pub mod writer;

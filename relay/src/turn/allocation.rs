@@ -24,13 +24,43 @@ impl Hash for AllocationId {
     }
 }
 
-/// The 5-tuple of a UDP client (the transport is always UDP here).
+/// How a client reaches the relay (RFC 8656 section 3.1): UDP datagrams, or a TCP or
+/// TLS connection. The relayed side is UDP either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Udp,
+    /// A TCP or TLS connection, named by an id the driver gives it (never reused in
+    /// the process's life, so an allocation of a closed connection cannot be reached
+    /// by a new connection from the same address and port).
+    Stream(u64),
+}
+
+/// The 5-tuple of a client: the transport (and, on a stream, which connection), the
+/// relay's address and the client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FiveTuple {
     /// The relay's listening address the client talks to.
     pub local: SocketAddr,
     /// The client's address as seen by the relay.
     pub client: SocketAddr,
+    pub transport: Transport,
+}
+
+impl FiveTuple {
+    /// A client over UDP.
+    pub fn udp(local: SocketAddr, client: SocketAddr) -> Self {
+        FiveTuple {
+            local,
+            client,
+            transport: Transport::Udp,
+        }
+    }
+
+    /// Whether the client is on a TCP or TLS connection.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.transport, Transport::Stream(_))
+    }
 }
 
 /// Hashed for the allocation look-up of every ChannelData packet: an IPv4 address and
@@ -53,6 +83,10 @@ impl Hash for FiveTuple {
         }
         addr(&self.local, state);
         addr(&self.client, state);
+        // Nothing more for UDP (the per-packet case); a stream adds its id.
+        if let Transport::Stream(id) = self.transport {
+            state.write_u64(id);
+        }
     }
 }
 

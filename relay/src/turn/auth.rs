@@ -83,6 +83,11 @@ impl Credentials {
         c
     }
 
+    /// Whether static long-term users exist, the only ones a USERHASH can name.
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
+    }
+
     /// Resolve a USERHASH (static users only: a REST username cannot be recovered
     /// from its hash).
     pub fn username_for_hash(&self, hash: &[u8]) -> Option<&[u8]> {
@@ -151,9 +156,15 @@ pub fn rest_password(secret: &[u8], username: &[u8]) -> String {
 }
 
 /// RFC 8489 section 9.2: the nonce cookie "obMatJos2" followed by the base64 of the
-/// 24 security-feature bits. We set "password algorithms" (bit 0) and "username
-/// anonymity" (bit 1): 0xC00000, base64 "wAAA".
+/// 24 security-feature bits, here "password algorithms" (bit 0) and "username
+/// anonymity" (bit 1): 0xC00000, base64 "wAAA". Username anonymity is advertised only
+/// when static long-term users exist: the server finds a user by its USERHASH in a
+/// table of the users it knows, and a REST username (`expiry:user`, minted by
+/// anyone holding the secret) cannot be recovered from its hash.
 pub const NONCE_COOKIE: &[u8] = b"obMatJos2wAAA";
+/// The cookie without "username anonymity": "password algorithms" only, 0x800000,
+/// base64 "gAAA". Used when the only credentials are REST secrets.
+pub const NONCE_COOKIE_NO_USERHASH: &[u8] = b"obMatJos2gAAA";
 /// Length of our nonces: cookie, 16 hex digits of expiry, 16 hex digits of MAC.
 pub const NONCE_LEN: usize = NONCE_COOKIE.len() + 32;
 
@@ -172,23 +183,37 @@ pub struct Nonces {
     key: [u8; 32],
     lifetime: Duration,
     epoch: Instant,
+    cookie: &'static [u8],
 }
 
 impl std::fmt::Debug for Nonces {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nonces")
             .field("lifetime", &self.lifetime)
+            .field("cookie", &self.cookie)
             .finish_non_exhaustive()
     }
 }
 
 impl Nonces {
-    pub fn new(key: [u8; 32], lifetime: Duration, epoch: Instant) -> Self {
+    /// `userhash`: whether the nonce advertises "username anonymity" (USERHASH),
+    /// which the server honours only for static users ([`Credentials::has_users`]).
+    pub fn new(key: [u8; 32], lifetime: Duration, epoch: Instant, userhash: bool) -> Self {
         Nonces {
             key,
             lifetime,
             epoch,
+            cookie: if userhash {
+                NONCE_COOKIE
+            } else {
+                NONCE_COOKIE_NO_USERHASH
+            },
         }
+    }
+
+    /// Whether the nonces advertise "username anonymity".
+    pub fn advertises_userhash(&self) -> bool {
+        self.cookie == NONCE_COOKIE
     }
 
     fn mac(&self, expiry: u64, client: SocketAddr) -> [u8; 8] {
@@ -215,21 +240,21 @@ impl Nonces {
             .ms(now)
             .saturating_add(u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX));
         let mut out = [0u8; NONCE_LEN];
-        out[..NONCE_COOKIE.len()].copy_from_slice(NONCE_COOKIE);
+        out[..self.cookie.len()].copy_from_slice(self.cookie);
         let mut tail = [0u8; 16];
         tail[..8].copy_from_slice(&expiry.to_be_bytes());
         tail[8..].copy_from_slice(&self.mac(expiry, client));
-        hex::encode_to_slice(tail, &mut out[NONCE_COOKIE.len()..]).expect("sizes match");
+        hex::encode_to_slice(tail, &mut out[self.cookie.len()..]).expect("sizes match");
         out
     }
 
     /// Check a nonce a client sent back.
     pub fn check(&self, nonce: &[u8], now: Instant, client: SocketAddr) -> NonceCheck {
-        if nonce.len() != NONCE_LEN || !nonce.starts_with(NONCE_COOKIE) {
+        if nonce.len() != NONCE_LEN || !nonce.starts_with(self.cookie) {
             return NonceCheck::Invalid;
         }
         let mut tail = [0u8; 16];
-        if hex::decode_to_slice(&nonce[NONCE_COOKIE.len()..], &mut tail).is_err() {
+        if hex::decode_to_slice(&nonce[self.cookie.len()..], &mut tail).is_err() {
             return NonceCheck::Invalid;
         }
         let mut e = [0u8; 8];
@@ -345,7 +370,7 @@ mod tests {
     #[test]
     fn nonce_round_trip_and_expiry() {
         let t0 = Instant::now();
-        let n = Nonces::new([9; 32], Duration::from_secs(600), t0);
+        let n = Nonces::new([9; 32], Duration::from_secs(600), t0, true);
         let c: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         let nonce = n.make(t0, c);
         assert!(nonce.starts_with(b"obMatJos2"));

@@ -1,9 +1,12 @@
-//! The sans-IO TURN server core (RFC 8656 over UDP, RFC 8489 authentication).
+//! The sans-IO TURN server core (RFC 8656, RFC 8489 authentication). Clients reach it
+//! over UDP or over a TCP/TLS stream ([`Transport`] in the 5-tuple); relayed sockets
+//! are UDP.
 //!
 //! # Calling contract
 //!
 //! The driver owns sockets, buffers and the clock. It calls:
-//! - [`Server::handle_client`] for every datagram received on a listening socket, with
+//! - [`Server::handle_client`] for every datagram received on a listening socket (or
+//!   every message framed on a stream, see [`crate::stun::framing`]), with
 //!   the listening address, the client address, the datagram, and a scratch buffer for
 //!   a STUN response. The result says: nothing to do, send `out[..len]` back to the
 //!   client, or send `packet[range]` from the allocation's relayed socket to a peer
@@ -13,6 +16,8 @@
 //!   least 3 bytes of room after it; the core writes the ChannelData header (4 bytes)
 //!   or the Data indication header (36 or 48 bytes) into the headroom, in place, and
 //!   says which sub-range to send to which client from which listening address.
+//!   On a stream a ChannelData message's range includes its padding to 4 bytes.
+//! - [`Server::stream_closed`] when a client's TCP/TLS connection ends.
 //! - [`Server::poll_timeout`] / [`Server::handle_timeout`] for expiry timers, which
 //!   are kept in a binary heap (one entry per allocation's next deadline).
 //!
@@ -41,7 +46,7 @@ use crate::stun::{
 };
 
 use allocation::{Allocation, Bucket, ChannelBinding};
-pub use allocation::{AllocationId, FiveTuple};
+pub use allocation::{AllocationId, FiveTuple, Transport};
 use auth::{Credentials, Key, Lookup, NonceCheck, Nonces, RateLimiter};
 pub use policy::PeerPolicy;
 use request::Request;
@@ -230,6 +235,10 @@ pub enum ClientOutput {
     None,
     /// Send `out[..len]` to the client from the listening address it used.
     Reply { len: usize },
+    /// Send `out[..len]` from the listening address the client used to `to`: the
+    /// client's IP at the port its Binding request named in RESPONSE-PORT (RFC 5780
+    /// section 7.5; UDP only, never another IP).
+    ReplyTo { len: usize, to: SocketAddr },
     /// Send `packet[payload]` to `peer` from the relayed socket of `allocation`.
     Forward {
         allocation: AllocationId,
@@ -242,10 +251,12 @@ pub enum ClientOutput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerOutput {
     None,
-    /// Send `buf[range]` from listening address `local` to `client`.
+    /// Send `buf[range]` from listening address `local` to `client`, over
+    /// `transport` (on a stream, a ChannelData message already carries its padding).
     ToClient {
         local: SocketAddr,
         client: SocketAddr,
+        transport: Transport,
         range: Range<usize>,
     },
 }
@@ -400,6 +411,25 @@ pub struct Server {
     stats: Stats,
 }
 
+/// An answer to a request that has not authenticated (a Binding success, a 400 or a
+/// 420) is at most this many times the size of the request...
+pub const AMPLIFICATION_FACTOR: usize = 3;
+/// ...and never more than this many bytes, whatever the request's size.
+pub const AMPLIFICATION_CAP: usize = 512;
+
+/// How many bytes an unauthenticated answer to a request of `request_len` bytes may
+/// take: the one rule against reflection (a spoofed source gets at most three times
+/// what the attacker sent, and never more than [`AMPLIFICATION_CAP`]), loose enough
+/// that a short 400 or the 420 RFC 8489 section 6.3.1 requires always goes out
+/// (the largest, 8 unknown attributes and FINGERPRINT, is 76 bytes, against a
+/// request of at least 24). 401 and 438 challenges are rate-limited per source
+/// instead (they carry a nonce and the realm).
+pub fn amplification_budget(request_len: usize) -> usize {
+    request_len
+        .saturating_mul(AMPLIFICATION_FACTOR)
+        .min(AMPLIFICATION_CAP)
+}
+
 fn err_reason(code: u16) -> &'static str {
     match code {
         300 => "Try Alternate",
@@ -436,7 +466,7 @@ impl Server {
         let mut skip = [0u8; 32];
         rng.fill_bytes(&mut skip);
         let creds = Credentials::new(&cfg.realm, &cfg.users, &cfg.auth_secrets);
-        let nonces = Nonces::new(nonce_key, cfg.nonce_lifetime, now.mono);
+        let nonces = Nonces::new(nonce_key, cfg.nonce_lifetime, now.mono, creds.has_users());
         let limiter = RateLimiter::new(
             cfg.quotas.unauthorized_per_sec,
             cfg.quotas.unauthorized_burst,
@@ -557,6 +587,15 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// The TCP or TLS connection of `tuple` closed: its allocation, if any, goes
+    /// with it (nothing could reach the client any more). Counted as deleted.
+    pub fn stream_closed(&mut self, tuple: &FiveTuple, ports: &mut dyn RelayPorts) {
+        if let Some(&id) = self.by_tuple.get(tuple) {
+            self.stats.allocations_deleted += 1;
+            self.remove(id, ports);
         }
     }
 
@@ -682,8 +721,29 @@ impl Server {
     }
 
     /// Binding: XOR-MAPPED-ADDRESS, plus FINGERPRINT and SOFTWARE only if the
-    /// answer still fits in the size of the request.
+    /// answer stays within [`amplification_budget`] of the request.
     fn binding(&mut self, tuple: FiveTuple, req: &Request<'_>, out: &mut [u8]) -> ClientOutput {
+        let reply = self.binding_reply(tuple, req, out);
+        // RESPONSE-PORT is for UDP only (RFC 5780 section 7.5); a stream's answer
+        // goes back on the stream.
+        let response_port = req.response_port.filter(|_| !tuple.is_stream());
+        match (reply, response_port) {
+            // RESPONSE-PORT: the answer (success or error) goes to the client's IP at
+            // that port; the amplification budget is the same.
+            (ClientOutput::Reply { len }, Some(port)) if port != 0 => ClientOutput::ReplyTo {
+                len,
+                to: SocketAddr::new(tuple.client.ip(), port),
+            },
+            (o, _) => o,
+        }
+    }
+
+    fn binding_reply(
+        &mut self,
+        tuple: FiveTuple,
+        req: &Request<'_>,
+        out: &mut [u8],
+    ) -> ClientOutput {
         self.stats.binding_requests += 1;
         if req.malformed {
             return self.unauth_error(tuple, req, out, 400, &[]);
@@ -693,7 +753,7 @@ impl Server {
         }
         let tid = *req.msg.transaction_id();
         let typ = message_type(method::BINDING, Class::SuccessResponse);
-        let budget = req.msg.as_bytes().len();
+        let budget = amplification_budget(req.msg.as_bytes().len());
         let Ok(mut w) = MessageWriter::new(out, typ, &tid) else {
             return ClientOutput::None;
         };
@@ -714,17 +774,24 @@ impl Server {
         ClientOutput::Reply { len: w.finish() }
     }
 
-    /// An error answer to a request that has not authenticated: never larger than the
-    /// request (the reason phrase goes first, then the answer is not sent at all).
+    /// An error answer to a request that has not authenticated, within
+    /// [`amplification_budget`] of the request (the reason phrase goes first, then
+    /// the answer is not sent at all).
     fn unauth_error(
         &mut self,
-        _tuple: FiveTuple,
+        tuple: FiveTuple,
         req: &Request<'_>,
         out: &mut [u8],
         code: u16,
         unknown: &[u16],
     ) -> ClientOutput {
-        let budget = req.msg.as_bytes().len();
+        // The budget is against reflection; a stream (its source proved by the
+        // handshake) gets its answer whatever its size.
+        let budget = if tuple.is_stream() {
+            usize::MAX
+        } else {
+            amplification_budget(req.msg.as_bytes().len())
+        };
         tracing::debug!(
             code,
             method = req.msg.method(),
@@ -806,7 +873,10 @@ impl Server {
         out: &mut [u8],
         code: u16,
     ) -> ClientOutput {
-        if !self.limiter.allow(now.mono, tuple.client.ip()) {
+        // The limit is against reflection, which a stream cannot carry (its handshake
+        // proved the source); and a stream client never retransmits, so a dropped
+        // challenge would leave it waiting for good.
+        if !tuple.is_stream() && !self.limiter.allow(now.mono, tuple.client.ip()) {
             self.stats.unauthorized_rate_limited += 1;
             return ClientOutput::None;
         }
@@ -1338,7 +1408,7 @@ impl Server {
             self.stats.dropped_bandwidth += 1;
             return PeerOutput::None;
         }
-        let (local, client) = (a.tuple.local, a.tuple.client);
+        let (local, client, transport) = (a.tuple.local, a.tuple.client, a.tuple.transport);
         let range = if let Some(ch) = a.channel_by_peer(peer, now.mono) {
             let Some(start) = payload.start.checked_sub(channel_data::HEADER_LEN) else {
                 return PeerOutput::None;
@@ -1351,7 +1421,18 @@ impl Server {
                 return PeerOutput::None;
             };
             ChannelData::write_header(h, number, len as u16);
-            start..payload.end
+            if transport == Transport::Udp {
+                start..payload.end
+            } else {
+                // On a stream ChannelData is padded to a multiple of 4 (RFC 8656
+                // section 12.5), in the tailroom.
+                let pad = crate::stun::framing::stream_padding(len);
+                let Some(tail) = buf.get_mut(payload.end..payload.end + pad) else {
+                    return PeerOutput::None;
+                };
+                tail.fill(0);
+                start..payload.end + pad
+            }
         } else {
             // Data indication: header, XOR-PEER-ADDRESS, DATA header, then padding. Only
             // this path needs a transaction id (a ChannelData header has none).
@@ -1382,6 +1463,7 @@ impl Server {
         PeerOutput::ToClient {
             local,
             client,
+            transport,
             range,
         }
     }

@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub requested_family: Option<u8>,
     pub additional_family: Option<u8>,
     pub channel_number: Option<u16>,
+    /// RESPONSE-PORT (RFC 5780 section 7.5): where a Binding answer goes.
+    pub response_port: Option<u16>,
     /// Range of the DATA value inside the message.
     pub data: Option<Range<usize>>,
     pub peers: [Option<SocketAddr>; MAX_PEERS],
@@ -68,6 +70,7 @@ impl<'a> Request<'a> {
             requested_family: None,
             additional_family: None,
             channel_number: None,
+            response_port: None,
             data: None,
             peers: [None; MAX_PEERS],
             peer_count: 0,
@@ -135,6 +138,10 @@ impl<'a> Request<'a> {
                     [a0, a1, _, _] => {
                         r.channel_number = r.channel_number.or(Some(u16::from_be_bytes([*a0, *a1])))
                     }
+                    _ => r.malformed = true,
+                },
+                attr::RESPONSE_PORT => match v {
+                    [p0, p1, _, _] => r.response_port = Some(u16::from_be_bytes([*p0, *p1])),
                     _ => r.malformed = true,
                 },
                 attr::DATA if r.data.is_none() => {

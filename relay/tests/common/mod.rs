@@ -145,6 +145,7 @@ impl Client {
             tuple: FiveTuple {
                 local: LISTEN.parse().unwrap(),
                 client: client.parse().unwrap(),
+                transport: tandem_relay::turn::Transport::Udp,
             },
             creds,
             nonce: None,
