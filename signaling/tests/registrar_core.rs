@@ -239,12 +239,13 @@ fn username_must_be_the_login_of_the_to_account() {
         decide(&mut r, &auth(Algorithm::Md5, "mallory", "pw", &n, 1), T0),
         AuthDecision::Forbidden { .. }
     ));
-    // To resolved to no account: forbidden and counted.
+    // To resolved to no account: challenged again exactly like a wrong password (the
+    // answer does not tell the account does not exist), and counted.
     let h = auth(Algorithm::Md5, "alice", "pw", &n, 1);
     let a = AuthParams::parse(&h).unwrap();
     assert!(matches!(
         r.authenticate(&[a], "REGISTER", None, ip(), T0),
-        AuthDecision::Forbidden { .. }
+        AuthDecision::Retry { .. }
     ));
     // No credentials for our realm: plain challenge, not counted.
     let foreign = AuthParams::parse("Digest realm=\"elsewhere\", username=\"alice\"").unwrap();

@@ -166,11 +166,12 @@ async fn udp_registration_flows() {
         "next nc accepted"
     );
 
-    // Auth user must be the login of the account the To URI names.
+    // Auth user must be the login of the account the To URI names; a To naming no
+    // account is challenged again like a wrong password (no account enumeration).
     let mut reg = Reg::new("udp", c2.local(), Some(2));
     reg.to_user = "nobody".into();
     let r = c2.register(reg, Algorithm::Sha256, PASSWORD).await;
-    assert_eq!(status(&r), 403);
+    assert_eq!(status(&r), 401);
 
     // Unregister everything with `*`.
     let mut reg = Reg::new("udp", c2.local(), None);
