@@ -16,6 +16,7 @@ pub mod registrar;
 pub mod relays;
 pub mod sdp;
 pub mod service;
+pub mod source;
 pub mod sip;
 pub mod store;
 

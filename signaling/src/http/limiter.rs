@@ -65,19 +65,7 @@ pub struct AuthLimiter {
     identities: Mutex<HashMap<String, IdentityEntry>>,
 }
 
-/// The key a source is counted under: the address, or its /64 for IPv6.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-        },
-    }
-}
+pub use crate::source::source_key;
 
 impl AuthLimiter {
     pub fn new(cfg: LimiterConfig) -> AuthLimiter {

@@ -217,7 +217,7 @@ impl SourceSlot {
         remote: SocketAddr,
         max: usize,
     ) -> Option<SourceSlot> {
-        let key = crate::http::limiter::source_key(remote.ip());
+        let key = crate::source::source_key(remote.ip());
         let mut m = map.lock().ok()?;
         let n = m.entry(key).or_insert(0);
         if *n >= max {
@@ -578,10 +578,7 @@ impl Server {
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(remote);
-        tracing::info!(
-            remote = %crate::registrar::redact(remote.ip()),
-            "outbound TCP connection opened to a device"
-        );
+        tracing::info!("outbound TCP connection opened to a device");
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
         self.tracker.spawn(async move {
@@ -957,7 +954,7 @@ impl Server {
         let mut earlier = false;
         let is_new = match self.txs.table.lock() {
             Ok(mut t) => {
-                let source = crate::http::limiter::source_key(origin.source.ip());
+                let source = crate::source::source_key(origin.source.ip());
                 // One source gets at most its share of the table (an eighth by
                 // default), so a flood from it leaves room for everybody else (it is
                 // answered 503 past its share).
