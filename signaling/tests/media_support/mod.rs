@@ -315,6 +315,21 @@ impl Relay {
             .sum()
     }
 
+    /// The ids of the sessions the relay logged as created (`media session created
+    /// session=<id>`), oldest first: how a test finds the session signaling placed.
+    pub fn created_sessions(&self) -> Vec<String> {
+        self.proc
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("media session created"))
+            .filter_map(|l| l.split("session=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(|id| id.trim_matches('"').to_owned())
+            .collect()
+    }
+
     /// SIGKILL: the relay vanishes without ending its sessions.
     pub fn kill(&mut self) {
         self.proc.child.kill().expect("kill the relay");
