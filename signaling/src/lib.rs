@@ -16,8 +16,8 @@ pub mod registrar;
 pub mod relays;
 pub mod sdp;
 pub mod service;
-pub mod source;
 pub mod sip;
+pub mod source;
 pub mod store;
 
 static LOG_PII: AtomicBool = AtomicBool::new(false);
