@@ -118,6 +118,8 @@ struct Side {
 /// The media state of one call.
 pub(crate) struct CallMedia {
     call_id: String,
+    /// Its entry in [`MediaCalls`] (a later INVITE with the same Call-ID has another).
+    serial: u64,
     caller_tag: String,
     policy: Effective,
     /// OFFNET call whose SDES-SRTP caller is bridged to a plain gateway.
@@ -155,10 +157,16 @@ impl CallMedia {
     }
 }
 
+/// A call's media state, shared by its tasks.
+type CallHandle = Arc<tokio::sync::Mutex<CallMedia>>;
+
 /// The media calls in progress, by Call-ID, and the relay pool.
 pub(crate) struct MediaCalls {
     relays: Arc<dyn MediaRelays>,
-    by_call: Mutex<HashMap<String, Arc<tokio::sync::Mutex<CallMedia>>>>,
+    /// By Call-ID: the caller's tag (checked without taking the call's lock), the
+    /// entry's serial (so a call only ever removes its own entry), the call.
+    by_call: Mutex<HashMap<String, (String, u64, CallHandle)>>,
+    serials: std::sync::atomic::AtomicU64,
     by_session: Mutex<HashMap<String, String>>,
 }
 
@@ -167,6 +175,7 @@ impl MediaCalls {
         MediaCalls {
             relays,
             by_call: Mutex::new(HashMap::new()),
+            serials: std::sync::atomic::AtomicU64::new(1),
             by_session: Mutex::new(HashMap::new()),
         }
     }
@@ -176,19 +185,19 @@ impl MediaCalls {
         call_id: &str,
         tags: [Option<&str>; 2],
     ) -> Option<Arc<tokio::sync::Mutex<CallMedia>>> {
-        let c = self.by_call.lock().ok()?.get(call_id).cloned()?;
+        let (tag, _, c) = self.by_call.lock().ok()?.get(call_id).cloned()?;
         // The caller's tag must be one of the request's tags (a stray request with
         // another call's Call-ID does not touch it).
-        let tag = c.try_lock().ok().map(|m| m.caller_tag.clone());
-        match tag {
-            Some(t) if !tags.iter().flatten().any(|x| *x == t) => None,
-            _ => Some(c),
-        }
+        tags.iter().flatten().any(|x| *x == tag).then_some(c)
     }
 
     fn forget(&self, m: &CallMedia) {
         if let Ok(mut b) = self.by_call.lock() {
-            b.remove(&m.call_id);
+            if b.get(&m.call_id)
+                .is_some_and(|(_, serial, _)| *serial == m.serial)
+            {
+                b.remove(&m.call_id);
+            }
         }
         if let (Some(p), Ok(mut s)) = (&m.session, self.by_session.lock()) {
             s.remove(&p.session.id);
@@ -267,8 +276,12 @@ impl Proxy {
             contact: contact_uri(msg).unwrap_or_default(),
             header: msg.header(HeaderName::From).unwrap_or("").to_owned(),
         };
+        let serial = media
+            .serials
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut call = CallMedia {
             call_id: call_id.to_owned(),
+            serial,
             caller_tag,
             policy,
             bridge: false,
@@ -366,9 +379,10 @@ impl Proxy {
         } else {
             call.late_offer = true;
         }
+        let tag = call.caller_tag.clone();
         let call = Arc::new(tokio::sync::Mutex::new(call));
         if let Ok(mut b) = media.by_call.lock() {
-            if let Some(old) = b.insert(call_id.to_owned(), call.clone()) {
+            if let Some((_, _, old)) = b.insert(call_id.to_owned(), (tag, serial, call.clone())) {
                 // A new INVITE with the Call-ID of an earlier one (after a challenge
                 // from a device, say): the earlier session goes.
                 let relays = media.relays.clone();
@@ -651,7 +665,7 @@ impl Proxy {
                 .by_call
                 .lock()
                 .ok()
-                .and_then(|b| b.get(&call_id).cloned());
+                .and_then(|b| b.get(&call_id).map(|(_, _, c)| c.clone()));
             let Some(handle) = handle else { continue };
             let this = self.clone();
             tokio::spawn(async move {
