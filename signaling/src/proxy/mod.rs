@@ -67,6 +67,29 @@ pub struct Proxy {
     media: std::sync::OnceLock<media::MediaCalls>,
 }
 
+/// Rebinds `$req` to the same request with other bytes (`$bytes: Option<Vec<u8>>`: an
+/// SDP rewritten for the relay, our own Route entries removed), parsed again; `$req`
+/// stays as it was when there are none or they do not parse.
+macro_rules! with_bytes {
+    ($req:ident, $bytes:expr) => {
+        let parsed = $bytes
+            .as_deref()
+            .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
+        let changed;
+        let $req = match &parsed {
+            Some((raw, m)) => {
+                changed = Request {
+                    msg: m,
+                    raw,
+                    ..*$req
+                };
+                &changed
+            }
+            None => $req,
+        };
+    };
+}
+
 /// How a new request goes on once routed: its loop hash, Max-Forwards, the outgoing
 /// call it counts as, its media session, and whether the sender is one of ours.
 struct Onward<'a> {
@@ -363,21 +386,7 @@ impl Proxy {
         let preloaded =
             !in_dialog && routes.popped > 0 && routes.tokens.is_empty() && routes.next.is_none();
         let stripped = preloaded.then(|| msg::drop_leading_routes(msg, routes.popped));
-        let parsed_stripped = stripped
-            .as_deref()
-            .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
-        let without_routes;
-        let req = match &parsed_stripped {
-            Some((raw, m)) => {
-                without_routes = Request {
-                    msg: m,
-                    raw,
-                    ..*req
-                };
-                &without_routes
-            }
-            None => req,
-        };
+        with_bytes!(req, stripped);
         let msg = req.msg;
 
         if in_dialog || (routes.popped > 0 && !preloaded) {
@@ -391,21 +400,7 @@ impl Proxy {
                 Err((code, reason)) => return reply(code, reason),
             };
             let (body, role) = self.media_in_dialog(msg, origin.source).await;
-            let parsed = body
-                .as_deref()
-                .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
-            let changed;
-            let req = match &parsed {
-                Some((raw, m)) => {
-                    changed = Request {
-                        msg: m,
-                        raw,
-                        ..*req
-                    };
-                    &changed
-                }
-                None => req,
-            };
+            with_bytes!(req, body);
             return self.forward_in_dialog(req, upstream, route, &hash, max_forwards, role);
         }
 
@@ -490,21 +485,7 @@ impl Proxy {
                     Ok(None) => (None, None),
                     Err(r) => return release(r.reply(req)),
                 };
-                let parsed = raw
-                    .as_deref()
-                    .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
-                let changed;
-                let req = match &parsed {
-                    Some((raw, m)) => {
-                        changed = Request {
-                            msg: m,
-                            raw,
-                            ..*req
-                        };
-                        &changed
-                    }
-                    None => req,
-                };
+                with_bytes!(req, raw);
                 let h = self
                     .route_offnet(
                         req,
@@ -534,21 +515,7 @@ impl Proxy {
             Ok(None) => (None, None),
             Err(r) => return release(r.reply(req)),
         };
-        let parsed = raw
-            .as_deref()
-            .and_then(|b| Message::parse(b).ok().map(|m| (b, m)));
-        let changed;
-        let req = match &parsed {
-            Some((raw, m)) => {
-                changed = Request {
-                    msg: m,
-                    raw,
-                    ..*req
-                };
-                &changed
-            }
-            None => req,
-        };
+        with_bytes!(req, raw);
         let h = self
             .fork_to_account(
                 req,
