@@ -77,6 +77,8 @@ pub struct Config {
     pub allowed_peer_ip: Vec<IpNet>,
     pub denied_peer_ip: Vec<IpNet>,
     pub log_level: String,
+    /// `text` (default) or `json`, one object per line.
+    pub log_format: tandem_ops::logging::LogFormat,
     /// Log client and peer addresses in clear (off: they are redacted).
     pub log_addresses: bool,
     /// Private listener for /metrics and /health (off unless set).
@@ -170,6 +172,7 @@ impl Default for Config {
             allowed_peer_ip: Vec::new(),
             denied_peer_ip: Vec::new(),
             log_level: "info".into(),
+            log_format: tandem_ops::logging::LogFormat::Text,
             log_addresses: false,
             metrics_listen: None,
             software: None,

@@ -164,6 +164,8 @@ impl ApiConfig {
 pub struct LogConfig {
     /// `tracing` filter, e.g. `info` or `info,tandem_signaling::sip=debug`.
     pub level: String,
+    /// `text` (default) or `json` (one object per line).
+    pub format: tandem_ops::logging::LogFormat,
     /// Show personal data (phone numbers, SIP URIs, addresses) in logs. Debug only.
     pub show_personal_data: bool,
 }
@@ -172,6 +174,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            format: tandem_ops::logging::LogFormat::Text,
             show_personal_data: false,
         }
     }
@@ -251,6 +254,9 @@ pub struct Cli {
     /// Log filter (e.g. info, debug).
     #[arg(long, env = "TANDEM_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: text, or json (one object per line).
+    #[arg(long, env = "TANDEM_LOG_FORMAT")]
+    pub log_format: Option<tandem_ops::logging::LogFormat>,
     /// Show personal data in logs (debugging only).
     #[arg(long, env = "TANDEM_LOG_PERSONAL_DATA")]
     pub log_personal_data: bool,
@@ -390,6 +396,9 @@ impl SignalingConfig {
         }
         if let Some(l) = &cli.log_level {
             self.log.level = l.clone();
+        }
+        if let Some(f) = cli.log_format {
+            self.log.format = f;
         }
         if cli.log_personal_data {
             self.log.show_personal_data = true;

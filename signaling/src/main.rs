@@ -4,7 +4,6 @@
 use clap::Parser;
 use tandem_signaling::config::{Cli, SignalingConfig};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -22,11 +21,11 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    // The level was checked with the rest of the configuration.
+    if let Err(e) = tandem_ops::logging::init(cfg.log.format, &cfg.log.level) {
+        eprintln!("tandem-signaling: {e}");
+        return std::process::ExitCode::from(2);
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -29,10 +29,16 @@ pub(super) async fn serve(
     listener: tokio::net::TcpListener,
 ) {
     let shutdown = inner.shutdown.clone();
-    let mut registry = Registry::with_prefix("tandem_relay");
-    registry.register_collector(Box::new(Shards(inner)));
+    // The standard process_* names at the root, ours under tandem_relay_.
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(tandem_ops::process::ProcessCollector::default()));
+    let own = registry.sub_registry_with_prefix("tandem_relay");
+    own.register_collector(Box::new(tandem_ops::build::BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+    }));
+    own.register_collector(Box::new(Shards(inner)));
     if let Some(api) = api {
-        registry.register_collector(Box::new(Api(api)));
+        own.register_collector(Box::new(Api(api)));
     }
     let app = Router::new()
         .route("/metrics", get(metrics))

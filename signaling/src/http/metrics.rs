@@ -50,8 +50,14 @@ impl Metrics {
     /// As [`Metrics::new`], with more metrics that `register` adds to the same
     /// registry (for example the push service's counters).
     pub fn with_more(register: impl FnOnce(&mut Registry)) -> Metrics {
-        let mut registry = Registry::with_prefix("tandem_signaling");
-        register(&mut registry);
+        // The standard process_* names at the root, ours under tandem_signaling_.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(tandem_ops::process::ProcessCollector::default()));
+        let registry = root.sub_registry_with_prefix("tandem_signaling");
+        registry.register_collector(Box::new(tandem_ops::build::BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+        }));
+        register(registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -84,7 +90,7 @@ impl Metrics {
         );
         Metrics {
             inner: Arc::new(Inner {
-                registry,
+                registry: root,
                 requests,
                 auth_failures,
                 devices_authorised,
