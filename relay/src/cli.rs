@@ -17,22 +17,30 @@ pub struct Args {
     /// TOML configuration file.
     #[arg(long, short = 'c', env = "TANDEM_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Check the configuration (file and flags, the TLS certificate and key, the
+    /// control secret file), print a summary without secrets and exit: 0 when it can
+    /// start, 2 when not.
+    #[arg(long)]
+    pub check_config: bool,
     /// Listening address (repeatable).
     #[arg(long, env = "TANDEM_LISTENING_IP", value_delimiter = ',')]
     listening_ip: Vec<IpAddr>,
     /// Listening UDP port (default 3478).
     #[arg(long, env = "TANDEM_LISTENING_PORT")]
     listening_port: Option<u16>,
-    /// Address relayed sockets bind to (repeatable).
+    /// Address relayed sockets bind to (repeatable; default: the listening addresses).
     #[arg(long, env = "TANDEM_RELAY_IP", value_delimiter = ',')]
     relay_ip: Vec<IpAddr>,
     /// Public address advertised for relayed sockets.
     #[arg(long, env = "TANDEM_EXTERNAL_IP")]
     external_ip: Option<IpAddr>,
+    /// Lowest relayed port (default 49152).
     #[arg(long, env = "TANDEM_MIN_PORT")]
     min_port: Option<u16>,
+    /// Highest relayed port (default 65535).
     #[arg(long, env = "TANDEM_MAX_PORT")]
     max_port: Option<u16>,
+    /// Realm of the long-term credentials.
     #[arg(long, env = "TANDEM_REALM")]
     realm: Option<String>,
     /// Long-term user NAME:PASSWORD (repeatable).
@@ -50,11 +58,45 @@ pub struct Args {
     /// Peer range to deny (CIDR, repeatable).
     #[arg(long, env = "TANDEM_DENIED_PEER_IP", value_delimiter = ',')]
     denied_peer_ip: Vec<IpNet>,
+    /// Log filter: a level (error, warn, info, debug, trace, off) or target=level list.
     #[arg(long, env = "TANDEM_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Log format: text, or json (one object per line).
+    #[arg(long, env = "TANDEM_LOG_FORMAT")]
+    log_format: Option<tandem_ops::logging::LogFormat>,
     /// Log client and peer addresses in clear.
     #[arg(long, env = "TANDEM_LOG_ADDRESSES")]
     log_addresses: bool,
+    /// SOFTWARE attribute in responses (off unless set).
+    #[arg(long, env = "TANDEM_SOFTWARE")]
+    software: Option<String>,
+    /// Allocation lifetime in seconds when the client asks for none (default 600).
+    #[arg(long, env = "TANDEM_DEFAULT_LIFETIME")]
+    default_lifetime: Option<u32>,
+    /// Longest allocation lifetime in seconds a client may ask for (default 3600).
+    #[arg(long, env = "TANDEM_MAX_LIFETIME")]
+    max_lifetime: Option<u32>,
+    /// Seconds a nonce stays valid (default 600).
+    #[arg(long, env = "TANDEM_NONCE_LIFETIME")]
+    nonce_lifetime: Option<u64>,
+    /// Allocations per user, over all workers (0 = unlimited; default 64).
+    #[arg(long, env = "TANDEM_USER_QUOTA")]
+    user_quota: Option<u32>,
+    /// Allocations in total (0 = unlimited; default 65536).
+    #[arg(long, env = "TANDEM_TOTAL_QUOTA")]
+    total_quota: Option<u32>,
+    /// Permissions per allocation (default 64).
+    #[arg(long, env = "TANDEM_MAX_PERMISSIONS")]
+    max_permissions: Option<u32>,
+    /// Channels per allocation (default 64).
+    #[arg(long, env = "TANDEM_MAX_CHANNELS")]
+    max_channels: Option<u32>,
+    /// Relayed bytes per second per allocation (0 = unlimited, the default).
+    #[arg(long, env = "TANDEM_MAX_BPS")]
+    max_bps: Option<u64>,
+    /// 401 answers per second per source IP (0 = unlimited; default 20).
+    #[arg(long, env = "TANDEM_UNAUTHORIZED_RATE")]
+    unauthorized_rate: Option<u32>,
     /// Refuse channel numbers 0x5000-0x7FFF (RFC 8656); by default the RFC 5766
     /// range 0x4000-0x7FFF is accepted, as coturn does.
     #[arg(long, env = "TANDEM_STRICT_CHANNEL_RANGE")]
@@ -133,6 +175,92 @@ pub struct Args {
     stream_max_frame: Option<usize>,
 }
 
+/// Reads the configuration file (if any), applies the flags and variables on top and
+/// validates the result.
+pub fn load(args: Args) -> Result<Config, crate::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    args.apply(&mut config);
+    config.validate()?;
+    Ok(config)
+}
+
+/// `--check-config`: what start-up would read besides the configuration itself (the
+/// TLS certificate and key, the control secret file), and a summary without secrets.
+pub fn check(c: &Config) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let tls = match (c.no_tls, &c.cert, &c.pkey) {
+        (false, Some(cert), Some(key)) => {
+            crate::driver::stream::check_tls_files(cert, key).map_err(|e| e.to_string())?;
+            format!("port {} ({})", c.tls_listening_port, cert.display())
+        }
+        (false, Some(_), None) | (false, None, Some(_)) => {
+            return Err("TLS needs both cert and pkey".into())
+        }
+        _ => "off".into(),
+    };
+    let control_tokens = c.control_secrets().map_err(|e| e.to_string())?.len();
+    let list = |v: &[IpAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let on = |b: bool| if b { "off" } else { "on" };
+    let mut o = String::new();
+    let _ = writeln!(o, "configuration OK");
+    let _ = writeln!(
+        o,
+        "listening      {} port {}",
+        list(&c.listening_ip),
+        c.listening_port
+    );
+    let _ = writeln!(
+        o,
+        "transports     udp {}, tcp {}, tls {}",
+        on(c.no_udp),
+        on(c.no_tcp),
+        tls
+    );
+    let relay_ips = if c.relay_ip.is_empty() {
+        list(&c.listening_ip)
+    } else {
+        list(&c.relay_ip)
+    };
+    let _ = writeln!(
+        o,
+        "relay ports    {} {}-{}",
+        relay_ips, c.min_port, c.max_port
+    );
+    if let Some(e) = c.external_ip {
+        let _ = writeln!(o, "external ip    {e}");
+    }
+    let _ = writeln!(
+        o,
+        "credentials    realm {:?}, {} static user(s), {} REST secret(s)",
+        c.realm,
+        c.user.len(),
+        c.static_auth_secret.len()
+    );
+    let _ = writeln!(
+        o,
+        "quotas         {} per user, {} in total (0 = unlimited)",
+        c.user_quota, c.total_quota
+    );
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    let _ = writeln!(o, "metrics        {}", show(c.metrics_listen));
+    let _ = writeln!(
+        o,
+        "control API    {} ({} token(s))",
+        show(c.control_listen),
+        control_tokens
+    );
+    let _ = writeln!(o, "logs           {} at {:?}", c.log_format, c.log_level);
+    Ok(o)
+}
+
 impl Args {
     /// Override `c` with the flags and variables that were given.
     pub fn apply(self, c: &mut Config) {
@@ -161,7 +289,20 @@ impl Args {
         set_list(&mut c.allowed_peer_ip, self.allowed_peer_ip);
         set_list(&mut c.denied_peer_ip, self.denied_peer_ip);
         set(&mut c.log_level, self.log_level);
+        set(&mut c.log_format, self.log_format);
         c.log_addresses |= self.log_addresses;
+        if self.software.is_some() {
+            c.software = self.software;
+        }
+        set(&mut c.default_lifetime, self.default_lifetime);
+        set(&mut c.max_lifetime, self.max_lifetime);
+        set(&mut c.nonce_lifetime, self.nonce_lifetime);
+        set(&mut c.user_quota, self.user_quota);
+        set(&mut c.total_quota, self.total_quota);
+        set(&mut c.max_permissions, self.max_permissions);
+        set(&mut c.max_channels, self.max_channels);
+        set(&mut c.max_bps, self.max_bps);
+        set(&mut c.unauthorized_rate, self.unauthorized_rate);
         c.strict_channel_range |= self.strict_channel_range;
         set(&mut c.io, self.io);
         set(&mut c.workers, self.workers);

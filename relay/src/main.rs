@@ -1,28 +1,63 @@
-//! `tandem-relay`: parse flags and config, then run the relay.
+//! `tandem-relay`: parse flags and config, then run the relay. Every error is printed
+//! once, on standard error, and sets the exit status: 2 for configuration, 1 for a
+//! failure to start.
 
-use anyhow::Context as _;
+use std::process::ExitCode;
+
 use clap::Parser;
 use tandem_relay::cli::{log_capacity, Args};
-use tandem_relay::Config;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
+    let check_only = args.check_config;
+    let config = match tandem_relay::cli::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem-relay: {e}");
+            return ExitCode::from(2);
+        }
     };
-    args.apply(&mut config);
-    config.validate()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    if check_only {
+        return match tandem_relay::cli::check(&config) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tandem-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Err(e) = tandem_ops::logging::init(config.log_format, &config.log_level) {
+        eprintln!("tandem-relay: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: tandem_relay::Config) -> Result<(), String> {
     log_capacity(&config);
     let relay = tandem_relay::Relay::bind(&config)
         .await
-        .context("starting the relay")?;
+        .map_err(|e| format!("cannot start: {e}"))?;
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -41,25 +76,30 @@ async fn main() -> anyhow::Result<()> {
         }
         s.cancel();
     });
-    if let Some(certs) = relay.tls_certificates() {
-        // SIGHUP reads the TLS certificate and key again (renewals); connections and
-        // allocations stay.
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        match certs.reload() {
+    // SIGHUP reads the TLS certificate and key again (renewals); connections and
+    // allocations stay. Without TLS there is nothing to read again, and SIGHUP must
+    // still not stop the relay (a service manager's reload sends it).
+    let certs = relay.tls_certificates();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match &certs {
+                        Some(certs) => match certs.reload() {
                             Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
                             Err(e) => tracing::error!(
                                 error = %e,
                                 "SIGHUP: TLS certificate and key not reloaded, the previous ones stay"
                             ),
-                        }
+                        },
+                        None => tracing::info!(
+                            "SIGHUP: no TLS certificate configured, nothing reloaded"
+                        ),
                     }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler: TLS reload unavailable"),
+                }
+            });
         }
+        Err(e) => tracing::warn!(error = %e, "no SIGHUP handler"),
     }
     relay.run(shutdown).await;
     Ok(())

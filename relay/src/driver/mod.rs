@@ -685,6 +685,12 @@ fn bind_udp_and_tcp(
     };
     for ip in udp_ips {
         let mut addr = SocketAddr::new(*ip, config.listening_port);
+        if workers > 1 && addr.port() != 0 {
+            // SO_REUSEPORT would let us join another relay's group on this port and
+            // the kernel would split the clients between the two. A socket without it
+            // cannot bind a port anyone holds: a failure here means the port is taken.
+            drop(bind_listener(addr, false).map_err(|source| DriverError::Bind { addr, source })?);
+        }
         for (w, per_worker) in sockets.iter_mut().enumerate() {
             let sock = bind_listener(addr, workers > 1)
                 .map_err(|source| DriverError::Bind { addr, source })?;

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -127,6 +127,12 @@ impl TlsCertificates {
         let c = self.current.read().unwrap_or_else(|p| p.into_inner());
         tokio_rustls::TlsAcceptor::from(c.clone())
     }
+}
+
+/// Whether the certificate chain and key load as they would at start
+/// (`--check-config`).
+pub fn check_tls_files(cert: &Path, key: &Path) -> Result<(), StreamError> {
+    server_config(&cert.to_path_buf(), &key.to_path_buf()).map(|_| ())
 }
 
 /// TLS 1.2 and 1.3 with the ring provider, the certificate chain and key from PEM.
