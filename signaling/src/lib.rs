@@ -180,7 +180,10 @@ pub async fn start(
     set_log_pii(cfg.log.show_personal_data);
     let (admin_token, admin_token_file) = admin_token(&cfg)?;
     if let Some(path) = &admin_token_file {
-        tracing::info!(path = %path.display(), "admin bearer token is kept in this file");
+        // Absolute, so the line tells where the file is whatever directory the reader
+        // is in.
+        let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        tracing::info!(path = %shown.display(), "admin bearer token is kept in this file");
     }
     let store = Store::connect_with(
         &cfg.database_url(),
