@@ -60,6 +60,27 @@ pub struct SignalingConfig {
     /// Default per-class device limits for accounts that set none.
     pub device_limits: DeviceLimits,
     pub log: LogConfig,
+    /// What SIGTERM / SIGINT do before the process exits (`[shutdown]`).
+    pub shutdown: ShutdownConfig,
+}
+
+/// The drain on SIGTERM or SIGINT: `/ready` answers 503, new out-of-dialog SIP
+/// requests get 503 with `Retry-After`, ringing calls are ended (CANCEL to the
+/// callees, 503 to the caller), then the process waits up to `drain_timeout_secs` for
+/// requests in progress and queued pushes before it stops. A second signal stops at
+/// once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_secs: 10,
+        }
+    }
 }
 
 impl Default for SignalingConfig {
@@ -80,6 +101,7 @@ impl Default for SignalingConfig {
             turn: crate::relays::TurnConfig::default(),
             device_limits: DeviceLimits::default(),
             log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -451,6 +473,9 @@ impl SignalingConfig {
         }
         if self.api.header_read_timeout_secs == 0 || self.api.header_read_timeout_secs > 3600 {
             return bad("api.header_read_timeout_secs: must be 1-3600".into());
+        }
+        if self.shutdown.drain_timeout_secs > 3600 {
+            return bad("shutdown.drain_timeout_secs: must be at most 3600".into());
         }
         if self.api.auth_ban_secs > 86_400 {
             return bad("api.auth_ban_secs: must be at most 86400".into());

@@ -96,9 +96,74 @@ pub struct Running {
     pub relays: Option<Arc<relays::RelayPool>>,
     sip_server: SipServer,
     api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// `/ready` answers 503 once set.
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    drain_timeout: std::time::Duration,
+}
+
+/// How long a drain waits, once every caller has its final response, for the
+/// requests that only finish cancelling their branches.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What a drain did, for the log line and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Ringing calls (and other requests deciding) that were ended.
+    pub ended: usize,
+    /// Requests still held when the drain stopped waiting.
+    pub left: usize,
+    /// Whether every push queued before the drain was sent (or given up).
+    pub pushes_settled: bool,
 }
 
 impl Running {
+    /// The drain before a stop (SIGTERM): `/ready` turns 503, new out-of-dialog SIP
+    /// requests get 503 with `Retry-After`, ringing calls end (CANCEL with a Reason to
+    /// every device, 503 to the caller), then it waits up to `[shutdown]
+    /// drain_timeout_secs` for the requests still held (their CANCELs answered) and for
+    /// the pushes already queued. Registrations, deferred messages and everything
+    /// acknowledged are in the database already. Cancel the shutdown token afterwards.
+    pub async fn drain(&self) -> DrainReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.draining.store(true, Relaxed);
+        let ended = self.sip_server.drain();
+        tracing::info!(
+            ended,
+            timeout_secs = self.drain_timeout.as_secs(),
+            "draining: not ready, new calls get 503, ringing calls ended"
+        );
+        // First every caller answered; then a short grace for the branches' CANCELs
+        // and 487s (finishing requests otherwise linger for their timers, up to 32 s
+        // over UDP, which is not worth holding a stop for).
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.drain_timeout;
+        let tick = std::time::Duration::from_millis(50);
+        while self.sip_server.requests_deciding() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(tick).await;
+        }
+        let grace = (tokio::time::Instant::now() + DRAIN_GRACE).min(deadline);
+        let mut left = self.sip_server.requests_in_progress();
+        while left > 0 && tokio::time::Instant::now() < grace {
+            tokio::time::sleep(tick).await;
+            left = self.sip_server.requests_in_progress();
+        }
+        let pushes_settled = tokio::time::timeout_at(deadline, self.pusher.settled())
+            .await
+            .is_ok();
+        let report = DrainReport {
+            ended,
+            left,
+            pushes_settled,
+        };
+        tracing::info!(
+            ended,
+            requests_left = left,
+            pushes_settled,
+            "drain finished"
+        );
+        report
+    }
+
     /// Installs the proxy's hooks for accounts whose devices are offline (push,
     /// deferred messages).
     pub fn set_offline_targets(&self, hooks: std::sync::Arc<dyn proxy::OfflineTargets>) {
@@ -278,6 +343,7 @@ pub async fn start(
     )
     .with_dialplan(cfg.dialplan.clone())
     .with_turn(turn);
+    let draining = state.draining_flag();
     let api_task = tokio::spawn(http::serve_with(
         listener,
         state,
@@ -296,12 +362,34 @@ pub async fn start(
         relays: relay_pool,
         sip_server,
         api_task,
+        draining,
+        drain_timeout: std::time::Duration::from_secs(cfg.shutdown.drain_timeout_secs),
     })
 }
 
 /// [`start`], then wait until `shutdown` is cancelled and everything has stopped.
 pub async fn run(cfg: SignalingConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let running = start(cfg, shutdown).await?;
+    running.wait().await?;
+    Ok(())
+}
+
+/// [`start`]; on the first `stop` signal drain ([`Running::drain`]), then stop; a
+/// second `stop` signal during the drain stops at once. What `main` runs.
+pub async fn run_until<F, Fut>(cfg: SignalingConfig, mut stop: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let shutdown = CancellationToken::new();
+    let running = start(cfg, shutdown.clone()).await?;
+    stop().await;
+    tokio::select! {
+        _ = running.drain() => {}
+        _ = stop() => tracing::info!("second stop signal: stopping without waiting"),
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
     running.wait().await?;
     Ok(())
 }

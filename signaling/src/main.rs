@@ -3,7 +3,6 @@
 
 use clap::Parser;
 use tandem_signaling::config::{Cli, SignalingConfig};
-use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -38,14 +37,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signal_token = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            signal_token.cancel();
-        });
-        tandem_signaling::run(cfg, shutdown).await
+        ignore_sighup();
+        tandem_signaling::run_until(cfg, wait_for_signal).await
     });
     match result {
         Ok(()) => {
@@ -56,6 +49,27 @@ fn main() -> std::process::ExitCode {
             tracing::error!("{e:#}");
             eprintln!("tandem-signaling: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP must not stop the process (a service manager's reload sends it). Nothing
+/// is read again yet: the log line says so.
+fn ignore_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::warn!(
+                            "SIGHUP: configuration reload is not supported by tandem-signaling; nothing changed (restart to apply a new configuration)"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler"),
         }
     }
 }

@@ -353,6 +353,23 @@ impl SipServer {
         self.addrs
     }
 
+    /// Starts draining: new out-of-dialog requests get 503 with `Retry-After`, and
+    /// every forked request still deciding ends (branches cancelled, the caller
+    /// answered 503). Returns how many requests were told to end.
+    pub fn drain(&self) -> usize {
+        self.proxy.drain()
+    }
+
+    /// Requests the proxy still holds (deciding, or finishing their cancels).
+    pub fn requests_in_progress(&self) -> usize {
+        self.proxy.requests_in_progress()
+    }
+
+    /// Forked requests whose caller has no final response yet.
+    pub fn requests_deciding(&self) -> usize {
+        self.proxy.requests_deciding()
+    }
+
     /// Resolves when everything has stopped after shutdown.
     pub async fn wait(self) -> Result<(), SipError> {
         let r = self.endpoint.wait().await;

@@ -1076,3 +1076,109 @@ async fn the_transaction_limit_counts_calls_in_progress_not_finished_ones() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// The drain before a stop (SIGTERM): a ringing call ends at once (CANCEL with a
+/// Reason to every device, 503 with Retry-After to the caller), `/ready` turns 503
+/// while `/health` stays 200, and a new call gets 503 with Retry-After.
+#[tokio::test]
+async fn draining_ends_ringing_calls_and_refuses_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, shutdown) = start_server(base_config(dir.path())).await;
+    let sip = running.sip.udp.unwrap();
+    let base = format!("http://{}", running.api);
+    let client = reqwest::Client::new();
+    api(
+        &client,
+        &base,
+        "/accounts",
+        None,
+        json!({"login": "bob", "password": PASSWORD}),
+    )
+    .await;
+    let insts = [
+        "urn:uuid:00000000-0000-4000-8000-0000000b0d01",
+        "urn:uuid:00000000-0000-4000-8000-0000000b0d02",
+    ];
+    let mut devs = Vec::new();
+    for (i, inst) in insts.iter().enumerate() {
+        api(
+            &client,
+            &base,
+            "/me/devices",
+            Some("bob"),
+            json!({"instance_id": inst, "class": "mobile", "name": format!("phone {i}")}),
+        )
+        .await;
+        let d = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        register_device(sip, &d, "bob", inst).await;
+        devs.push(d);
+    }
+    let ready = |c: reqwest::Client, url: String| async move {
+        c.get(url).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(ready(client.clone(), format!("{base}/ready")).await, 200);
+
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let inv = Invite::new(me, "sip:carol@example.org", &format!("sip:bob@{REALM}"));
+    caller
+        .send_to(inv.build("INVITE").as_bytes(), sip)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for (i, d) in devs.iter().enumerate() {
+        let m = recv_request(d, "INVITE", &inv.call_id).await;
+        d.send_to(answer(&m, 180, "Ringing", &format!("d{i}")).as_bytes(), sip)
+            .await
+            .unwrap();
+        got.push(m);
+    }
+    // The devices answer their CANCELs as phones do, while the drain runs.
+    let devices = async {
+        for (i, d) in devs.iter().enumerate() {
+            let cancel = recv_request(d, "CANCEL", &inv.call_id).await;
+            let reason = Message::parse(cancel.as_bytes())
+                .unwrap()
+                .header(HeaderName::parse("Reason"))
+                .map(str::to_owned);
+            assert!(
+                reason.as_deref().is_some_and(|r| r.contains("cause=503")),
+                "{cancel}"
+            );
+            d.send_to(answer(&cancel, 200, "OK", &format!("d{i}")).as_bytes(), sip)
+                .await
+                .unwrap();
+            d.send_to(
+                answer(&got[i], 487, "Request Terminated", &format!("d{i}")).as_bytes(),
+                sip,
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let (report, ()) = tokio::join!(running.drain(), devices);
+    assert_eq!(report.ended, 1, "{report:?}");
+    assert!(report.pushes_settled);
+    let fin = final_of(&caller, &inv.call_id).await;
+    assert_eq!(status(&fin), 503, "{fin}");
+    let fin_msg = Message::parse(fin.as_bytes()).unwrap();
+    assert_eq!(fin_msg.header(HeaderName::parse("Retry-After")), Some("5"));
+
+    assert_eq!(ready(client.clone(), format!("{base}/ready")).await, 503);
+    assert_eq!(ready(client.clone(), format!("{base}/health")).await, 200);
+    // A new call while draining: 503 with Retry-After, no device rings.
+    let inv2 = Invite::new(me, "sip:carol@example.org", &format!("sip:bob@{REALM}"));
+    let resp = exchange(&caller, sip, &inv2.build("INVITE")).await;
+    assert_eq!(status(&resp), 503, "{resp}");
+    assert!(resp.contains("Retry-After: 5"), "{resp}");
+    while let Some(m) = recv(&devs[0], Duration::from_millis(300)).await {
+        // ACKs of the 487s may still arrive; the new call must not.
+        assert!(
+            !m.contains(&inv2.call_id),
+            "a device rang while draining: {m}"
+        );
+    }
+
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

@@ -478,7 +478,11 @@ fn random_event_sequences_keep_the_invariants() {
         let mut final_code = 0u16;
         let mut now = t0;
         for _ in 0..next(30) {
-            match next(13) {
+            match next(14) {
+                13 => {
+                    f.handle_shutdown(now);
+                    assert!(f.is_answered(), "seed {seed}: not answered after shutdown");
+                }
                 10 => f.park(now + Duration::from_secs(next(40))),
                 11 => f.unpark(now),
                 12 if forward_pending => {

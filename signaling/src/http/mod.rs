@@ -2,7 +2,8 @@
 //!
 //! | Method | Path                                              | Auth  | What                                              |
 //! |--------|---------------------------------------------------|-------|---------------------------------------------------|
-//! | GET    | /health                                           | none  | 200 `{"status":"ok"}` when the database answers   |
+//! | GET    | /health                                           | none  | liveness: 200 `{"status":"ok"}` while serving     |
+//! | GET    | /ready                                            | none  | readiness: 200 unless draining or the database is down |
 //! | GET    | /metrics                                          | none  | Prometheus text exposition                        |
 //! | GET    | /openapi.json                                     | none  | this API as OpenAPI 3.1                           |
 //! | POST   | /accounts                                         | admin | create account (login, password, numbers, ...)    |
@@ -82,6 +83,7 @@ pub use metrics::Metrics;
 /// and that the OpenAPI document lists exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("GET", "/ready"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("POST", "/accounts"),
@@ -160,6 +162,8 @@ struct StateInner {
     limiter: limiter::AuthLimiter,
     dialplan: crate::proxy::DialPlanConfig,
     turn: Option<crate::relays::TurnService>,
+    /// Set when the process starts draining: `/ready` answers 503.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -191,8 +195,14 @@ impl AppState {
                 limiter,
                 dialplan: crate::proxy::DialPlanConfig::default(),
                 turn: None,
+                draining: Arc::default(),
             }),
         }
+    }
+
+    /// The flag that turns `/ready` to 503 (shared with the process's drain).
+    pub fn draining_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.inner.draining.clone()
     }
 
     /// The same state serving `plan` at `GET /dialplan`.
@@ -218,6 +228,7 @@ impl AppState {
                 limiter: limiter::AuthLimiter::new(shared.settings.auth_limiter),
                 dialplan: shared.dialplan.clone(),
                 turn: shared.turn.clone(),
+                draining: shared.draining.clone(),
             },
         };
         change(&mut inner);
@@ -263,6 +274,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
         .route("/accounts", post(accounts::create).get(accounts::list))
@@ -354,15 +366,39 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Liveness: the process serves HTTP. It does not look at the database, so that a
+/// database outage takes instances out of service (`/ready`) without restarting
+/// them all.
 #[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, body = types::Health)))]
+pub async fn health() -> axum::Json<types::Health> {
+    axum::Json(types::Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Readiness: 200 while the database answers and the process is not draining; 503
+/// (`draining` or `unavailable`) otherwise.
+#[utoipa::path(get, path = "/ready", tag = "service",
     responses((status = 200, body = types::Health), (status = 503, body = error::ErrorBody)))]
-pub async fn health(State(state): State<AppState>) -> Result<axum::Json<types::Health>, ApiError> {
+pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<types::Health>, ApiError> {
+    if state
+        .inner
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "shutting down: not taking new work",
+        ));
+    }
     match state.store().ping().await {
         Ok(()) => Ok(axum::Json(types::Health {
-            status: "ok".to_owned(),
+            status: "ready".to_owned(),
         })),
         Err(e) => {
-            tracing::warn!(error = %e, "health check: database unavailable");
+            tracing::warn!(error = %e, "readiness check: database unavailable");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

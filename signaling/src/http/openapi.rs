@@ -65,6 +65,7 @@ impl Modify for Security {
     ),
     paths(
         super::health,
+        super::ready,
         super::metrics_text,
         super::openapi_json,
         accounts::create,

@@ -291,7 +291,7 @@ pub struct RegistrationList {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`
+    /// `ok` (`/health`) or `ready` (`/ready`)
     pub status: String,
 }
 

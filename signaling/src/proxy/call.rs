@@ -33,6 +33,8 @@ pub(crate) enum Input {
         bytes: Vec<u8>,
     },
     Cancel,
+    /// The server is draining: cancel what rings, answer the caller 503.
+    Shutdown,
     /// A device of the called account registered while the call rings.
     Registered(Box<Binding>),
     /// An `incoming_call` push was queued for these instances.
@@ -98,6 +100,11 @@ impl Calls {
         if let Some(old) = self.by_key.insert(key.clone(), entry) {
             self.unindex(&key, old.account);
         }
+    }
+
+    /// The task of every request in progress.
+    pub(crate) fn senders(&self) -> Vec<mpsc::Sender<Input>> {
+        self.by_key.values().map(|e| e.tx.clone()).collect()
     }
 
     pub(crate) fn remove(&mut self, key: &str) {
@@ -178,7 +185,39 @@ impl PendingCancel {
     }
 }
 
+/// `Retry-After` (seconds) of the 503s a draining server answers.
+pub(crate) const DRAIN_RETRY_AFTER: &str = "5";
+
 impl Proxy {
+    /// Starts draining (the process is about to stop): new out-of-dialog requests get
+    /// 503 with `Retry-After`, and every request still deciding is ended
+    /// ([`Input::Shutdown`]: its branches cancelled, the caller answered 503).
+    /// In-dialog requests (ACK, BYE, re-INVITE) still pass. Returns how many requests
+    /// were told to end.
+    pub(crate) fn drain(&self) -> usize {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let senders = self.calls.lock().map(|c| c.senders()).unwrap_or_default();
+        for tx in &senders {
+            let _ = tx.try_send(Input::Shutdown);
+        }
+        senders.len()
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests (forked or finishing) still held.
+    pub(crate) fn requests_in_progress(&self) -> usize {
+        self.calls.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Forked requests whose final response has not gone upstream yet.
+    pub(crate) fn requests_deciding(&self) -> usize {
+        self.deciding.load(Ordering::Relaxed)
+    }
+
     /// Starts the task of a forked request with its first `branches`.
     pub(crate) fn start_fork(
         self: &Arc<Self>,
@@ -459,6 +498,7 @@ impl Call {
                         self.on_response(self.proxy.clock.now(), branch, (code, to_cancel), bytes)
                     }
                     Some(Input::Cancel) => self.fork.handle_cancel(self.proxy.clock.now()),
+                    Some(Input::Shutdown) => self.fork.handle_shutdown(self.proxy.clock.now()),
                     Some(Input::Registered(b)) => self.add_binding(self.proxy.clock.now(), &b),
                     Some(Input::Pushed(list)) => self.on_pushed(self.proxy.clock.now(), list),
                     Some(Input::Revoked(instance)) => self.revoke(self.proxy.clock.now(), &instance),
@@ -769,6 +809,9 @@ impl Call {
                             Some("SIP;cause=408;text=\"No answer\"".to_owned())
                         }
                         CancelReason::DeviceRevoked => None,
+                        CancelReason::ServerShutdown => {
+                            Some("SIP;cause=503;text=\"Server shutting down\"".to_owned())
+                        }
                     };
                     tracing::info!(
                         call_id = %self.call_ref(),
@@ -888,8 +931,21 @@ impl Call {
             Final::Generated { code, reason } => {
                 let bytes = Message::parse(&self.request)
                     .map(|m| {
-                        ResponseBuilder::new(&m, code, reason, &self.top_via, Some(&self.to_tag))
-                            .finish()
+                        let b = ResponseBuilder::new(
+                            &m,
+                            code,
+                            reason,
+                            &self.top_via,
+                            Some(&self.to_tag),
+                        );
+                        // A 503 we generate means this server is going away (drain):
+                        // the caller may try again at once elsewhere.
+                        let b = if code == 503 {
+                            b.header("Retry-After", DRAIN_RETRY_AFTER)
+                        } else {
+                            b
+                        };
+                        b.finish()
                     })
                     .unwrap_or_default();
                 (code, bytes)

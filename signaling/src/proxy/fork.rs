@@ -37,6 +37,8 @@ pub enum CancelReason {
     RingTimeout,
     /// The branch's device was revoked while it rang.
     DeviceRevoked,
+    /// The server is shutting down (drain).
+    ServerShutdown,
 }
 
 /// The final response the caller gets.
@@ -416,6 +418,26 @@ impl Fork {
             return;
         }
         self.finish_if_settled();
+    }
+
+    /// The server is draining before it stops: unless the request was answered, every
+    /// branch still pending is cancelled and the caller gets 503 at once (the glue adds
+    /// `Retry-After`), so it can try another server instead of ringing into a process
+    /// that is going away. A parked call or a pending no-answer forward ends too.
+    pub fn handle_shutdown(&mut self, _now: Instant) {
+        if self.answered {
+            return;
+        }
+        self.deadline = None;
+        self.park_until = None;
+        self.push_at = None;
+        self.forward_on_no_answer = false;
+        self.held = None;
+        self.cancel_pending(None, CancelReason::ServerShutdown);
+        self.finish(Final::Generated {
+            code: 503,
+            reason: "Service Unavailable",
+        });
     }
 
     /// Answers upstream once every branch has its final response, or (after the

@@ -65,6 +65,8 @@ pub struct Proxy {
     clock: Clock,
     /// Media sessions of calls, once relays are configured.
     media: std::sync::OnceLock<media::MediaCalls>,
+    /// Set by [`Proxy::drain`]: no new out-of-dialog requests.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Rebinds `$req` to the same request with other bytes (`$bytes: Option<Vec<u8>>`: an
@@ -235,6 +237,7 @@ impl Proxy {
             metrics,
             clock,
             media: std::sync::OnceLock::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -402,6 +405,15 @@ impl Proxy {
             let (body, role) = self.media_in_dialog(msg, origin.source).await;
             with_bytes!(req, body);
             return self.forward_in_dialog(req, upstream, route, &hash, max_forwards, role);
+        }
+
+        // A draining server starts nothing new: the client tries another one.
+        if self.is_draining() {
+            return Handled::Reply(
+                ResponseBuilder::new(msg, 503, "Service Unavailable", top_via, Some(&tag))
+                    .header("Retry-After", call::DRAIN_RETRY_AFTER)
+                    .reply(),
+            );
         }
 
         // Out of dialog: who is calling (RFC 3261 22.3)?
