@@ -3,6 +3,8 @@
 #   tandem-relay      with config/relay.toml      (STUN/TURN on 127.0.0.1:3478,
 #                                                  control API on 127.0.0.1:9642)
 #   tandem-signaling  with config/signaling.toml  (SIP on 127.0.0.1:5060 UDP+TCP,
+#                                                  SIP over WebSocket on
+#                                                  ws://127.0.0.1:5066,
 #                                                  HTTP API on 127.0.0.1:8080,
 #                                                  embedded SQLite under ./data)
 # joined: signaling places each call's media session on the relay (its [[relays]]
