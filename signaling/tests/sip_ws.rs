@@ -516,3 +516,70 @@ async fn wss_registration_with_a_self_signed_certificate() {
     shutdown.cancel();
     server.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_share_ping_and_a_list_of_subprotocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, shutdown, _) = server_with_ws(&dir, |s| s.max_connections_per_source = 2).await;
+    let addr = server.local_addrs().ws.unwrap();
+    let url = format!("ws://{addr}/");
+
+    // `sip` among other offered subprotocols is chosen.
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "chat, sip".parse().unwrap());
+    let (mut first, resp) =
+        tokio_tungstenite::client_async(req, TcpStream::connect(addr).await.unwrap())
+            .await
+            .expect("upgrade");
+    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "sip");
+    // A WebSocket ping is answered with a pong carrying the same data.
+    first
+        .send(WsMessage::Ping(b"keep".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(WAIT, first.next())
+        .await
+        .expect("pong in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, WsMessage::Pong(b"keep".to_vec().into()));
+
+    // The per-source share (two here) counts WebSocket connections: a third from the
+    // same address is closed before the upgrade.
+    let _second = ws_connect(TcpStream::connect(addr).await.unwrap(), &url, true)
+        .await
+        .expect("second connection");
+    let third = tokio::time::timeout(
+        WAIT,
+        ws_connect(TcpStream::connect(addr).await.unwrap(), &url, true),
+    )
+    .await
+    .expect("refused in time");
+    assert!(
+        third.is_err(),
+        "a third connection from one source is refused"
+    );
+    // Once one closes, there is room again.
+    first.close(None).await.unwrap();
+    let mut tcp = first.into_inner();
+    let mut rest = [0u8; 64];
+    while tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut tcp, &mut rest))
+        .await
+        .expect("the server closes")
+        .is_ok_and(|n| n > 0)
+    {}
+    // The place is given back when the server's connection task ends, just after
+    // it closed the stream: retried briefly.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(ws) = ws_connect(TcpStream::connect(addr).await.unwrap(), &url, true).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a place is free again after a close");
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}
