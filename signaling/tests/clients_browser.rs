@@ -114,10 +114,8 @@ fn listening(line: &str, key: &str) -> SocketAddr {
     rest[..rest.find(')').unwrap()].parse().unwrap()
 }
 
-/// The real binary with the shipped configuration, on free ports, SIP over
-/// WebSocket on. The one change: the digest challenge offers MD5 only (see the note
-/// in the README's JsSIP section: JsSIP reads the last WWW-Authenticate header, and
-/// does MD5 only).
+/// The real binary with the shipped configuration as it is, on free ports (flags),
+/// SIP over WebSocket on.
 struct Signaling {
     child: Child,
     sip_udp: SocketAddr,
@@ -128,27 +126,9 @@ struct Signaling {
 
 impl Signaling {
     fn start(dir: &Path) -> Signaling {
-        let shipped = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/signaling.toml"
-        ))
-        .unwrap();
-        let config: String = shipped
-            .lines()
-            .map(|l| {
-                if l.starts_with("digest_algorithms") {
-                    "digest_algorithms = [\"MD5\"]"
-                } else {
-                    l
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let path = dir.join("signaling.toml");
-        std::fs::write(&path, config).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/signaling.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-signaling"))
-            .arg("--config")
-            .arg(&path)
+            .args(["--config", path])
             .arg("--data-dir")
             .arg(dir)
             .args(["--api-listen", "127.0.0.1:0", "--sip-listen", "127.0.0.1:0"])

@@ -119,6 +119,10 @@ async fn ws_register<S: AsyncRead + AsyncWrite + Unpin>(
     send(ws, &browser_register(transport, instance, 1, None)).await;
     let r = recv_final(ws).await;
     assert_eq!(code(&r), 401, "{r}");
+    // Browsers read the last challenge: over WebSocket it is the algorithm listed
+    // first in `digest_algorithms` (MD5 by default, which JsSIP does).
+    let last = header(&r, "WWW-Authenticate").pop().unwrap();
+    assert!(last.contains("algorithm=MD5"), "{r}");
     let (nonce, _) = challenge_nonce(r.as_bytes(), "MD5");
     let auth = authorization(Algorithm::Md5, PASSWORD, &nonce, 1);
     send(ws, &browser_register(transport, instance, 2, Some(&auth))).await;
