@@ -587,3 +587,50 @@ async fn connection_share_ping_and_a_list_of_subprotocols() {
     shutdown.cancel();
     server.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upgrade_and_idle_connection_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, shutdown, _) = server_with_ws(&dir, |s| {
+        s.idle_timeout_secs = 1;
+        s.tls_handshake_timeout_secs = 1;
+    })
+    .await;
+    let addr = server.local_addrs().ws.unwrap();
+    // A connection that never finishes its HTTP upgrade is closed (handshake timeout).
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest),
+    )
+    .await
+    .expect("a stalled upgrade is closed");
+    assert!(n.is_ok() || rest.is_empty());
+    // An upgraded connection that carries nothing is closed with "going away" (1001).
+    let mut ws = ws_connect(
+        TcpStream::connect(addr).await.unwrap(),
+        &format!("ws://{addr}/"),
+        true,
+    )
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Close(f))) => return f.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before the close frame: {e}"),
+                None => panic!("closed without a close frame"),
+            }
+        }
+    })
+    .await
+    .expect("an idle connection is closed");
+    assert_eq!(end, Some(CloseCode::Away));
+    shutdown.cancel();
+    server.wait().await.unwrap();
+}
