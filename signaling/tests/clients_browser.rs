@@ -48,8 +48,9 @@ fn browser_available() -> bool {
     if !chromium().exists() {
         missing.push("chromium (Debian chromium)");
     }
-    if !browser_dir().join("node_modules/jssip").exists()
-        || !browser_dir().join("node_modules/playwright-core").exists()
+    if ["jssip", "playwright-core", "esbuild"]
+        .iter()
+        .any(|m| !browser_dir().join("node_modules").join(m).exists())
     {
         missing.push("tests/browser/node_modules (npm ci in tests/browser)");
     }

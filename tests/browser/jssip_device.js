@@ -115,7 +115,7 @@ async function main() {
       });
     });
     ua.on('newMessage', (e) => {
-      if (e.originator === 'remote') report(`message ${e.request.body}`);
+      if (e.originator === 'remote') report(`message ${String(e.request.body).trim()}`);
     });
     ua.start();
   }, { ...cfg, debug });
