@@ -4,6 +4,8 @@
 #                                                  control API on 127.0.0.1:9642,
 #                                                  metrics and health on 127.0.0.1:9641)
 #   tandem-signaling  with config/signaling.toml  (SIP on 127.0.0.1:5060 UDP+TCP,
+#                                                  SIP over WebSocket on
+#                                                  ws://127.0.0.1:5066,
 #                                                  HTTP API on 127.0.0.1:8080,
 #                                                  embedded SQLite under ./data)
 # joined: signaling places each call's media session on the relay (its [[relays]]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs on a Debian machine:
-# the third-party peers (coturn's turnutils_*, sipp) and a running PostgreSQL.
+# the third-party peers (coturn's turnutils_*, sipp, Chromium with node for JsSIP)
+# and a running PostgreSQL.
 # Idempotent: does nothing that is already in place.
 set -euo pipefail
 
@@ -8,6 +9,11 @@ need_apt=()
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# The browser client test (signaling/tests/clients_browser.rs): JsSIP in headless
+# Chromium, driven from node by playwright-core (tests/browser).
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -22,6 +28,14 @@ if pgrep -x turnserver >/dev/null 2>&1 && command -v systemctl >/dev/null 2>&1; 
   systemctl stop coturn >/dev/null 2>&1 || true
 fi
 
+# The browser test's npm packages, exactly as locked (no download once present).
+browser_dir="$(dirname "$0")/browser"
+if [ ! -d "$browser_dir/node_modules/jssip" ] || [ ! -d "$browser_dir/node_modules/playwright-core" ] \
+   || [ ! -d "$browser_dir/node_modules/esbuild" ]; then
+  echo "setup: npm ci in tests/browser"
+  (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 pg_host=${TANDEM_TEST_PG_HOST:-127.0.0.1}
 if ! pg_isready -q -h "$pg_host" -p 5432; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
@@ -31,4 +45,4 @@ if ! pg_isready -q -h "$pg_host" -p 5432; then
   for _ in $(seq 1 30); do pg_isready -q -h "$pg_host" -p 5432 && break; sleep 1; done
 fi
 pg_isready -h "$pg_host" -p 5432 || { echo "setup: PostgreSQL is not reachable on $pg_host:5432" >&2; exit 1; }
-echo "setup: turnutils_uclient=$(command -v turnutils_uclient) sipp=$(command -v sipp) postgres=ok"
+echo "setup: turnutils_uclient=$(command -v turnutils_uclient) sipp=$(command -v sipp) chromium=${CHROMIUM:-/usr/bin/chromium} node=$(command -v node) postgres=ok"

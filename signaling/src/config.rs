@@ -270,6 +270,12 @@ pub struct Cli {
     /// SIP TLS listen address (needs sip.tls_cert and sip.tls_key).
     #[arg(long, env = "TANDEM_SIP_TLS_LISTEN")]
     pub sip_tls_listen: Option<SocketAddr>,
+    /// SIP over WebSocket listen address (RFC 7118).
+    #[arg(long, env = "TANDEM_SIP_WS_LISTEN")]
+    pub sip_ws_listen: Option<SocketAddr>,
+    /// SIP over secure WebSocket listen address (needs sip.tls_cert and sip.tls_key).
+    #[arg(long, env = "TANDEM_SIP_WSS_LISTEN")]
+    pub sip_wss_listen: Option<SocketAddr>,
     /// Digest realm.
     #[arg(long, env = "TANDEM_SIP_REALM")]
     pub sip_realm: Option<String>,
@@ -412,6 +418,12 @@ impl SignalingConfig {
         }
         if let Some(a) = cli.sip_tls_listen {
             self.sip.tls_listen = Some(a);
+        }
+        if let Some(a) = cli.sip_ws_listen {
+            self.sip.ws_listen = Some(a);
+        }
+        if let Some(a) = cli.sip_wss_listen {
+            self.sip.wss_listen = Some(a);
         }
         if let Some(r) = &cli.sip_realm {
             self.sip.realm = r.clone();

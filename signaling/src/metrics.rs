@@ -61,6 +61,9 @@ pub enum DropReason {
     /// A stream message not complete within `sip.message_timeout_secs`: the
     /// connection is closed.
     SlowMessage,
+    /// A WebSocket upgrade refused (no `sip` subprotocol, not a WebSocket request) or
+    /// not finished in time: the connection is closed.
+    WsHandshake,
 }
 
 impl DropReason {
@@ -76,6 +79,7 @@ impl DropReason {
             DropReason::ConnectionsFull => "connections_full",
             DropReason::SourceConnectionsFull => "source_connections_full",
             DropReason::SlowMessage => "slow_message",
+            DropReason::WsHandshake => "ws_handshake",
         }
     }
 }

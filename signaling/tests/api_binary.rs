@@ -18,6 +18,7 @@ fn starts_with_the_example_config_and_stops_on_sigterm() {
         .arg(&dir)
         // Port 0 everywhere so parallel runs never collide; the log says where.
         .args(["--api-listen", "127.0.0.1:0", "--sip-listen", "127.0.0.1:0"])
+        .args(["--sip-ws-listen", "127.0.0.1:0"])
         .env_remove("TANDEM_ADMIN_TOKEN")
         .env_remove("TANDEM_DATABASE_URL")
         .stdout(Stdio::piped())

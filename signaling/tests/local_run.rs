@@ -9,7 +9,7 @@
 //! The script runs the debug binaries next to this test (`TANDEM_LOCAL_BIN_DIR`) so
 //! the test does not build a release, and keeps `./data` in a temporary directory
 //! (`TANDEM_LOCAL_DIR`). It listens on the documented local ports (5060, 3478, 8080,
-//! 9641, 9642): when one is taken the test says which.
+//! 9641, 9642, and 5066 for WebSocket): when one is taken the test says which.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const PORTS: [u16; 5] = [5060, 3478, 8080, 9641, 9642];
+const PORTS: [u16; 6] = [5060, 5066, 3478, 8080, 9641, 9642];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -118,7 +118,9 @@ impl Proxy {
     /// new connection to its Contact's address. An outbound binding whose flow is gone
     /// is not (RFC 5626 5.3: the device opens a new flow and registers it; it is
     /// pushed meanwhile when it has a token), nor is a TLS one (no name to check the
-    /// device's certificate against); both are logged.
+    /// device's certificate against), nor a WS/WSS one (RFC 7118: a browser cannot
+    /// accept connections, its Contact host is a made-up `.invalid` name); all are
+    /// logged.
     pub(crate) fn binding_hop(&self, b: &Binding) -> Option<Hop> {
         let hop = hop_of(b)?;
         if !hop.transport.reliable() || self.flows.is_open(hop.transport, hop.addr) {

@@ -97,12 +97,18 @@ impl Routing {
             return host.eq_ignore_ascii_case(&self.realm);
         };
         let port = port.unwrap_or(if secure { 5061 } else { 5060 });
-        [self.addrs.udp, self.addrs.tcp, self.addrs.tls]
-            .into_iter()
-            .flatten()
-            .any(|a| {
-                a.port() == port && (a.ip() == ip || (a.ip().is_unspecified() && local.ip() == ip))
-            })
+        [
+            self.addrs.udp,
+            self.addrs.tcp,
+            self.addrs.tls,
+            self.addrs.ws,
+            self.addrs.wss,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|a| {
+            a.port() == port && (a.ip() == ip || (a.ip().is_unspecified() && local.ip() == ip))
+        })
     }
 
     /// Our address on `transport`, as others reach it.
@@ -111,6 +117,8 @@ impl Routing {
             Transport::Udp => self.addrs.udp,
             Transport::Tcp => self.addrs.tcp,
             Transport::Tls => self.addrs.tls,
+            Transport::Ws => self.addrs.ws,
+            Transport::Wss => self.addrs.wss,
         }?;
         Some(if a.ip().is_unspecified() {
             SocketAddr::new(seen.ip(), a.port())
@@ -193,12 +201,11 @@ impl Routing {
     }
 
     pub(crate) fn via(&self, hop: Hop, branch: &str) -> String {
-        let t = match hop.transport {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        };
-        format!("SIP/2.0/{t} {};branch={branch};rport", hop.local)
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            hop.transport.via_name(),
+            hop.local
+        )
     }
 
     /// Routes in front of the request that name us: how many, and the flow tokens

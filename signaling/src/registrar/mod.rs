@@ -614,7 +614,7 @@ impl RegistrarHandle {
                 && a.get("realm") == Some(self.inner.realm.as_str())
         });
         if !has_ours {
-            return Err(self.challenge(msg, role, top_via, now, false));
+            return Err(self.challenge(msg, role, origin, top_via, now, false));
         }
         let method = msg.method().unwrap_or("");
         let account = match self.inner.store.find_account(identity).await {
@@ -631,11 +631,11 @@ impl RegistrarHandle {
         match (decision, account) {
             (AuthDecision::Accept, Some(a)) => Ok(a),
             (AuthDecision::Challenge { stale }, _) => {
-                Err(self.challenge(msg, role, top_via, now, stale))
+                Err(self.challenge(msg, role, origin, top_via, now, stale))
             }
             (AuthDecision::Retry { .. }, _) => {
                 self.inner.metrics.auth_failure(role.label());
-                Err(self.challenge(msg, role, top_via, now, false))
+                Err(self.challenge(msg, role, origin, top_via, now, false))
             }
             (AuthDecision::Forbidden { banned }, _) => {
                 self.inner.metrics.auth_failure(role.label());
@@ -653,19 +653,29 @@ impl RegistrarHandle {
         }
     }
 
+    /// A 401 (407) with one challenge per algorithm, in `digest_algorithms` order
+    /// (RFC 8760). Clients on UDP, TCP and TLS (baresip, Linphone, sipp) answer the
+    /// first challenge; the browsers' SIP library on WebSocket (JsSIP 3.13 keeps only
+    /// the last WWW-Authenticate or Proxy-Authenticate header it parses) the last:
+    /// over WS/WSS the list is reversed, so that both kinds read the algorithm listed
+    /// first (and a client that reads every challenge has the same choice).
     fn challenge(
         &self,
         msg: &Message<'_>,
         role: AuthRole,
+        origin: Origin,
         top_via: &str,
         now: i64,
         stale: bool,
     ) -> Reply {
         let random: [u8; 8] = rand::random();
-        let challenges = match self.inner.core.lock() {
+        let mut challenges = match self.inner.core.lock() {
             Ok(c) => c.challenges(now, random, stale),
             Err(_) => Vec::new(),
         };
+        if matches!(origin.transport, Transport::Ws | Transport::Wss) {
+            challenges.reverse();
+        }
         let (code, reason, header) = role.challenge();
         let mut r = ResponseBuilder::new(msg, code, reason, top_via, Some(&new_tag()));
         for c in &challenges {

@@ -19,24 +19,34 @@ pub struct SipConfig {
     pub tcp_listen: Option<SocketAddr>,
     /// TLS listener (off by default); needs `tls_cert` and `tls_key`.
     pub tls_listen: Option<SocketAddr>,
-    /// PEM certificate chain for the TLS listener.
+    /// PEM certificate chain for the TLS and WSS listeners.
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the TLS listener.
+    /// PEM private key for the TLS and WSS listeners.
     pub tls_key: Option<PathBuf>,
-    /// Largest SIP message accepted on any transport, in bytes (header and body).
+    /// SIP over WebSocket listener (RFC 7118, browsers); `None` (the default) disables
+    /// it. Clients must ask for the `sip` subprotocol.
+    pub ws_listen: Option<SocketAddr>,
+    /// SIP over secure WebSocket listener (off by default); needs `tls_cert` and
+    /// `tls_key`, the same as `tls_listen`.
+    pub wss_listen: Option<SocketAddr>,
+    /// Largest SIP message accepted on any transport, in bytes (header and body); on
+    /// WebSocket also the largest frame and message.
     pub max_message_size: usize,
-    /// Most TCP + TLS connections open at once; further accepts are closed at once.
+    /// Most TCP + TLS + WS + WSS connections open at once; further accepts are closed
+    /// at once.
     pub max_connections: usize,
-    /// A TCP/TLS connection that carries no data for this long is closed (seconds).
-    /// Clients keep flows alive with RFC 5626 CRLF pings, well under this.
+    /// A TCP/TLS connection that carries no data (a WebSocket one: no complete
+    /// message or ping) for this long is closed (seconds). Clients keep flows alive
+    /// with RFC 5626 CRLF pings (WebSocket pings), well under this.
     pub idle_timeout_secs: u64,
-    /// How long a TLS handshake may take (seconds).
+    /// How long a TLS handshake may take (seconds); also bounds the HTTP upgrade of a
+    /// WebSocket connection (after the TLS handshake for WSS).
     pub tls_handshake_timeout_secs: u64,
     /// A message on a TCP/TLS stream must be complete this long after its first byte
     /// arrived (seconds), whatever the idle timer says: a sender that trickles a byte
     /// at a time (slowloris) is cut off.
     pub message_timeout_secs: u64,
-    /// Most TCP/TLS connections from one source (an IPv4 address, an IPv6 /64) at
+    /// Most TCP/TLS/WS/WSS connections from one source (an IPv4 address, an IPv6 /64) at
     /// once, so that one source cannot hold every place of `max_connections`.
     pub max_connections_per_source: usize,
     /// Most server transactions held at once (a finished one is held up to 32 s on
@@ -59,6 +69,8 @@ impl Default for SipConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            ws_listen: None,
+            wss_listen: None,
             max_message_size: 16 * 1024,
             max_connections: 4096,
             idle_timeout_secs: 600,
@@ -105,6 +117,9 @@ impl SipConfig {
         }
         if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("sip.tls_listen: needs sip.tls_cert and sip.tls_key".into());
+        }
+        if self.wss_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("sip.wss_listen: needs sip.tls_cert and sip.tls_key".into());
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The SIP endpoint: binds UDP, TCP and TLS listeners, frames streams, runs server
+//! The SIP endpoint: binds UDP, TCP, TLS, WS and WSS listeners, frames streams, runs server
 //! transactions and hands what they let through to a [`TransactionUser`]: each new
 //! request (retransmissions are absorbed here), each response (for the client
 //! transactions the user runs) and each ACK for a 2xx (end to end, no transaction).
@@ -27,6 +27,8 @@ use crate::sip::transaction::{ServerInvite, ServerNonInvite, TimerConfig};
 use crate::sip::transport::{Flows, Transport};
 use crate::sip::{Origin, SipConfig};
 
+mod ws;
+
 /// Errors starting or running the SIP server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +53,37 @@ pub struct SipAddrs {
     pub udp: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
+    /// SIP over WebSocket (RFC 7118).
+    pub ws: Option<SocketAddr>,
+    /// SIP over secure WebSocket (RFC 7118).
+    pub wss: Option<SocketAddr>,
+}
+
+/// `udp 127.0.0.1:5060, tcp 127.0.0.1:5060, ws 127.0.0.1:5066`: the transports that
+/// listen, for the start-up line.
+impl std::fmt::Display for SipAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, a) in [
+            ("udp", self.udp),
+            ("tcp", self.tcp),
+            ("tls", self.tls),
+            ("ws", self.ws),
+            ("wss", self.wss),
+        ] {
+            if let Some(a) = a {
+                if !first {
+                    f.write_str(", ")?;
+                }
+                first = false;
+                write!(f, "{name} {a}")?;
+            }
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
 }
 
 /// A new request handed to the [`TransactionUser`], with what it needs to answer.
@@ -118,6 +151,8 @@ pub struct BoundEndpoint {
     udp: Option<(Arc<UdpSocket>, SocketAddr)>,
     tcp: Option<TcpListener>,
     tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    ws: Option<TcpListener>,
+    wss: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 impl std::fmt::Debug for BoundEndpoint {
@@ -250,10 +285,14 @@ impl Endpoint {
             udp: None,
             tcp: None,
             tls: None,
+            ws: None,
+            wss: None,
         };
         let mut udp = None;
         let mut tcp = None;
         let mut tls = None;
+        let mut ws = None;
+        let mut wss = None;
         if let Some(addr) = cfg.udp_listen {
             let sock = UdpSocket::bind(addr)
                 .await
@@ -303,6 +342,17 @@ impl Endpoint {
             })?);
             tls = Some((l, acceptor));
         }
+        if let Some(addr) = cfg.ws_listen {
+            let (l, local) = bind_stream("ws", addr).await?;
+            addrs.ws = Some(local);
+            ws = Some(l);
+        }
+        if let Some(addr) = cfg.wss_listen {
+            let acceptor = tls_acceptor(cfg)?;
+            let (l, local) = bind_stream("wss", addr).await?;
+            addrs.wss = Some(local);
+            wss = Some((l, acceptor));
+        }
         Ok(BoundEndpoint {
             cfg: cfg.clone(),
             flows,
@@ -310,6 +360,8 @@ impl Endpoint {
             udp,
             tcp,
             tls,
+            ws,
+            wss,
         })
     }
 
@@ -362,11 +414,17 @@ impl BoundEndpoint {
         if let Some((l, acceptor)) = self.tls {
             tracker.spawn(server.clone().accept_loop(l, Some(acceptor)));
         }
+        if let Some(l) = self.ws {
+            tracker.spawn(server.clone().ws_accept_loop(l, None));
+        }
+        if let Some((l, acceptor)) = self.wss {
+            tracker.spawn(server.clone().ws_accept_loop(l, Some(acceptor)));
+        }
         tracker.spawn(server.clone().transaction_timer_loop());
         self.flows
             .set_connector(Arc::new(Outbound(Arc::downgrade(&server))));
         tracker.close();
-        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "SIP listening");
+        tracing::info!(listen = %addrs, "SIP listening");
         Endpoint { addrs, tracker }
     }
 }
@@ -390,6 +448,21 @@ impl crate::sip::transport::Connector for Outbound {
             server.connect(t, remote).await
         })
     }
+}
+
+/// Binds a stream listener; returns it and the address it got.
+async fn bind_stream(
+    transport: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), SipError> {
+    let err = |source| SipError::Bind {
+        transport,
+        addr,
+        source,
+    };
+    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let local = l.local_addr().map_err(err)?;
+    Ok((l, local))
 }
 
 fn tls_acceptor(cfg: &SipConfig) -> Result<tokio_rustls::TlsAcceptor, SipError> {
@@ -497,6 +570,26 @@ impl Server {
         }
     }
 
+    /// A place for a new connection from `remote` in its source's share and in the
+    /// total (every stream transport counts in both), or `None`, counted: the caller
+    /// closes the connection at once.
+    fn admit(&self, remote: SocketAddr) -> Option<(SourceSlot, tokio::sync::OwnedSemaphorePermit)> {
+        let Some(source_slot) = SourceSlot::take(
+            &self.per_source,
+            remote,
+            self.cfg.max_connections_per_source,
+        ) else {
+            self.metrics.drop(DropReason::SourceConnectionsFull);
+            return None;
+        };
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            self.metrics.drop(DropReason::ConnectionsFull);
+            tracing::debug!("connection limit reached, closing new connection");
+            return None;
+        };
+        Some((source_slot, permit))
+    }
+
     async fn accept_loop(self: Arc<Self>, l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         let transport = if tls.is_some() {
             Transport::Tls
@@ -515,17 +608,7 @@ impl Server {
                     }
                 },
             };
-            let Some(source_slot) = SourceSlot::take(
-                &self.per_source,
-                remote,
-                self.cfg.max_connections_per_source,
-            ) else {
-                self.metrics.drop(DropReason::SourceConnectionsFull);
-                continue;
-            };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                self.metrics.drop(DropReason::ConnectionsFull);
-                tracing::debug!("connection limit reached, closing new connection");
+            let Some((source_slot, permit)) = self.admit(remote) else {
                 continue;
             };
             let _ = stream.set_nodelay(true);

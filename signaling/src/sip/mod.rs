@@ -1,4 +1,4 @@
-//! SIP stack: message model and parser, transports (UDP, TCP, TLS), sans-IO
+//! SIP stack: message model and parser, transports (UDP, TCP, TLS, WS, WSS), sans-IO
 //! transactions (RFC 3261 section 17) and the endpoint that runs them for a
 //! transaction user. Nothing here knows the registrar or the proxy.
 

@@ -1,6 +1,9 @@
-//! Connection-oriented flows (TCP, TLS) and where to send a message.
+//! Connection-oriented flows (TCP, TLS, WebSocket) and where to send a message.
 //!
-//! Every accepted TCP/TLS connection is a flow keyed by (transport, remote address).
+//! Every accepted TCP/TLS/WS/WSS connection is a flow keyed by (transport, remote
+//! address). A WebSocket client (a browser, RFC 7118) has no address of its own that
+//! could be reached: its Contact host is a made-up `.invalid` name, so its flow is the
+//! only way to it.
 //! Requests to a device that registered over TCP/TLS go back over that flow (RFC 5626
 //! connection reuse); responses go over the connection the request came on
 //! (RFC 3261 18.2.2). A flow can be closed from elsewhere (a replaced or revoked
@@ -21,6 +24,10 @@ pub enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// SIP over WebSocket (RFC 7118).
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118).
+    Wss,
 }
 
 impl Transport {
@@ -29,7 +36,25 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
+    }
+
+    /// The transport's name in a Via header (RFC 3261 20.42, RFC 7118 5).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        }
+    }
+
+    /// Whether the transport runs over TLS (`sips:` in a Record-Route we write).
+    pub fn secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
     }
 
     pub fn parse(s: &str) -> Option<Transport> {
@@ -37,6 +62,8 @@ impl Transport {
             "udp" => Some(Transport::Udp),
             "tcp" => Some(Transport::Tcp),
             "tls" => Some(Transport::Tls),
+            "ws" => Some(Transport::Ws),
+            "wss" => Some(Transport::Wss),
             _ => None,
         }
     }

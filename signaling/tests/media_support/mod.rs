@@ -409,10 +409,11 @@ impl Signaling {
             .map(|s| s.trim().to_owned())
             .expect("api= in the log line");
         let sip = proc.wait_line("SIP listening", Duration::from_secs(30));
+        // `listen=udp 127.0.0.1:5060, tcp ...`
         let sip = sip
-            .split("udp=Some(")
+            .split("listen=udp ")
             .nth(1)
-            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.split([',', ' ']).next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no UDP address in: {sip}"));
         Signaling {
