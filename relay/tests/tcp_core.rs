@@ -408,3 +408,27 @@ fn deleting_or_closing_the_allocation_closes_its_connections() {
     // A Connect answered after the allocation went has nobody to go to.
     let _: FiveTuple = c.tuple;
 }
+
+#[test]
+fn bind_accepts_the_nonce_of_the_control_connection() {
+    let (mut srv, mut ports, now) = server(config());
+    let mut c = tcp_allocation(&mut srv, now, &mut ports);
+    let id = connect(&mut srv, now, &mut ports, &mut c);
+    // A new connection (another address) sends the control connection's nonce at
+    // once, as coturn's client does.
+    let mut data = stream_client("198.51.100.1:40005", 11, "alice", "wonderland");
+    data.nonce = c.nonce.clone();
+    let tid = data.tid();
+    let p = data.build(method::CONNECTION_BIND, tid, &conn_id_attr(id), true, true);
+    let (_, r) = data.send(&mut srv, now, &mut ports, &p);
+    assert_eq!(
+        error_code(&r),
+        None,
+        "bound with the control connection's nonce"
+    );
+    // That nonce is good for nothing else on this connection.
+    let tid = data.tid();
+    let p = data.build(method::ALLOCATE, tid, &tcp, true, true);
+    let (_, r) = data.send(&mut srv, now, &mut ports, &p);
+    assert_eq!(error_code(&r), Some(401));
+}

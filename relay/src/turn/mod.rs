@@ -949,7 +949,15 @@ impl Server {
         if req.username.is_none() && req.userhash.is_none() {
             return Err(self.unauth_error(tuple, req, out, 400, &[]));
         }
-        match self.nonces.check(nonce, now.mono, tuple.client) {
+        let mut nonce_check = self.nonces.check(nonce, now.mono, tuple.client);
+        if !matches!(nonce_check, NonceCheck::Valid) {
+            // A ConnectionBind comes on a new connection with the nonce its control
+            // connection was given (RFC 6062 clients do so).
+            if let Some(control) = self.tcp_bind_control_address(req) {
+                nonce_check = self.nonces.check(nonce, now.mono, control);
+            }
+        }
+        match nonce_check {
             NonceCheck::Valid => {}
             NonceCheck::Stale => return Err(self.challenge(now, tuple, req, out, 438)),
             NonceCheck::Invalid => return Err(self.challenge(now, tuple, req, out, 401)),

@@ -240,6 +240,16 @@ impl Server {
         Some((conn.allocation, self.alloc(conn.allocation)?.tuple))
     }
 
+    /// For a ConnectionBind naming a known connection, the client address of its
+    /// allocation's control connection: the nonce given there is good for the bind.
+    pub(super) fn tcp_bind_control_address(&self, req: &Request<'_>) -> Option<SocketAddr> {
+        if req.msg.method() != method::CONNECTION_BIND {
+            return None;
+        }
+        let conn = self.tcp.conns.get(&req.connection_id?)?;
+        Some(self.alloc(conn.allocation)?.tuple.client)
+    }
+
     fn new_connection_id(&mut self) -> ConnectionId {
         let (tag, count) = (self.tcp.tag, self.tcp.count.max(1));
         loop {
