@@ -18,6 +18,10 @@
 //! the bytes queued towards a client (a slow reader is disconnected, not buffered
 //! without end), and the size of a message. Closing a connection deletes its
 //! allocation.
+//!
+//! A connection whose ConnectionBind succeeds (RFC 6062) stops being framed after the
+//! answer: it moves to the worker that made the CONNECTION-ID and becomes a raw pipe
+//! to its peer connection ([`super::tcp_relay::pipe`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};

@@ -1,6 +1,6 @@
 //! The sans-IO TURN server core (RFC 8656, RFC 8489 authentication). Clients reach it
 //! over UDP or over a TCP/TLS stream ([`Transport`] in the 5-tuple); relayed sockets
-//! are UDP.
+//! are UDP, except for RFC 6062 TCP allocations (see [`tcp`]).
 //!
 //! # Calling contract
 //!
@@ -20,6 +20,9 @@
 //! - [`Server::stream_closed`] when a client's TCP/TLS connection ends.
 //! - [`Server::poll_timeout`] / [`Server::handle_timeout`] for expiry timers, which
 //!   are kept in a binary heap (one entry per allocation's next deadline).
+//! - For TCP allocations, after every call: [`Server::poll_tcp`] until `None`, and
+//!   the calls of [`tcp`] for the outcomes ([`Server::tcp_connect_result`],
+//!   [`Server::tcp_incoming`], [`Server::tcp_connection_closed`]).
 //!
 //! Relayed sockets are opened and closed through the [`RelayPorts`] trait the driver
 //! implements; the core never touches a socket. The ChannelData, Send and Data paths
