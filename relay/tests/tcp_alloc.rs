@@ -414,3 +414,47 @@ async fn refused_peers_and_failed_connects() {
     assert_eq!(error_code(&b[..n]), Some(442));
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_reader_is_dropped_not_buffered() {
+    let r = start("stream-idle-timeout = 1").await;
+    let peer_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer_l.local_addr().unwrap();
+    let mut ctl = Conn::open(r.tcp).await;
+    allocate_tcp(&mut ctl).await;
+    permit(&mut ctl, peer_addr).await;
+    let resp = connect_req(&mut ctl, peer_addr).await;
+    let id = u32_attr(&resp, attr::CONNECTION_ID).expect("CONNECTION-ID");
+    let (mut peer, _) = peer_l.accept().await.unwrap();
+    let (data, resp) = bind(r.tcp, id).await;
+    assert_eq!(error_code(&resp), None);
+    // The client never reads: once the kernel buffers are full, the relay's writes
+    // stall and it drops both sides instead of queueing. Bounded: at most 512 MiB or
+    // the wait.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0usize;
+    let ended = tokio::time::timeout(WAIT, async {
+        while written < 512 << 20 {
+            match peer.write_all(&chunk).await {
+                Ok(()) => written += chunk.len(),
+                Err(_) => return true,
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        ended,
+        "the peer's connection was closed (wrote {written} bytes)"
+    );
+    wait_metric(
+        r.metrics,
+        "tandem_relay_stream_connections_dropped_total{reason=\"slow_reader\"}",
+        1,
+    )
+    .await;
+    wait_metric(r.metrics, "tandem_relay_tcp_connections", 0).await;
+    drop(data);
+    r.stop().await;
+}
