@@ -173,6 +173,18 @@ pub struct Args {
     /// Largest STUN or ChannelData message read from a stream.
     #[arg(long, env = "TANDEM_STREAM_MAX_FRAME")]
     stream_max_frame: Option<usize>,
+    /// TCP allocations (RFC 6062): peer connections per allocation.
+    #[arg(long, env = "TANDEM_TCP_CONNECTIONS_PER_ALLOCATION")]
+    tcp_connections_per_allocation: Option<u32>,
+    /// TCP allocations: peer connections in total.
+    #[arg(long, env = "TANDEM_TCP_CONNECTIONS_TOTAL")]
+    tcp_connections_total: Option<u32>,
+    /// TCP allocations: seconds a Connect may take to reach the peer.
+    #[arg(long, env = "TANDEM_TCP_CONNECT_TIMEOUT")]
+    tcp_connect_timeout: Option<u64>,
+    /// TCP allocations: seconds a peer connection waits for ConnectionBind.
+    #[arg(long, env = "TANDEM_TCP_BIND_TIMEOUT")]
+    tcp_bind_timeout: Option<u64>,
 }
 
 /// Reads the configuration file (if any), applies the flags and variables on top and
@@ -346,6 +358,13 @@ impl Args {
         set(&mut c.stream_idle_timeout, self.stream_idle_timeout);
         set(&mut c.stream_max_buffered, self.stream_max_buffered);
         set(&mut c.stream_max_frame, self.stream_max_frame);
+        set(
+            &mut c.tcp_connections_per_allocation,
+            self.tcp_connections_per_allocation,
+        );
+        set(&mut c.tcp_connections_total, self.tcp_connections_total);
+        set(&mut c.tcp_connect_timeout, self.tcp_connect_timeout);
+        set(&mut c.tcp_bind_timeout, self.tcp_bind_timeout);
     }
 }
 

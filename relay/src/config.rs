@@ -153,6 +153,15 @@ pub struct Config {
     pub stream_max_buffered: usize,
     /// Largest STUN or ChannelData message read from a stream (64 to 65540).
     pub stream_max_frame: usize,
+    /// RFC 6062 TCP allocations: peer connections per allocation.
+    pub tcp_connections_per_allocation: u32,
+    /// RFC 6062 TCP allocations: peer connections in total.
+    pub tcp_connections_total: u32,
+    /// Seconds a Connect may take to reach the peer (447 after; at least 30 by RFC
+    /// 6062, lower only for tests).
+    pub tcp_connect_timeout: u64,
+    /// Seconds a peer connection waits for the client's ConnectionBind.
+    pub tcp_bind_timeout: u64,
 }
 
 impl Default for Config {
@@ -208,6 +217,10 @@ impl Default for Config {
             stream_idle_timeout: 60,
             stream_max_buffered: 256 * 1024,
             stream_max_frame: 4096,
+            tcp_connections_per_allocation: 32,
+            tcp_connections_total: 8192,
+            tcp_connect_timeout: 30,
+            tcp_bind_timeout: 30,
         }
     }
 }
@@ -345,6 +358,12 @@ impl Config {
         if !(64..=65_540).contains(&self.stream_max_frame) {
             return Err(invalid("stream-max-frame", "64 to 65540 bytes"));
         }
+        if self.tcp_connect_timeout == 0 {
+            return Err(invalid("tcp-connect-timeout", "must be non-zero"));
+        }
+        if self.tcp_bind_timeout == 0 {
+            return Err(invalid("tcp-bind-timeout", "must be non-zero"));
+        }
         Ok(())
     }
 
@@ -396,6 +415,15 @@ impl Config {
             idle_timeout: Duration::from_secs(self.stream_idle_timeout),
             max_buffered: self.stream_max_buffered,
             max_frame: self.stream_max_frame,
+        }
+    }
+
+    /// The timeouts of RFC 6062 TCP allocations' connections (a bound connection
+    /// whose reader stalls is dropped after `stream-idle-timeout`).
+    pub(crate) fn tcp_timeouts(&self) -> crate::driver::tcp_relay::TcpTimeouts {
+        crate::driver::tcp_relay::TcpTimeouts {
+            connect: Duration::from_secs(self.tcp_connect_timeout),
+            stall: Duration::from_secs(self.stream_idle_timeout),
         }
     }
 
@@ -454,6 +482,11 @@ impl Config {
             max_lifetime: self.max_lifetime,
             nonce_lifetime: Duration::from_secs(self.nonce_lifetime),
             strict_channel_numbers: self.strict_channel_range,
+            tcp: turn::TcpLimits {
+                per_allocation: self.tcp_connections_per_allocation,
+                total: self.tcp_connections_total,
+                bind_timeout: Duration::from_secs(self.tcp_bind_timeout),
+            },
             ..turn::Config::default()
         }
     }

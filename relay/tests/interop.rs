@@ -3,7 +3,8 @@
 //! indications, 10 clients each, zero loss) with `turnutils_peer` as the echo peer,
 //! and `turnutils_stunclient` for the mapped address (and `-f`, RFC 5780 probing, which
 //! must get its 420s), the same uclient runs over TCP (`-t`) and TLS (`-t -S`, with a
-//! certificate made by the test). Run once per datapath
+//! certificate made by the test), and with RFC 6062 TCP allocations (`-T`, client to
+//! client through two TCP allocations; also over TLS). Run once per datapath
 //! (`--io portable` and `--io uring`; the io_uring run is skipped, with a message,
 //! where the kernel does not allow io_uring), with two workers, checking that the
 //! relay logs which datapath it runs.
@@ -330,6 +331,19 @@ fn coturn_clients_against_tandem_relay(io: &str) {
                 "-t", "-S", "-s", "-W", SECRET, "-u", "rest4", "-p", &tls_port,
             ],
         ),
+        // RFC 6062 TCP allocations (-T, which implies -t -y -c): each client pair
+        // allocates TCP, one Connects to the other's relayed address, the other gets
+        // a ConnectionAttempt, both bind a data connection, and the bytes go client to
+        // client through the relay (-e/-r are ignored, no UDP peer). -m is the number
+        // of pairs; every client message is one TCP exchange, so fewer than above.
+        (
+            "TCP allocations (-T), long-term",
+            vec!["-T", "-u", "lt1", "-w", "pass1"],
+        ),
+        (
+            "TCP allocations (-T), REST -W, over TLS",
+            vec!["-T", "-S", "-W", SECRET, "-u", "rest5", "-p", &tls_port],
+        ),
     ];
     let handles: Vec<_> = scenarios
         .into_iter()
@@ -384,6 +398,20 @@ fn coturn_clients_against_tandem_relay(io: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metrics:\n{m}"));
     assert!(created >= 40, "allocations created: {created}");
+    let tcp_created: u64 = m
+        .lines()
+        .find(|l| l.starts_with("tandem_relay_tcp_allocations_created_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metrics:\n{m}"));
+    assert!(tcp_created >= 2, "TCP allocations created: {tcp_created}");
+    assert!(
+        m.lines().any(|l| l
+            .strip_prefix("tandem_relay_tcp_connection_binds_total{outcome=\"bound\"} ")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v >= 2)),
+        "ConnectionBinds counted:\n{m}"
+    );
     assert!(
         !m.contains("lt1") && !m.contains("rest1"),
         "no per-user labels"

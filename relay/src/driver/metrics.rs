@@ -79,6 +79,8 @@ struct Snapshot {
     fd_refusals: u64,
     media: MediaStats,
     media_sessions: u64,
+    tcp_allocations: u64,
+    tcp_connections: u64,
 }
 
 impl Shards {
@@ -88,6 +90,9 @@ impl Shards {
             let g = lock(shard);
             s.turn.merge(g.server.stats());
             s.allocations += g.server.allocation_count() as u64;
+            let (tcp_allocations, tcp_connections) = g.server.tcp_counts();
+            s.tcp_allocations += tcp_allocations as u64;
+            s.tcp_connections += tcp_connections as u64;
             s.sockets += g.relays.open_count() as u64;
             s.fd_refusals += g.relays.fd_limit_refusals();
             s.media.merge(g.media.stats());
@@ -273,6 +278,49 @@ impl Collector for Shards {
         for (name, help, v) in turn {
             counter(&mut e, name, help, v)?;
         }
+        gauge(
+            &mut e,
+            "tcp_allocations",
+            "Live TCP allocations (RFC 6062).",
+            s.tcp_allocations,
+        )?;
+        gauge(
+            &mut e,
+            "tcp_connections",
+            "Peer connections of TCP allocations, pending and bound.",
+            s.tcp_connections,
+        )?;
+        counter(
+            &mut e,
+            "tcp_allocations_created",
+            "TCP allocations created.",
+            t.tcp_allocations_created,
+        )?;
+        counter_by(
+            &mut e,
+            "tcp_connections_opened",
+            "Peer connections of TCP allocations, by who opened them.",
+            "by",
+            &[("connect", t.tcp_connects), ("peer", t.tcp_attempts)],
+        )?;
+        counter_by(
+            &mut e,
+            "tcp_connections_failed",
+            "Peer connections of TCP allocations that failed or were refused.",
+            "reason",
+            &[
+                ("connect_failed", t.tcp_connect_failures),
+                ("refused", t.tcp_refused),
+                ("bind_timeout", t.tcp_bind_timeouts),
+            ],
+        )?;
+        counter_by(
+            &mut e,
+            "tcp_connection_binds",
+            "ConnectionBind requests, by outcome.",
+            "outcome",
+            &[("bound", t.tcp_binds), ("refused", t.tcp_bind_refused)],
+        )?;
 
         let m = &s.media;
         gauge(

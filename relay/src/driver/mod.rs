@@ -13,6 +13,7 @@ mod metrics;
 mod ports;
 pub mod sessions;
 pub mod stream;
+pub(crate) mod tcp_relay;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) relays: RelayTable,
     /// The writer queues of this shard's TURN stream (TCP/TLS) connections, by id.
     pub(crate) streams: HashMap<u64, stream::StreamTx>,
+    /// RFC 6062 TCP allocations' listeners and peer connections.
+    pub(crate) tcp: tcp_relay::TcpGlue,
 }
 
 pub(crate) struct Inner {
@@ -69,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) packets: std::sync::atomic::AtomicU64,
     /// Counters of the TCP and TLS listeners.
     pub(crate) stream_stats: Arc<stream::StreamStats>,
+    /// Where the glue of TCP allocations runs its tasks (also from worker threads).
+    pub(crate) runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
 }
 
@@ -235,6 +240,7 @@ impl Worker {
                     media,
                     relays,
                     streams,
+                    ..
                 } = &mut **g;
                 match roles.get(r.socket).copied().flatten()? {
                     Role::Listener(local) => {
@@ -338,6 +344,7 @@ impl Worker {
             if g.server.poll_timeout().is_some_and(|d| d <= t.mono) {
                 let Shared { server, relays, .. } = &mut *g;
                 server.handle_timeout(t, relays);
+                tcp_relay::apply(&inner, self.shard, &mut g);
             }
             if g.media.poll_timeout().is_some_and(|d| d <= t.mono) {
                 let Shared { media, relays, .. } = &mut *g;
@@ -360,13 +367,11 @@ impl Worker {
         }
         let inner = self.inner.clone();
         let mut g = lock(&inner.shards[self.shard]);
-        let Shared {
-            server,
-            media,
-            relays,
-            ..
-        } = &mut *g;
+        let Shared { server, relays, .. } = &mut *g;
         server.shutdown(relays);
+        tcp_relay::apply(&inner, self.shard, &mut g);
+        g.tcp.close_all();
+        let Shared { media, relays, .. } = &mut *g;
         media.shutdown(Instant::now(), relays);
         relays.close_all();
         self.apply_changes(&mut g);
@@ -471,11 +476,14 @@ impl Relay {
             core.quotas.unauthorized_burst,
             Instant::now(),
         );
+        // One count of TCP allocations' peer connections for all workers.
+        let tcp_total = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let shards = (0..workers)
-            .map(|_| {
+            .map(|index| {
                 let mut server =
                     Server::with_nonce_key(core.clone(), now(), rand::random(), nonce_key);
                 server.share_quota(quota.clone());
+                server.set_core_index(index, workers, tcp_total.clone());
                 server.share_rate_limiter(limiter.clone());
                 let relays = RelayTable::new(
                     config.relay_ips(),
@@ -489,6 +497,7 @@ impl Relay {
                     media,
                     relays,
                     streams: HashMap::new(),
+                    tcp: tcp_relay::TcpGlue::new(config.tcp_timeouts()),
                 })
             })
             .collect();
@@ -497,6 +506,7 @@ impl Relay {
             sessions: Mutex::new(sessions::Registry::default()),
             packets: std::sync::atomic::AtomicU64::new(0),
             stream_stats,
+            runtime: tokio::runtime::Handle::current(),
             shutdown: CancellationToken::new(),
         });
         Ok(Relay {

@@ -89,6 +89,40 @@ pub(crate) struct RelayTable {
     pending: Vec<(Owner, StdUdpSocket)>,
     /// Ports closed during core calls whose sockets the datapath holds.
     closed: Vec<Owner>,
+    /// Relayed TCP listeners (RFC 6062) opened during core calls, for the glue.
+    tcp_pending: Vec<(AllocationId, std::net::TcpListener)>,
+    /// TCP allocations closed, whose listeners the glue serves.
+    tcp_closed: Vec<AllocationId>,
+    /// TCP allocations open.
+    tcp_open: HashSet<AllocationId>,
+}
+
+/// TCP relayed addresses of the whole process. They are bound with SO_REUSEPORT (so a
+/// Connect can leave from the same address), which would let two workers' tables bind
+/// the same one: this set keeps them apart.
+static TCP_PORTS: Mutex<Option<HashSet<SocketAddr>>> = Mutex::new(None);
+
+fn tcp_ports() -> std::sync::MutexGuard<'static, Option<HashSet<SocketAddr>>> {
+    TCP_PORTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A listening TCP socket on `addr` for a TCP allocation.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    #[cfg(unix)]
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    Ok(sock.into())
 }
 
 impl RelayTable {
@@ -105,7 +139,20 @@ impl RelayTable {
             used: HashSet::new(),
             pending: Vec::new(),
             closed: Vec::new(),
+            tcp_pending: Vec::new(),
+            tcp_closed: Vec::new(),
+            tcp_open: HashSet::new(),
         }
+    }
+
+    /// Relayed TCP listeners opened since the last call.
+    pub(crate) fn take_tcp_opened(&mut self) -> Vec<(AllocationId, std::net::TcpListener)> {
+        std::mem::take(&mut self.tcp_pending)
+    }
+
+    /// TCP allocations closed since the last call.
+    pub(crate) fn take_tcp_closed(&mut self) -> Vec<AllocationId> {
+        std::mem::take(&mut self.tcp_closed)
     }
 
     /// A socket opened but not yet taken by the worker.
@@ -151,6 +198,7 @@ impl RelayTable {
             self.closed.push(id);
         }
         self.pending.clear();
+        self.tcp_pending.clear();
         let mut r = lock(&self.reserved);
         for addr in &self.used {
             r.take(addr);
@@ -368,7 +416,70 @@ impl RelayPorts for RelayTable {
         })
     }
 
+    fn open_tcp(&mut self, id: AllocationId, family: Family) -> Result<OpenedPort, PortError> {
+        let n = self.ips.len();
+        let mut any = false;
+        let span = u32::from(self.max) - u32::from(self.min) + 1;
+        for k in 0..n {
+            let i = (self.next_ip + k) % n;
+            let ip = self.ips[i];
+            if Family::of(ip) != family {
+                continue;
+            }
+            any = true;
+            let start = rand::rng().random_range(0..span);
+            for j in 0..span.min(MAX_ATTEMPTS as u32) {
+                let Ok(port) = u16::try_from(u32::from(self.min) + (start + j) % span) else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, port);
+                let mut all = tcp_ports();
+                let set = all.get_or_insert_with(HashSet::new);
+                if self.used.contains(&addr) || set.contains(&addr) {
+                    continue;
+                }
+                match bind_tcp(addr) {
+                    Ok(l) => {
+                        set.insert(addr);
+                        drop(all);
+                        self.next_ip = (i + 1) % n;
+                        self.used.insert(addr);
+                        self.open.insert(Owner::Allocation(id), addr);
+                        self.tcp_open.insert(id);
+                        self.tcp_pending.push((id, l));
+                        return Ok(OpenedPort {
+                            addr,
+                            reserved: None,
+                        });
+                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        drop(all);
+                        self.fd_limit_hit();
+                        return Err(PortError::Exhausted);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        Err(if any {
+            PortError::Exhausted
+        } else {
+            PortError::Family
+        })
+    }
+
     fn close(&mut self, id: AllocationId) {
+        if self.tcp_open.remove(&id) {
+            if let Some(addr) = self.open.remove(&Owner::Allocation(id)) {
+                self.used.remove(&addr);
+                if let Some(set) = tcp_ports().as_mut() {
+                    set.remove(&addr);
+                }
+            }
+            self.tcp_pending.retain(|(p, _)| *p != id);
+            self.tcp_closed.push(id);
+            return;
+        }
         self.unregister(Owner::Allocation(id));
     }
 

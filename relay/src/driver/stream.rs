@@ -18,6 +18,10 @@
 //! the bytes queued towards a client (a slow reader is disconnected, not buffered
 //! without end), and the size of a message. Closing a connection deletes its
 //! allocation.
+//!
+//! A connection whose ConnectionBind succeeds (RFC 6062) stops being framed after the
+//! answer: it moves to the worker that made the CONNECTION-ID and becomes a raw pipe
+//! to its peer connection ([`super::tcp_relay::pipe`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -33,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{lock, now, Inner, Shared, RESPONSE_MAX};
 use crate::stun::framing::{next_frame, FrameError};
-use crate::turn::{AllocationId, ClientOutput, FiveTuple, Transport};
+use crate::turn::tcp::{connection_bind_id, connection_core};
+use crate::turn::{AllocationId, ClientOutput, ConnectionId, FiveTuple, Transport};
 
 /// Messages queued towards one client before the queue counts as full (the byte cap
 /// usually bites first).
@@ -350,6 +355,8 @@ enum End {
     SlowReader,
     BadFrame(FrameError),
     Shutdown,
+    /// A ConnectionBind made this a TCP allocation's data connection (RFC 6062).
+    Bound(ConnectionId),
 }
 
 /// Serve one connection until it ends, then delete its allocation.
@@ -364,8 +371,8 @@ where
         transport: Transport::Stream(id),
     };
     let shards = &ctx.inner.shards;
-    let shard = ctx.next_shard.fetch_add(1, Relaxed) % shards.len().max(1);
-    let Some(shard) = shards.get(shard) else {
+    let index = ctx.next_shard.fetch_add(1, Relaxed) % shards.len().max(1);
+    let Some(shard) = shards.get(index) else {
         return;
     };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE_MESSAGES);
@@ -388,6 +395,9 @@ where
         filled: 0,
         replies: Vec::new(),
         relayed: None,
+        core: index,
+        allocated: false,
+        bound: None,
     };
     let mut last_read = tokio::time::Instant::now();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -414,6 +424,7 @@ where
                 }
             }
             _ = sweep.tick() => {
+                let Some(shard) = shards.get(conn.core) else { break End::Shutdown };
                 let has_allocation = conn.check_allocation(shard);
                 if !has_allocation && last_read.elapsed() >= ctx.limits.idle_timeout {
                     break End::Idle;
@@ -426,7 +437,7 @@ where
                     Ok(n) => {
                         last_read = tokio::time::Instant::now();
                         conn.filled += n;
-                        if let Err(e) = conn.handle_frames(ctx, shard) {
+                        if let Err(e) = conn.handle_frames(ctx) {
                             break End::BadFrame(e);
                         }
                         // A full buffer holds the start of a message longer than it
@@ -440,6 +451,9 @@ where
                             if wr.write_all(&replies).await.is_err() {
                                 break End::WriteError;
                             }
+                        }
+                        if let Some(c) = conn.bound {
+                            break End::Bound(c);
                         }
                     }
                 }
@@ -461,18 +475,47 @@ where
         reason = ?end,
         "TURN stream connection closed"
     );
-    {
+    let Some(shard) = shards.get(conn.core) else {
+        return;
+    };
+    let peer = {
         let mut g = lock(shard);
         let Shared {
             server,
             relays,
             streams,
+            tcp,
             ..
         } = &mut *g;
         streams.remove(&id);
         server.stream_closed(&tuple, relays);
+        let peer = match end {
+            End::Bound(c) => tcp.take_peer(c).map(|p| (c, p, tcp.stall_timeout())),
+            _ => None,
+        };
+        super::tcp_relay::apply(&ctx.inner, conn.core, &mut g);
+        peer
+    };
+    match (end, peer) {
+        (End::Bound(_), Some((c, (peer, close), stall))) => {
+            let io = rd.unsplit(wr);
+            let first = conn.buf.get(..conn.filled).unwrap_or_default();
+            let how =
+                super::tcp_relay::pipe(io, peer, first, close, shutdown, stall, &ctx.stats).await;
+            tracing::debug!(id, connection = c, end = ?how, "TCP allocation connection closed");
+            let mut g = lock(shard);
+            g.server.tcp_connection_closed(c);
+            g.tcp.forget(c);
+        }
+        (End::Bound(c), None) => {
+            // Closed by the core between the answer and now.
+            lock(shard).server.tcp_connection_closed(c);
+            let _ = wr.shutdown().await;
+        }
+        _ => {
+            let _ = wr.shutdown().await;
+        }
     }
-    let _ = wr.shutdown().await;
 }
 
 /// The state of one connection's reading side.
@@ -487,14 +530,26 @@ struct Conn {
     replies: Vec<u8>,
     /// The allocation's relayed socket (a duplicate descriptor), once allocated.
     relayed: Option<(AllocationId, StdUdpSocket)>,
+    /// The shard whose core serves this connection: the one it was given, or the
+    /// one that made the CONNECTION-ID of its ConnectionBind.
+    core: usize,
+    /// Whether the connection has an allocation.
+    allocated: bool,
+    /// Set when a ConnectionBind succeeded: what follows is raw data.
+    bound: Option<ConnectionId>,
 }
 
 impl Conn {
     /// Hand every complete message in the buffer to the core.
-    fn handle_frames(&mut self, ctx: &StreamCtx, shard: &Mutex<Shared>) -> Result<(), FrameError> {
+    fn handle_frames(&mut self, ctx: &StreamCtx) -> Result<(), FrameError> {
+        let shards = &ctx.inner.shards;
         let mut start = 0;
         let mut guard = None;
         loop {
+            if self.bound.is_some() {
+                // The rest is data for the peer (piped once the answer is out).
+                break;
+            }
             let avail = self.buf.get(start..self.filled).unwrap_or_default();
             let Some(frame) = next_frame(avail, ctx.limits.max_frame)? else {
                 break;
@@ -502,10 +557,33 @@ impl Conn {
             let Some(msg) = avail.get(..frame.len) else {
                 break;
             };
+            let stun = msg.first().is_some_and(|b| b >> 6 == 0);
+            if stun && !self.allocated {
+                // A ConnectionBind goes to the core that made its CONNECTION-ID; the
+                // connection's queue moves with it.
+                if let Some(c) = connection_bind_id(msg) {
+                    let target = connection_core(c, shards.len());
+                    if target != self.core {
+                        if let (Some(from), Some(to)) = (shards.get(self.core), shards.get(target))
+                        {
+                            guard = None;
+                            if let Transport::Stream(id) = self.tuple.transport {
+                                let tx = lock(from).streams.remove(&id);
+                                if let Some(tx) = tx {
+                                    lock(to).streams.insert(id, tx);
+                                }
+                            }
+                            self.core = target;
+                        }
+                    }
+                }
+            }
+            let Some(shard) = shards.get(self.core) else {
+                break;
+            };
             let g = guard.get_or_insert_with(|| lock(shard));
             let Shared { server, relays, .. } = &mut **g;
             let t = now();
-            let stun = msg.first().is_some_and(|b| b >> 6 == 0);
             // The answer is written straight after the ones already waiting; no
             // scratch buffer is kept per connection.
             let at = self.replies.len();
@@ -534,9 +612,11 @@ impl Conn {
                 }
             }
             if stun {
+                self.bound = server.tcp_bound(&self.tuple);
                 // An Allocate may have opened the relayed socket: it is still in the
                 // table's pending list (the worker takes it under this same lock).
                 let current = server.allocation_of(&self.tuple);
+                self.allocated = current.is_some();
                 if current != self.relayed.as_ref().map(|(a, _)| *a) {
                     self.relayed = current.and_then(|a| {
                         let s = relays.try_clone_pending(a)?;
@@ -544,6 +624,10 @@ impl Conn {
                         Some((a, s))
                     });
                 }
+            }
+            if stun {
+                // What a TCP allocation's request asked of the glue.
+                super::tcp_relay::apply(&ctx.inner, self.core, g);
             }
             start += frame.consumed;
         }

@@ -54,6 +54,8 @@ pub mod algorithm {
 
 /// TURN transport protocol numbers for REQUESTED-TRANSPORT.
 pub const PROTO_UDP: u8 = 17;
+/// TCP, for RFC 6062 TCP allocations.
+pub const PROTO_TCP: u8 = 6;
 
 /// Address families in STUN address attributes.
 pub const FAMILY_IPV4: u8 = 0x01;

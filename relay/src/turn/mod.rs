@@ -1,6 +1,6 @@
 //! The sans-IO TURN server core (RFC 8656, RFC 8489 authentication). Clients reach it
 //! over UDP or over a TCP/TLS stream ([`Transport`] in the 5-tuple); relayed sockets
-//! are UDP.
+//! are UDP, except for RFC 6062 TCP allocations (see [`tcp`]).
 //!
 //! # Calling contract
 //!
@@ -20,6 +20,9 @@
 //! - [`Server::stream_closed`] when a client's TCP/TLS connection ends.
 //! - [`Server::poll_timeout`] / [`Server::handle_timeout`] for expiry timers, which
 //!   are kept in a binary heap (one entry per allocation's next deadline).
+//! - For TCP allocations, after every call: [`Server::poll_tcp`] until `None`, and
+//!   the calls of [`tcp`] for the outcomes ([`Server::tcp_connect_result`],
+//!   [`Server::tcp_incoming`], [`Server::tcp_connection_closed`]).
 //!
 //! Relayed sockets are opened and closed through the [`RelayPorts`] trait the driver
 //! implements; the core never touches a socket. The ChannelData, Send and Data paths
@@ -29,6 +32,7 @@ pub mod allocation;
 pub mod auth;
 pub mod policy;
 pub mod request;
+pub mod tcp;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::stun::attr::{self, algorithm, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP};
+use crate::stun::attr::{self, algorithm, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP};
 use crate::stun::channel_data::{self, ChannelData};
 use crate::stun::{
     demux, integrity, message_type, method, Class, Kind, Message, MessageWriter, TransactionId,
@@ -50,6 +54,7 @@ pub use allocation::{AllocationId, FiveTuple, Transport};
 use auth::{Credentials, Key, Lookup, NonceCheck, Nonces, RateLimiter};
 pub use policy::PeerPolicy;
 use request::Request;
+pub use tcp::{ConnectionId, TcpCommand, TcpLimits};
 
 /// Bytes a driver must reserve in front of a datagram read from a peer, so that a
 /// Data indication header (20 + XOR-PEER-ADDRESS of up to 24 + DATA header 4) fits.
@@ -130,6 +135,8 @@ pub struct Config {
     /// them. Nothing else is demultiplexed on a TURN listening port, so the wider
     /// range collides with no other protocol here (RFC 7983).
     pub strict_channel_numbers: bool,
+    /// RFC 6062 TCP allocations' connection limits and bind timeout.
+    pub tcp: TcpLimits,
 }
 
 impl Default for Config {
@@ -148,6 +155,7 @@ impl Default for Config {
             channel_lifetime: Duration::from_secs(600),
             nonce_lifetime: Duration::from_secs(600),
             strict_channel_numbers: false,
+            tcp: TcpLimits::default(),
         }
     }
 }
@@ -199,6 +207,8 @@ pub enum PortError {
     Exhausted,
     #[error("DONT-FRAGMENT is not supported by this driver")]
     DontFragment,
+    #[error("this driver has no TCP relayed addresses")]
+    Transport,
 }
 
 /// What the core needs from the driver to manage relayed sockets.
@@ -211,6 +221,12 @@ pub trait RelayPorts {
         request: PortRequest,
         dont_fragment: bool,
     ) -> Result<OpenedPort, PortError>;
+    /// Open a listening TCP socket as the relayed address of TCP allocation `id`
+    /// (RFC 6062), from the same port range. [`RelayPorts::close`] closes it.
+    fn open_tcp(&mut self, id: AllocationId, family: Family) -> Result<OpenedPort, PortError> {
+        let _ = (id, family);
+        Err(PortError::Transport)
+    }
     /// Close the relayed socket of `id`.
     fn close(&mut self, id: AllocationId);
     /// Free a port held for a reservation that expired unused.
@@ -282,6 +298,18 @@ pub struct Stats {
     pub dropped_no_permission: u64,
     pub dropped_bandwidth: u64,
     pub amplification_dropped: u64,
+    /// RFC 6062: TCP allocations made, Connects that connected and that failed,
+    /// peer connections accepted (ConnectionAttempt), Connects and peer connections
+    /// refused (no permission, limits), ConnectionBinds that succeeded and failed,
+    /// peer connections closed unbound after the bind timeout.
+    pub tcp_allocations_created: u64,
+    pub tcp_connects: u64,
+    pub tcp_connect_failures: u64,
+    pub tcp_attempts: u64,
+    pub tcp_refused: u64,
+    pub tcp_binds: u64,
+    pub tcp_bind_refused: u64,
+    pub tcp_bind_timeouts: u64,
 }
 
 /// Allocation counts per user and in total, which the per-user and total quotas are
@@ -361,13 +389,22 @@ stats_merge!(
     to_client_bytes,
     dropped_no_permission,
     dropped_bandwidth,
-    amplification_dropped
+    amplification_dropped,
+    tcp_allocations_created,
+    tcp_connects,
+    tcp_connect_failures,
+    tcp_attempts,
+    tcp_refused,
+    tcp_binds,
+    tcp_bind_refused,
+    tcp_bind_timeouts
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Allocation(AllocationId),
     Reservation([u8; 8]),
+    TcpConnection(ConnectionId),
 }
 
 #[derive(Debug)]
@@ -409,6 +446,7 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     rng: rand::rngs::StdRng,
     stats: Stats,
+    tcp: tcp::TcpState,
 }
 
 /// An answer to a request that has not authenticated (a Binding success, a 400 or a
@@ -443,6 +481,8 @@ fn err_reason(code: u16) -> &'static str {
         441 => "Wrong Credentials",
         442 => "Unsupported Transport Protocol",
         443 => "Peer Address Family Mismatch",
+        446 => "Connection Already Exists",
+        447 => "Connection Timeout or Failure",
         486 => "Allocation Quota Reached",
         508 => "Insufficient Capacity",
         _ => "Error",
@@ -486,6 +526,7 @@ impl Server {
             timers: BinaryHeap::new(),
             rng,
             stats: Stats::default(),
+            tcp: tcp::TcpState::default(),
         }
     }
 
@@ -570,6 +611,7 @@ impl Server {
                         }
                     }
                 }
+                Timer::TcpConnection(c) => self.tcp_timeout(now, c),
                 Timer::Allocation(id) => {
                     let Some(a) = self.alloc_mut(id) else {
                         continue;
@@ -614,6 +656,7 @@ impl Server {
         self.by_tuple.remove(&a.tuple);
         self.quota.release(&a.quota_user);
         self.live -= 1;
+        self.tcp_allocation_removed(id);
         ports.close(id);
     }
 
@@ -713,7 +756,9 @@ impl Server {
                 m @ (method::ALLOCATE
                 | method::REFRESH
                 | method::CREATE_PERMISSION
-                | method::CHANNEL_BIND),
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND),
             ) => self.authenticated(now, tuple, m, &req, out, ports),
             (Class::Request, _) => self.unauth_error(tuple, &req, out, 400, &[]),
             _ => ClientOutput::None,
@@ -907,7 +952,15 @@ impl Server {
         if req.username.is_none() && req.userhash.is_none() {
             return Err(self.unauth_error(tuple, req, out, 400, &[]));
         }
-        match self.nonces.check(nonce, now.mono, tuple.client) {
+        let mut nonce_check = self.nonces.check(nonce, now.mono, tuple.client);
+        if !matches!(nonce_check, NonceCheck::Valid) {
+            // A ConnectionBind comes on a new connection with the nonce its control
+            // connection was given (RFC 6062 clients do so).
+            if let Some(control) = self.tcp_bind_control_address(req) {
+                nonce_check = self.nonces.check(nonce, now.mono, control);
+            }
+        }
+        match nonce_check {
             NonceCheck::Valid => {}
             NonceCheck::Stale => return Err(self.challenge(now, tuple, req, out, 438)),
             NonceCheck::Invalid => return Err(self.challenge(now, tuple, req, out, 401)),
@@ -1025,6 +1078,9 @@ impl Server {
         if m == method::ALLOCATE {
             return self.allocate(now, tuple, req, out, &auth, ports);
         }
+        if m == method::CONNECTION_BIND {
+            return self.connection_bind(tuple, req, out, &auth);
+        }
         let Some(&id) = self.by_tuple.get(&tuple) else {
             return self.auth_error(req, out, &auth, 437, &[]);
         };
@@ -1037,6 +1093,9 @@ impl Server {
         match m {
             method::REFRESH => self.refresh(now, id, req, out, &auth, ports),
             method::CREATE_PERMISSION => self.create_permission(now, id, req, out, &auth),
+            method::CONNECT => self.connect(now, id, req, out, &auth),
+            // A TCP allocation relays no datagrams (RFC 6062 section 5).
+            _ if self.tcp.is_tcp(id) => self.auth_error(req, out, &auth, 400, &[]),
             _ => self.channel_bind(now, id, req, out, &auth),
         }
     }
@@ -1076,11 +1135,19 @@ impl Server {
             }
             return self.auth_error(req, out, auth, 437, &[]);
         }
-        match req.requested_transport {
+        let tcp = match req.requested_transport {
             None => return self.auth_error(req, out, auth, 400, &[]),
-            Some(PROTO_UDP) => {}
+            Some(PROTO_UDP) => false,
+            // RFC 6062: only from a client on a TCP or TLS connection, and without
+            // the UDP-only port pairing.
+            Some(PROTO_TCP) if tuple.is_stream() => {
+                if req.even_port.is_some() || req.reservation_token.is_some() {
+                    return self.auth_error(req, out, auth, 400, &[]);
+                }
+                true
+            }
             Some(_) => return self.auth_error(req, out, auth, 442, &[]),
-        }
+        };
         if req.reservation_token.is_some()
             && (req.even_port.is_some() || req.requested_family.is_some())
         {
@@ -1131,7 +1198,12 @@ impl Server {
         };
         let generation = self.slots[index as usize].generation;
         let id = AllocationId { index, generation };
-        let opened = match ports.open(id, family, port_req, req.dont_fragment) {
+        let opened = if tcp {
+            ports.open_tcp(id, family)
+        } else {
+            ports.open(id, family, port_req, req.dont_fragment)
+        };
+        let opened = match opened {
             Ok(o) => o,
             Err(e) => {
                 self.free.push(index);
@@ -1142,6 +1214,7 @@ impl Server {
                         self.auth_error(req, out, auth, 420, &[attr::DONT_FRAGMENT])
                     }
                     PortError::Exhausted => self.auth_error(req, out, auth, 508, &[]),
+                    PortError::Transport => self.auth_error(req, out, auth, 442, &[]),
                 };
             }
         };
@@ -1180,6 +1253,9 @@ impl Server {
         self.by_tuple.insert(tuple, id);
         self.live += 1;
         self.stats.allocations_created += 1;
+        if tcp {
+            self.tcp_allocation_created(id);
+        }
         self.schedule(id);
         self.auth_success(req, out, auth, |w| {
             w.xor_address(attr::XOR_RELAYED_ADDRESS, &advertised).ok()?;
@@ -1348,6 +1424,9 @@ impl Server {
         let Some(&id) = self.by_tuple.get(&tuple) else {
             return ClientOutput::None;
         };
+        if self.tcp.is_tcp(id) {
+            return ClientOutput::None;
+        }
         let (Some(peer), Some(data)) = (req.peers().next(), req.data.clone()) else {
             return ClientOutput::None;
         };

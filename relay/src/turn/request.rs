@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub requested_family: Option<u8>,
     pub additional_family: Option<u8>,
     pub channel_number: Option<u16>,
+    /// CONNECTION-ID (RFC 6062 section 6.2.1).
+    pub connection_id: Option<u32>,
     /// RESPONSE-PORT (RFC 5780 section 7.5): where a Binding answer goes.
     pub response_port: Option<u16>,
     /// Range of the DATA value inside the message.
@@ -70,6 +72,7 @@ impl<'a> Request<'a> {
             requested_family: None,
             additional_family: None,
             channel_number: None,
+            connection_id: None,
             response_port: None,
             data: None,
             peers: [None; MAX_PEERS],
@@ -140,6 +143,10 @@ impl<'a> Request<'a> {
                     }
                     _ => r.malformed = true,
                 },
+                attr::CONNECTION_ID => match <[u8; 4]>::try_from(v) {
+                    Ok(b) => r.connection_id = r.connection_id.or(Some(u32::from_be_bytes(b))),
+                    Err(_) => r.malformed = true,
+                },
                 attr::RESPONSE_PORT => match v {
                     [p0, p1, _, _] => r.response_port = Some(u16::from_be_bytes([*p0, *p1])),
                     _ => r.malformed = true,
@@ -173,7 +180,6 @@ impl<'a> Request<'a> {
                 | attr::ICE_CONTROLLING
                 | attr::PRIORITY
                 | attr::USE_CANDIDATE
-                | attr::CONNECTION_ID
                 | attr::PADDING
                 | attr::ICMP => {}
                 t if is_comprehension_required(t) && r.unknown_count < MAX_UNKNOWN => {

@@ -73,6 +73,10 @@ impl RelayPorts for FakePorts {
         Ok(OpenedPort { addr, reserved })
     }
 
+    fn open_tcp(&mut self, id: AllocationId, family: Family) -> Result<OpenedPort, PortError> {
+        self.open(id, family, PortRequest::Any, false)
+    }
+
     fn close(&mut self, id: AllocationId) {
         assert!(
             self.open.remove(&id).is_some(),
