@@ -17,7 +17,11 @@
 //!   again on the same database and port; bob's call (baresip) reaches the phone over
 //!   a new TCP connection the server opens to its Contact, answered, BYE ends it.
 //!
-//! Without baresip on PATH the test fails when `CI` is set and is skipped otherwise.
+//! A second test has Linphone's command-line client (Debian `linphone-cli`) as a device
+//! (it sends `+sip.instance` without outbound) answering bob's call.
+//!
+//! Without baresip, sipp or linphonec on PATH the tests fail when `CI` is set and are
+//! skipped otherwise.
 
 mod clients_support;
 mod sipp_support;
@@ -114,7 +118,12 @@ fn forked_call_and_keepalive(root: &std::path::Path) {
     for (what, parts) in [
         (
             "registration",
-            vec!["registration saved", "reg_id=1", "instance=…"],
+            vec![
+                "registration saved",
+                "change=added",
+                "call_id=",
+                "instance=…",
+            ],
         ),
         ("fork", vec!["forked", &cid]),
         ("answered branch", vec!["answered", &cid]),
@@ -132,6 +141,13 @@ fn forked_call_and_keepalive(root: &std::path::Path) {
             .iter()
             .all(|l| !l.contains(A1)),
         "instances are redacted"
+    );
+    // Once: the 200 to the BYE is no answer.
+    assert_eq!(
+        server.lines_with(&["answered", &cid]).len(),
+        1,
+        "{}",
+        server.log().join("\n")
     );
 
     // Past 60 s on keep-alives alone: a flow the server does not keep alive makes
@@ -254,4 +270,52 @@ fn baresip_devices() {
             std::panic::resume_unwind(e);
         }
     });
+}
+
+/// Linphone's command-line client as alice's only device: it registers with the
+/// shipped config and auto-answers bob's call (baresip); bob's BYE ends it.
+#[test]
+fn linphone_device() {
+    if !baresip_available() || !linphone_available() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let server = Signaling::start(&root.join("data"), free_port());
+    server.account("alice", ALICE_PASS, &[A1]);
+    server.account("bob", BOB_PASS, &[B1]);
+    let mut alice = Linphone::start(root, &device("lin", "alice", A1, "udp"), server.sip);
+    let deadline = Instant::now() + SECS;
+    while server
+        .lines_with(&["registration saved", "account=1"])
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "linphonec did not register; server log:\n{}",
+            server.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    alice.command("status register");
+    alice.line("registered, identity=sip:alice@", SECS);
+    let mut bob = Baresip::start(root, &device("b1", "bob", B1, "udp"), server.sip);
+    bob.registered(SECS);
+    let r = bob.command("dial", &format!("sip:alice@{REALM}"));
+    assert_eq!(r["ok"], true, "{r}");
+    let up = bob.event("CALL_ESTABLISHED", SECS);
+    alice.line("Receiving new incoming call from sip:bob@", SECS);
+    alice.line("connected", SECS);
+    let r = bob.command("hangup", "");
+    assert_eq!(r["ok"], true, "{r}");
+    bob.event("CALL_CLOSED", SECS);
+    alice.line("ended", SECS);
+    assert!(
+        !server
+            .lines_with(&["answered", &format!("call_id={}", call_id(&up))])
+            .is_empty(),
+        "{}",
+        server.log().join("\n")
+    );
+    alice.command("quit");
 }

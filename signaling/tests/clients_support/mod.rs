@@ -397,3 +397,100 @@ fn read_netstring(r: &mut impl Read) -> Option<Value> {
     r.read_exact(&mut body).ok()?;
     serde_json::from_slice(&body[..len]).ok()
 }
+
+pub fn linphone_available() -> bool {
+    match Command::new("linphonec").arg("-v").output() {
+        Ok(_) => true,
+        Err(_) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("linphonec is not installed (Debian package linphone-cli) and CI is set");
+            }
+            eprintln!("SKIPPED: linphonec is not installed (Debian package linphone-cli); set CI to make this fail");
+            false
+        }
+    }
+}
+
+/// Linphone's command-line client (`linphonec`) as a device: its own HOME and
+/// configuration file, UDP only, auto-answering (`-a`), no sound card (it logs that
+/// and carries on), commands on stdin.
+pub struct Linphone {
+    child: Guard,
+    out: Arc<Mutex<Vec<String>>>,
+}
+
+impl Linphone {
+    pub fn start(root: &Path, dev: &Device, server: SocketAddr) -> Linphone {
+        let dir = root.join(dev.name);
+        std::fs::create_dir_all(dir.join(".local/share/linphone")).unwrap();
+        let rc = dir.join("linphonerc");
+        std::fs::write(
+            &rc,
+            format!(
+                "[sip]\nsip_port={}\nsip_tcp_port=-1\nsip_tls_port=-1\nuse_ipv6=0\ndefault_proxy=0\n\
+                 [misc]\nuuid={}\n\
+                 [proxy_0]\nreg_proxy=<sip:{server};transport=udp>\nreg_identity=sip:{}@{REALM}\n\
+                 reg_expires={}\nreg_sendregister=1\npublish=0\n\
+                 [auth_info_0]\nusername={}\npasswd={}\nrealm={REALM}\n",
+                free_port(),
+                dev.uuid,
+                dev.login,
+                dev.regint,
+                dev.login,
+                dev.password
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("linphonec")
+            .arg("-a")
+            .arg("-c")
+            .arg(&rc)
+            .env("HOME", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start linphonec");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        for o in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(o).lines().map_while(Result::ok) {
+                    out.lock().unwrap().push(line);
+                }
+            });
+        }
+        Linphone {
+            child: Guard(child),
+            out,
+        }
+    }
+
+    /// Sends a linphonec command (e.g. `status register`).
+    pub fn command(&mut self, cmd: &str) {
+        if let Some(stdin) = self.child.0.stdin.as_mut() {
+            let _ = stdin.write_all(format!("{cmd}\n").as_bytes());
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Waits for an output line containing `part`; panics with the output after
+    /// `timeout`.
+    pub fn line(&self, part: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.out.lock().unwrap().iter().find(|l| l.contains(part)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "linphonec: no line with {part:?} within {timeout:?}; output:\n{}",
+                self.out.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
