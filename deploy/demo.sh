@@ -104,8 +104,9 @@ device() { # name login password instance
     user         $2
     password     $3
     instance     urn:uuid:$4   (the client must send it as +sip.instance)
-    baresip      <sip:$2@$realm>;auth_pass=$3;outbound="sip:$sip_host;lr";regint=600;sipnat=outbound
-                 and its uuid file (next to the accounts file) holding $4
+    baresip      accounts: <sip:$2@$realm>;auth_pass=$3;regint=600;sipnat=outbound;outbound="sip:$sip_host"
+                 config: module uuid.so, and the file uuid holding $4 (no newline)
+    Linphone     [misc] uuid=$4, [proxy_0] reg_proxy=<sip:$sip_host;transport=udp>
 EOF
 }
 
@@ -123,6 +124,7 @@ $(device "desk (desktop)" caller "$CALLER_PASSWORD" "$CALLER_ID")
 TURN credential for demo (POST $api/me/turn-credentials):
   $turn
 
-More clients (Linphone, JsSIP in a browser): README.md, "Connect a SIP client".
+Each client's full settings (baresip, Linphone, sipp, JsSIP in a browser):
+README.md, "Connect a SIP client".
 The API: $api/openapi.json; the admin token is in data/admin-token.
 EOF

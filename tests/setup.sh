@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs on a Debian machine:
-# the third-party peers (coturn's turnutils_*, sipp, Chromium with node for JsSIP)
+# the third-party peers (coturn's turnutils_*, sipp, baresip, Linphone's linphonec,
+# Chromium with node for JsSIP)
 # and a running PostgreSQL.
 # Idempotent: does nothing that is already in place.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need_apt=()
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
+command -v linphonec >/dev/null 2>&1 || need_apt+=(linphone-cli)
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql-client)
 # The browser client test (signaling/tests/clients_browser.rs): JsSIP in headless
 # Chromium, driven from node by playwright-core (tests/browser).
@@ -45,4 +48,4 @@ if ! pg_isready -q -h "$pg_host" -p 5432; then
   for _ in $(seq 1 30); do pg_isready -q -h "$pg_host" -p 5432 && break; sleep 1; done
 fi
 pg_isready -h "$pg_host" -p 5432 || { echo "setup: PostgreSQL is not reachable on $pg_host:5432" >&2; exit 1; }
-echo "setup: turnutils_uclient=$(command -v turnutils_uclient) sipp=$(command -v sipp) chromium=${CHROMIUM:-/usr/bin/chromium} node=$(command -v node) postgres=ok"
+echo "setup: turnutils_uclient=$(command -v turnutils_uclient) sipp=$(command -v sipp) baresip=$(command -v baresip) linphonec=$(command -v linphonec) chromium=${CHROMIUM:-/usr/bin/chromium} node=$(command -v node) postgres=ok"

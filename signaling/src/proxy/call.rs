@@ -781,7 +781,8 @@ impl Call {
                         .as_mut()
                         .and_then(|p| p.forwarded(code, by.as_deref(), forwarded));
                     self.queue(order);
-                    if (200..300).contains(&code) && !self.answered_2xx {
+                    // A call answered, not the 200 to a forwarded BYE or MESSAGE.
+                    if (200..300).contains(&code) && !self.answered_2xx && self.fork.is_invite() {
                         tracing::info!(
                             call_id = %self.call_ref(),
                             branch,

@@ -184,6 +184,11 @@ impl Fork {
         Some(self.branches.len() - 1)
     }
 
+    /// Whether the forked request is an INVITE.
+    pub fn is_invite(&self) -> bool {
+        self.invite
+    }
+
     /// Keeps the request open for pushed devices until `until` (extends, never
     /// shortens a park). No effect once the request is answered or forwarded.
     pub fn park(&mut self, until: Instant) {

@@ -791,7 +791,5 @@ impl Refused {
 /// A Call-ID for the log: the part before `@` (which often names a host address),
 /// at most 24 characters.
 pub(crate) fn call_ref(call_id: &str) -> &str {
-    let id = call_id.split('@').next().unwrap_or("");
-    let end = id.char_indices().nth(24).map_or(id.len(), |(i, _)| i);
-    id.get(..end).unwrap_or("")
+    crate::registrar::call_ref(call_id)
 }

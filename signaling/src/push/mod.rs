@@ -367,6 +367,7 @@ async fn deliver(
             Attempt::Delivered => {
                 inner.count(&inner.stats.delivered, provider.name(), "delivered");
                 tracing::info!(
+                    call_id = %crate::registrar::call_ref(&payload.call_id),
                     provider = provider.name(),
                     kind = payload.kind.as_str(),
                     account = target.account,

@@ -45,6 +45,14 @@ pub(crate) fn redact_instance(instance: &str) -> String {
     format!("…{tail}")
 }
 
+/// A Call-ID for the log: the part before `@` (which often names a host address),
+/// at most 24 characters.
+pub(crate) fn call_ref(call_id: &str) -> &str {
+    let id = call_id.split('@').next().unwrap_or("");
+    let end = id.char_indices().nth(24).map_or(id.len(), |(i, _)| i);
+    id.get(..end).unwrap_or("")
+}
+
 pub(crate) fn redact(addr: std::net::IpAddr) -> String {
     if crate::log_pii() {
         return addr.to_string();
@@ -452,8 +460,17 @@ impl RegistrarHandle {
                 .header(HeaderName::UserAgent)
                 .map(|u| u.chars().take(200).collect()),
         };
-        let outcome = match self.inner.core.lock() {
-            Ok(mut c) => c.register(&req, now),
+        // The account's flows before this REGISTER, to tell the log whether a binding
+        // is new, refreshed (same Call-ID) or replaced (a new one for the flow).
+        let (outcome, before) = match self.inner.core.lock() {
+            Ok(mut c) => {
+                let before: Vec<(String, u32, String)> = c
+                    .bindings(account.id, now)
+                    .into_iter()
+                    .map(|b| (b.instance_id, b.reg_id, b.call_id))
+                    .collect();
+                (c.register(&req, now), before)
+            }
             Err(_) => return reply(500, "Server Internal Error").reply(),
         };
         for op in &outcome.ops {
@@ -476,8 +493,17 @@ impl RegistrarHandle {
             }
             match op {
                 StoreOp::Save(b) => tracing::info!(
+                    call_id = %call_ref(&b.call_id),
                     account = b.account_id,
                     instance = %redact_instance(&b.instance_id),
+                    change = %before
+                        .iter()
+                        .find(|(i, r, _)| *i == b.instance_id && *r == b.reg_id)
+                        .map_or("added", |(_, _, c)| if *c == b.call_id {
+                            "refreshed"
+                        } else {
+                            "replaced"
+                        }),
                     reg_id = b.reg_id,
                     transport = %b.transport,
                     source = %redact(origin.source.ip()),
@@ -489,6 +515,7 @@ impl RegistrarHandle {
                     instance_id,
                     reg_id,
                 } => tracing::info!(
+                    call_id = %call_ref(&req.call_id),
                     account,
                     instance = %redact_instance(instance_id),
                     reg_id,
@@ -642,6 +669,7 @@ impl RegistrarHandle {
                 if banned {
                     self.inner.metrics.ban();
                     tracing::warn!(
+                        call_id = %call_ref(msg.call_id().unwrap_or("")),
                         source = %redact(ip),
                         role = ?role,
                         "source banned after repeated digest authentication failures"
