@@ -84,6 +84,9 @@ impl Signaling {
             .args(["--api-listen", "127.0.0.1:0", "--sip-listen"])
             .arg(sip.to_string())
             .args(["--log-level", "info"])
+            // The shipped config serves WebSocket on a fixed port; several servers run
+            // at once here.
+            .args(["--sip-ws-listen", "127.0.0.1:0"])
             .env("TANDEM_ADMIN_TOKEN", ADMIN)
             .env_remove("TANDEM_DATABASE_URL")
             .env_remove("TANDEM_LOG_PERSONAL_DATA")
