@@ -131,6 +131,10 @@ pub struct Args {
     /// Seconds after which a media session ends whatever happens.
     #[arg(long, env = "TANDEM_MEDIA_MAX_DURATION")]
     media_max_duration: Option<u64>,
+    /// Seconds SIGTERM keeps relaying existing allocations and media sessions (new
+    /// ones refused, /ready 503) before the relay stops (default 30).
+    #[arg(long, env = "TANDEM_DRAIN_TIMEOUT")]
+    drain_timeout: Option<u64>,
     /// Most media sessions on this relay (0 = no limit but the ports).
     #[arg(long, env = "TANDEM_MEDIA_MAX_SESSIONS")]
     media_max_sessions: Option<u32>,
@@ -335,6 +339,7 @@ impl Args {
         );
         set(&mut c.media_max_duration, self.media_max_duration);
         set(&mut c.media_max_sessions, self.media_max_sessions);
+        set(&mut c.drain_timeout, self.drain_timeout);
         set(&mut c.tls_listening_port, self.tls_listening_port);
         if self.cert.is_some() {
             c.cert = self.cert;

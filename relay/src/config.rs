@@ -126,6 +126,9 @@ pub struct Config {
     pub media_max_duration: u64,
     /// Most media sessions on this relay (0 = no limit but the ports).
     pub media_max_sessions: u32,
+    /// Seconds SIGTERM waits, once new allocations and media sessions are refused,
+    /// for the existing ones to end before the relay stops anyway.
+    pub drain_timeout: u64,
     /// Port of TURN over TLS (coturn `tls-listening-port`; 443 works too).
     pub tls_listening_port: u16,
     /// TLS certificate chain (PEM); TLS listens only with `cert` and `pkey`. Read
@@ -204,6 +207,7 @@ impl Default for Config {
             media_inactivity_timeout: 60,
             media_max_duration: 12 * 3600,
             media_max_sessions: 0,
+            drain_timeout: 30,
             tls_listening_port: 5349,
             cert: None,
             pkey: None,
@@ -286,6 +290,9 @@ impl Config {
                 "default-lifetime",
                 "must be non-zero and not above max-lifetime",
             ));
+        }
+        if self.drain_timeout > 86_400 {
+            return Err(invalid("drain-timeout", "at most 86400 seconds"));
         }
         if self.nonce_lifetime == 0 {
             return Err(invalid("nonce-lifetime", "must be non-zero"));

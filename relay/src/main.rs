@@ -59,20 +59,45 @@ async fn serve(config: tandem_relay::Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
     let shutdown = CancellationToken::new();
+    // SIGTERM or SIGINT: drain (new allocations and sessions refused, /ready 503,
+    // existing ones relayed until they end or drain-timeout), then stop; a second
+    // signal stops at once.
+    let drain = relay.drain_handle();
+    let limit = std::time::Duration::from_secs(config.drain_timeout);
     let s = shutdown.clone();
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    s.cancel();
-                    return;
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGTERM handler");
+                    None
                 }
             };
+        stop_signal(&mut term).await;
+        drain.start();
+        let wait = async {
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                let (allocations, sessions) = drain.live();
+                if allocations == 0 && sessions == 0 {
+                    tracing::info!("drain finished: no allocation or media session left");
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::info!(
+                        allocations,
+                        media_sessions = sessions,
+                        "drain-timeout reached: stopping with these still live"
+                    );
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = wait => {}
+            _ = stop_signal(&mut term) => tracing::info!("second stop signal: stopping without waiting"),
         }
         s.cancel();
     });
@@ -103,4 +128,17 @@ async fn serve(config: tandem_relay::Config) -> Result<(), String> {
     }
     relay.run(shutdown).await;
     Ok(())
+}
+
+/// The next SIGINT or SIGTERM.
+async fn stop_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = t.recv() => {}
+        },
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -106,6 +106,11 @@ impl From<MediaError> for ApiError {
                 "no free relay port on this relay; retry later or place the session on \
                  another relay",
             ),
+            MediaError::Draining => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "draining",
+                "this relay is shutting down; place the session on another relay",
+            ),
             MediaError::TooManySessions => ApiError::no_room(
                 "this relay has reached its media session limit (media-max-sessions); retry \
                  later or place the session on another relay",

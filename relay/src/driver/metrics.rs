@@ -22,7 +22,14 @@ use super::{lock, Inner};
 use crate::control::ApiStats;
 use crate::media::MediaStats;
 
-/// Serve `/metrics` and `/health`; `api` are the control API's counters when it runs.
+/// What the handlers read.
+struct MetricsState {
+    registry: Registry,
+    inner: Arc<Inner>,
+}
+
+/// Serve `/metrics`, `/health` (liveness: the process answers) and `/ready`
+/// (readiness: 503 once draining); `api` are the control API's counters when it runs.
 pub(super) async fn serve(
     inner: Arc<Inner>,
     api: Option<Arc<ApiStats>>,
@@ -36,14 +43,15 @@ pub(super) async fn serve(
     own.register_collector(Box::new(tandem_ops::build::BuildInfo {
         version: env!("CARGO_PKG_VERSION"),
     }));
-    own.register_collector(Box::new(Shards(inner)));
+    own.register_collector(Box::new(Shards(inner.clone())));
     if let Some(api) = api {
         own.register_collector(Box::new(Api(api)));
     }
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
-        .with_state(Arc::new(registry));
+        .route("/ready", get(ready))
+        .with_state(Arc::new(MetricsState { registry, inner }));
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -52,9 +60,21 @@ pub(super) async fn serve(
     }
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+async fn ready(State(state): State<Arc<MetricsState>>) -> impl IntoResponse {
+    if state
+        .inner
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (axum::http::StatusCode::OK, "ready\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<MetricsState>>) -> impl IntoResponse {
     let mut o = String::new();
-    if prometheus_client::encoding::text::encode(&mut o, &registry).is_err() {
+    if prometheus_client::encoding::text::encode(&mut o, &state.registry).is_err() {
         o.clear();
     }
     (

@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     /// Where the glue of TCP allocations runs its tasks (also from worker threads).
     pub(crate) runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+    /// Set by [`DrainHandle::start`]: `/ready` answers 503, no new allocations or
+    /// media sessions.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -98,6 +101,45 @@ pub fn now() -> Now {
 fn lock(shard: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding the lock is a bug; keep serving rather than cascade.
     shard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The drain before a stop: [`DrainHandle::start`] turns `/ready` to 503 and refuses
+/// new allocations (508) and media sessions (503 `draining`) while existing ones keep
+/// relaying; [`DrainHandle::live`] tells when they are gone. The caller bounds the
+/// wait (`drain-timeout`) and then cancels the run.
+#[derive(Debug, Clone)]
+pub struct DrainHandle(Arc<Inner>);
+
+impl DrainHandle {
+    pub fn start(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.draining.store(true, Relaxed);
+        for shard in &self.0.shards {
+            lock(shard).server.set_accepting(false);
+        }
+        let (allocations, sessions) = self.live();
+        tracing::info!(
+            allocations,
+            media_sessions = sessions,
+            "draining: not ready, new allocations and media sessions refused, existing ones relayed"
+        );
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Live allocations and media sessions over all workers.
+    pub fn live(&self) -> (usize, usize) {
+        let mut a = 0;
+        let mut m = 0;
+        for shard in &self.0.shards {
+            let g = lock(shard);
+            a += g.server.allocation_count();
+            m += g.media.session_count();
+        }
+        (a, m)
+    }
 }
 
 /// What a registered socket is.
@@ -508,6 +550,7 @@ impl Relay {
             stream_stats,
             runtime: tokio::runtime::Handle::current(),
             shutdown: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Relay {
             inner,
@@ -537,6 +580,11 @@ impl Relay {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// What stops the relay gracefully (SIGTERM): take it before [`Relay::run`].
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle(self.inner.clone())
     }
 
     /// The TLS certificate and key, to reload (on SIGHUP) while running.

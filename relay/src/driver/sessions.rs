@@ -169,6 +169,9 @@ impl Control {
     /// Place a new session on a worker (in turn, skipping a full one).
     pub fn create(&self, now: Instant, req: &CreateSession) -> Result<SessionInfo, MediaError> {
         req.validate()?;
+        if self.inner.draining.load(Ordering::Relaxed) {
+            return Err(MediaError::Draining);
+        }
         let shards = &self.inner.shards;
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
         let mut last = MediaError::PortsExhausted;

@@ -144,6 +144,8 @@ pub enum MediaError {
     PortsExhausted,
     #[error("the session limit is reached")]
     TooManySessions,
+    #[error("the relay is draining before it stops")]
+    Draining,
     #[error("no such session")]
     NotFound,
     #[error("the session has its answer already")]

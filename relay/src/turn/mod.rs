@@ -447,6 +447,8 @@ pub struct Server {
     rng: rand::rngs::StdRng,
     stats: Stats,
     tcp: tcp::TcpState,
+    /// False while the relay drains before it stops: no new allocations.
+    accepting: bool,
 }
 
 /// An answer to a request that has not authenticated (a Binding success, a 400 or a
@@ -527,6 +529,7 @@ impl Server {
             rng,
             stats: Stats::default(),
             tcp: tcp::TcpState::default(),
+            accepting: true,
         }
     }
 
@@ -540,6 +543,13 @@ impl Server {
     /// servers), so a source gets one rate over every worker.
     pub fn share_rate_limiter(&mut self, limiter: RateLimiter) {
         self.limiter = limiter;
+    }
+
+    /// Draining (`false`): every new Allocate is answered 508 Insufficient Capacity,
+    /// so the client takes another relay, while existing allocations keep being
+    /// refreshed and relayed.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
     }
 
     pub fn config(&self) -> &Config {
@@ -1134,6 +1144,9 @@ impl Server {
                 });
             }
             return self.auth_error(req, out, auth, 437, &[]);
+        }
+        if !self.accepting {
+            return self.auth_error(req, out, auth, 508, &[]);
         }
         let tcp = match req.requested_transport {
             None => return self.auth_error(req, out, auth, 400, &[]),
