@@ -14,6 +14,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     if cli.check_config {
+        // What start-up reads besides the configuration: the TLS certificate and key.
+        if let Err(e) = tandem_signaling::sip::check_tls_files(&cfg.sip) {
+            eprintln!("tandem-signaling: {e}");
+            return std::process::ExitCode::from(2);
+        }
         match toml::to_string_pretty(&cfg.redacted()) {
             Ok(t) => print!("{t}"),
             Err(e) => eprintln!("tandem-signaling: cannot print the configuration: {e}"),

@@ -319,3 +319,27 @@ fn relays_and_turn_read_their_secrets_and_hide_them() {
     let e = SignalingConfig::load(&cli).unwrap_err().to_string();
     assert!(e.contains("relays[0].secret_file"), "{e}");
 }
+
+/// `--check-config` reads what start-up reads: a TLS (or WSS) listener whose
+/// certificate file is missing fails the check, naming the file.
+#[test]
+fn check_config_catches_a_missing_tls_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signaling.toml");
+    std::fs::write(
+        &path,
+        "[sip]\ntls_listen = \"127.0.0.1:5061\"\ntls_cert = \"/nonexistent/sip.crt\"\ntls_key = \"/nonexistent/sip.key\"\n[api]\nadmin_token = \"0123456789abcdef-admin\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-signaling"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .env_remove("TANDEM_CONFIG")
+        .env_remove("TANDEM_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/nonexistent/sip.crt"), "{err}");
+}

@@ -465,6 +465,15 @@ async fn bind_stream(
     Ok((l, local))
 }
 
+/// Whether the certificate and key of the TLS and WSS listeners load as they would
+/// at start (`--check-config`); `Ok` when neither listener is configured.
+pub fn check_tls_files(cfg: &SipConfig) -> Result<(), SipError> {
+    if cfg.tls_listen.is_some() || cfg.wss_listen.is_some() {
+        tls_acceptor(cfg)?;
+    }
+    Ok(())
+}
+
 fn tls_acceptor(cfg: &SipConfig) -> Result<tokio_rustls::TlsAcceptor, SipError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 
 pub use config::SipConfig;
 pub use endpoint::{
-    BoundEndpoint, Endpoint, Handled, Request, SipAddrs, SipError, TransactionUser, Upstream,
+    check_tls_files, BoundEndpoint, Endpoint, Handled, Request, SipAddrs, SipError,
+    TransactionUser, Upstream,
 };
 pub use message::{new_tag, Reply};
 use transport::Transport;
