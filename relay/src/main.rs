@@ -54,6 +54,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: tandem_relay::Config) -> Result<(), String> {
+    // `config` is also what SIGHUP compares a reloaded one with.
     log_capacity(&config);
     let relay = tandem_relay::Relay::bind(&config)
         .await
@@ -101,26 +102,47 @@ async fn serve(config: tandem_relay::Config) -> Result<(), String> {
         }
         s.cancel();
     });
-    // SIGHUP reads the TLS certificate and key again (renewals); connections and
-    // allocations stay. Without TLS there is nothing to read again, and SIGHUP must
-    // still not stop the relay (a service manager's reload sends it).
+    // SIGHUP reads the configuration again (file, flags and TANDEM_* variables) and
+    // puts in force what can change while running: the TLS certificate and key, the
+    // static users, REST secrets and realm. Allocations and connections stay. A
+    // configuration that does not validate is refused and the running one stays.
     let certs = relay.tls_certificates();
+    let reload = relay.drain_handle();
+    let running = config.clone();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hup) => {
             tokio::spawn(async move {
+                let mut running = running;
                 while hup.recv().await.is_some() {
-                    match &certs {
-                        Some(certs) => match certs.reload() {
+                    let new = match tandem_relay::cli::load(Args::parse()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: new configuration refused, the running one stays");
+                            continue;
+                        }
+                    };
+                    if let Some(certs) = &certs {
+                        match certs.reload() {
                             Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
-                            Err(e) => tracing::error!(
-                                error = %e,
-                                "SIGHUP: TLS certificate and key not reloaded, the previous ones stay"
-                            ),
-                        },
-                        None => tracing::info!(
-                            "SIGHUP: no TLS certificate configured, nothing reloaded"
-                        ),
+                            Err(e) => {
+                                tracing::error!(
+                                    error = %e,
+                                    "SIGHUP: TLS certificate and key not reloaded, the previous ones stay; credentials not changed either"
+                                );
+                                continue;
+                            }
+                        }
                     }
+                    reload.reload_credentials(&new);
+                    tracing::info!(
+                        realm_changed = new.realm != running.realm,
+                        users = new.user.len(),
+                        users_changed = new.user != running.user,
+                        secrets = new.static_auth_secret.len(),
+                        secrets_changed = new.static_auth_secret != running.static_auth_secret,
+                        "SIGHUP: credentials reloaded; other keys take effect at restart"
+                    );
+                    running = new;
                 }
             });
         }

@@ -103,6 +103,8 @@ fn lock(shard: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The running relay's controls from outside its workers: reload and drain.
+///
 /// The drain before a stop: [`DrainHandle::start`] turns `/ready` to 503 and refuses
 /// new allocations (508) and media sessions (503 `draining`) while existing ones keep
 /// relaying; [`DrainHandle::live`] tells when they are gone. The caller bounds the
@@ -127,6 +129,17 @@ impl DrainHandle {
 
     pub fn is_draining(&self) -> bool {
         self.0.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Puts the credentials of `config` (realm, static users, REST secrets) in force
+    /// on every worker (SIGHUP); allocations stay.
+    pub fn reload_credentials(&self, config: &Config) {
+        let core = config.core(&[]);
+        for shard in &self.0.shards {
+            lock(shard)
+                .server
+                .set_credentials(&core.realm, &core.users, &core.auth_secrets);
+        }
     }
 
     /// Live allocations and media sessions over all workers.

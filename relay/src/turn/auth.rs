@@ -211,6 +211,16 @@ impl Nonces {
         }
     }
 
+    /// Advertise USERHASH from now on (or stop); nonces already issued keep their
+    /// cookie and stay valid.
+    pub fn set_userhash(&mut self, userhash: bool) {
+        self.cookie = if userhash {
+            NONCE_COOKIE
+        } else {
+            NONCE_COOKIE_NO_USERHASH
+        };
+    }
+
     /// Whether the nonces advertise "username anonymity".
     pub fn advertises_userhash(&self) -> bool {
         self.cookie == NONCE_COOKIE

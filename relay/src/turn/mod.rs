@@ -545,6 +545,17 @@ impl Server {
         self.limiter = limiter;
     }
 
+    /// New long-term credentials (SIGHUP): the realm, static users and REST secrets.
+    /// Allocations stay; each later request authenticates against the new ones, so a
+    /// user removed here can no longer refresh and its allocation expires.
+    pub fn set_credentials(&mut self, realm: &str, users: &[(String, String)], secrets: &[String]) {
+        self.creds = Credentials::new(realm, users, secrets);
+        self.cfg.realm = realm.to_owned();
+        self.cfg.users = users.to_vec();
+        self.cfg.auth_secrets = secrets.to_vec();
+        self.nonces.set_userhash(self.creds.has_users());
+    }
+
     /// Draining (`false`): every new Allocate is answered 508 Insufficient Capacity,
     /// so the client takes another relay, while existing allocations keep being
     /// refreshed and relayed.
