@@ -397,3 +397,17 @@ fn a_dual_allocation_is_one_against_the_quota_and_expires_whole() {
     let r = other.request(&mut srv, t, &mut ports, method::ALLOCATE, &udp);
     assert_eq!(error_code(&r), None);
 }
+
+#[test]
+fn the_draft_code_point_of_additional_address_family_asks_for_the_same() {
+    // coturn's clients up to 4.6 send ADDITIONAL-ADDRESS-FAMILY as 0x8032.
+    let (mut srv, mut ports, now) = server(config(), true, true);
+    let mut c = alice(40000);
+    let r = c.request(&mut srv, now, &mut ports, method::ALLOCATE, &|w| {
+        udp(w);
+        w.attr(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT, &[2, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(error_code(&r), None);
+    assert_eq!(relayed(&r).len(), 2);
+}
