@@ -7,7 +7,9 @@
 # Installs what is missing (Debian's coturn, protoc for the turn-server crate,
 # the turn-server crate into bench/.tools), builds release tandem-relay and
 # tandem-bench, then runs `tandem-bench compare`, which writes
-# bench/results/<date>-turn.{md,json,png}, then bench/many-allocations.sh
+# bench/results/<date>-turn.{md,json,png}, then `tandem-bench stream-compare`
+# (TURN over TCP and TLS, bench/results/<date>-turn-stream.{md,json}), then
+# bench/many-allocations.sh
 # (bench/results/<date>-allocations.{md,json}). Extra arguments go to `compare`.
 # Everything runs on 127.0.0.1; contenders are pinned to CPU 0, the load
 # generator to CPU 1 (needs at least 2 CPUs).
@@ -67,6 +69,14 @@ fi
   --relay-bin "$target/release/tandem-relay" \
   --turn-server-bin bench/.tools/bin/turn-server \
   --out-dir bench/results "$@"
+
+# TURN over TCP and TLS client connections, tandem-relay and coturn side by side
+# (bench/results/<date>-turn-stream.{md,json}).
+stream_args=()
+if [[ " $* " == *" --quick "* ]]; then stream_args+=(--quick); fi
+"$target/release/tandem-bench" stream-compare \
+  --relay-bin "$target/release/tandem-relay" \
+  --out-dir bench/results ${stream_args[@]+"${stream_args[@]}"} || echo "stream comparison failed" >&2
 
 # Many concurrent allocations on one relay process (bounded: about half a minute).
 if [[ " $* " != *" --quick "* ]]; then

@@ -104,9 +104,9 @@ impl Drop for Server {
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 impl TempDir {
-    fn new(tag: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(tag: &str) -> anyhow::Result<Self> {
         let p = std::env::temp_dir().join(format!(
             "tandem-bench-{tag}-{}-{}",
             std::process::id(),
@@ -122,7 +122,7 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     // A port free for UDP and TCP (coturn also listens on TCP).
     for _ in 0..50 {
         let u = UdpSocket::bind("127.0.0.1:0")?;
@@ -251,10 +251,10 @@ fn start(c: &Contender, self_exe: &Path) -> anyhow::Result<Server> {
 }
 
 /// Niceness for every process of the run (0: unchanged; negative needs root).
-static NICE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+pub(crate) static NICE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
 
 /// `[nice -n N] taskset -c CPU ...`
-fn pinned(cpu: &str) -> Command {
+pub(crate) fn pinned(cpu: &str) -> Command {
     let nice = NICE.get().copied().unwrap_or(0);
     let mut c = if nice != 0 {
         let mut c = Command::new("nice");
@@ -284,7 +284,7 @@ fn target_args(c: &Contender) -> Vec<String> {
 }
 
 /// Run `tandem-bench <args>` pinned to CPU 1 and parse its JSON line.
-fn child_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn child_json<T: serde::de::DeserializeOwned>(
     self_exe: &Path,
     args: &[String],
 ) -> anyhow::Result<T> {
@@ -380,7 +380,7 @@ const LOSSLESS_PCT: f64 = 0.1;
 /// Above this share of CPU 0 busy with other work, a comparison is inconclusive.
 const NOISE_LIMIT: f64 = 0.25;
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;
@@ -408,7 +408,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -19,6 +19,8 @@ mod procstat;
 mod report;
 mod setup;
 mod sock;
+mod stream_compare;
+mod stream_load;
 
 use client::{Credentials, Target};
 
@@ -41,6 +43,52 @@ enum Cmd {
     Compare(compare::CompareArgs),
     /// Call media through tandem-relay's media sessions (control API).
     MediaLoad(MediaLoadArgs),
+    /// Paced ChannelData load over TURN over TCP or TLS (relayed side UDP).
+    StreamLoad(StreamLoadArgs),
+    /// Concurrent TCP/TLS client connections held, and the server's memory per one.
+    StreamConns(StreamConnsArgs),
+    /// tandem-relay and coturn side by side over TCP and TLS client connections.
+    StreamCompare(stream_compare::StreamCompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct StreamLoadArgs {
+    /// The server's TCP or TLS listening address (127.0.0.1).
+    #[arg(long)]
+    server: SocketAddr,
+    #[arg(long, value_enum)]
+    transport: stream_load::StreamTransport,
+    /// Long-term credentials NAME:PASSWORD.
+    #[arg(long)]
+    user: String,
+    /// Allocations (one connection each).
+    #[arg(long, default_value_t = 10)]
+    allocations: usize,
+    /// Offered pings per second over all connections.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// ChannelData payload bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StreamConnsArgs {
+    #[arg(long)]
+    server: SocketAddr,
+    #[arg(long, value_enum)]
+    transport: stream_load::StreamTransport,
+    /// Connections to open and hold at once.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +341,41 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Cmd::Compare(a) => compare::run(a)?,
+        Cmd::StreamCompare(a) => stream_compare::run(a)?,
+        Cmd::StreamLoad(a) => {
+            if !a.server.ip().is_loopback() {
+                bail!("--server must be a loopback address");
+            }
+            let Some((user, password)) = a.user.split_once(':') else {
+                bail!("--user NAME:PASSWORD");
+            };
+            let cfg = stream_load::StreamConfig {
+                server: a.server,
+                transport: a.transport,
+                creds: Credentials::LongTerm {
+                    user: user.into(),
+                    password: password.into(),
+                },
+                allocations: a.allocations,
+                rate: a.rate,
+                size: a.size,
+                duration: secs(a.duration)?,
+                server_pid: a.server_pid,
+            };
+            let r = stream_load::run(&cfg)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_load(&r);
+            }
+        }
+        Cmd::StreamConns(a) => {
+            if !a.server.ip().is_loopback() {
+                bail!("--server must be a loopback address");
+            }
+            let r = stream_load::conns(a.server, a.transport, a.count, a.server_pid)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Cmd::MediaLoad(a) => {
             if a.sessions == 0 || a.sessions > 20_000 || a.pps == 0 || a.pps > 10_000 {
                 bail!("--sessions 1..=20000 and --pps 1..=10000");

@@ -1,5 +1,6 @@
 //! CI smoke run: the real `tandem-relay` binary on 127.0.0.1 and `tandem-bench
-//! turn-load` against it, in peer and client-to-client mode, for about two seconds at
+//! turn-load` against it, in peer and client-to-client mode, and `tandem-bench
+//! stream-load` over TCP and TLS client connections, for about two seconds each at
 //! a low rate. Asserts that every ping came back (zero loss, no duplicates); no
 //! timing assertions.
 //!
@@ -45,7 +46,14 @@ fn relay_bin() -> PathBuf {
 
 /// Start the relay on a free port; returns it with its listening address.
 fn start_relay() -> (Guard, SocketAddr) {
+    let (g, a, _) = start_relay_with(&[]);
+    (g, a)
+}
+
+/// As [`start_relay`] with more flags; also the TLS listening address if any.
+fn start_relay_with(extra: &[String]) -> (Guard, SocketAddr, Option<SocketAddr>) {
     let mut child = Command::new(relay_bin())
+        .args(extra)
         .args([
             "--listening-ip",
             "127.0.0.1",
@@ -76,17 +84,24 @@ fn start_relay() -> (Guard, SocketAddr) {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    let listen = loop {
+    let want_tls = extra.iter().any(|a| a == "--cert");
+    let (mut listen, mut tls) = (None, None);
+    while listen.is_none() || (want_tls && tls.is_none()) {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("relay reports its listening address");
-        if let Some(i) = line.find("listen=") {
-            let a = line[i + 7..].split_whitespace().next().expect("address");
-            break a.parse::<SocketAddr>().expect("socket address");
+        for (key, slot) in [(" listen=", &mut listen), (" listen_tls=", &mut tls)] {
+            if let Some(i) = line.find(key) {
+                let a = line[i + key.len()..]
+                    .split_whitespace()
+                    .next()
+                    .expect("address");
+                *slot = Some(a.parse::<SocketAddr>().expect("socket address"));
+            }
         }
-    };
+    }
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    (guard, listen)
+    (guard, listen.expect("listen"), tls)
 }
 
 /// Run turn-load; `creds` is `["--user", "N:P"]`, `["--secret", "S"]` or `["--forwarder"]`.
@@ -170,4 +185,76 @@ fn client_to_client_mode_delivers_every_packet() {
         &["--secret", "smoke-secret"],
     );
     check(&r, "client-to-client");
+}
+
+/// Run stream-load (TURN over TCP or TLS) at a low rate; its JSON report.
+fn stream_load(server: SocketAddr, pid: u32, transport: &str) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-bench"))
+        .args([
+            "stream-load",
+            "--server",
+            &server.to_string(),
+            "--transport",
+            transport,
+            "--user",
+            "smoke:smoke-pass",
+            "--allocations",
+            "10",
+            "--rate",
+            "500",
+            "--duration",
+            "2",
+            "--server-pid",
+            &pid.to_string(),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tandem-bench");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("stream-load {transport} did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stream-load {transport} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON report: {stdout}"));
+    serde_json::from_str(line).expect("JSON report")
+}
+
+#[test]
+fn tcp_and_tls_client_connections_deliver_every_packet() {
+    let dir = std::env::temp_dir().join(format!("tandem-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+    let (cert, key) = (dir.join("turn.crt"), dir.join("turn.key"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write key");
+    let extra: Vec<String> = vec![
+        "--cert".into(),
+        cert.display().to_string(),
+        "--pkey".into(),
+        key.display().to_string(),
+        "--tls-listening-port".into(),
+        "0".into(),
+    ];
+    let (relay, tcp, tls) = start_relay_with(&extra);
+    // TCP listens on the UDP listening port.
+    let r = stream_load(tcp, relay.0.id(), "tcp");
+    check(&r, "peer-tcp");
+    let r = stream_load(tls.expect("TLS listening address"), relay.0.id(), "tls");
+    check(&r, "peer-tls");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,8 +3,9 @@
 //! indications, 10 clients each, zero loss) with `turnutils_peer` as the echo peer,
 //! and `turnutils_stunclient` for the mapped address (and `-f`, RFC 5780 probing, which
 //! must get its 420s), the same uclient runs over TCP (`-t`) and TLS (`-t -S`, with a
-//! certificate made by the test), and with RFC 6062 TCP allocations (`-T`, client to
-//! client through two TCP allocations; also over TLS). Run once per datapath
+//! certificate made by the test), with RFC 6062 TCP allocations (`-T`, client to
+//! client through two TCP allocations; also over TLS), and dual allocations (`-Z`)
+//! reaching a peer on 127.0.0.1 and one on ::1. Run once per datapath
 //! (`--io portable` and `--io uring`; the io_uring run is skipped, with a message,
 //! where the kernel does not allow io_uring), with two workers, checking that the
 //! relay logs which datapath it runs.
@@ -86,6 +87,11 @@ fn start_relay(io: &str) -> (Guard, SocketAddr, SocketAddr, SocketAddr, String) 
             "--realm",
             "interop",
             "--allow-loopback-peers",
+            // Relay addresses of both families, for the dual allocations (-Z).
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "::1",
             "--static-auth-secret",
             "old-secret",
             "--static-auth-secret",
@@ -258,7 +264,7 @@ fn coturn_clients_against_tandem_relay(io: &str) {
     let peer_port = free_udp_port();
     let _peer = Guard(
         Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+            .args(["-L", "127.0.0.1", "-L", "::1", "-p", &peer_port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -344,28 +350,32 @@ fn coturn_clients_against_tandem_relay(io: &str) {
             "TCP allocations (-T), REST -W, over TLS",
             vec!["-T", "-S", "-W", SECRET, "-u", "rest5", "-p", &tls_port],
         ),
+        // Dual allocations (-Z, ADDITIONAL-ADDRESS-FAMILY; Send indications): the
+        // peer on 127.0.0.1 is reached through the IPv4 relayed address, the one on
+        // ::1 through the IPv6 one; uclient's Refreshes name either family at random.
+        (
+            "dual allocation, IPv4 peer",
+            vec!["-Z", "-u", "lt1", "-w", "pass1"],
+        ),
+        (
+            "dual allocation, IPv6 peer",
+            vec!["-Z", "-W", SECRET, "-u", "rest5", "-e", "::1"],
+        ),
     ];
     let handles: Vec<_> = scenarios
         .into_iter()
         .map(|(name, extra)| {
             let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-            // The listening port unless the scenario names one (-p).
+            // The listening port unless the scenario names one (-p), the peer on
+            // 127.0.0.1 unless it names one (-e).
             let own_port = args.iter().any(|a| a == "-p");
+            if !args.iter().any(|a| a == "-e") {
+                args.extend(["-e".to_string(), "127.0.0.1".to_string()]);
+            }
             args.extend(
-                [
-                    "-m",
-                    "10",
-                    "-n",
-                    "30",
-                    "-l",
-                    "120",
-                    "-e",
-                    "127.0.0.1",
-                    "-r",
-                    &pport,
-                ]
-                .iter()
-                .map(|s| s.to_string()),
+                ["-m", "10", "-n", "30", "-l", "120", "-r", &pport]
+                    .iter()
+                    .map(|s| s.to_string()),
             );
             if !own_port {
                 args.extend(["-p".to_string(), port.clone()]);

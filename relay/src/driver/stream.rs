@@ -394,7 +394,7 @@ where
         buf: vec![0u8; READ_START.min(ctx.limits.max_frame)],
         filled: 0,
         replies: Vec::new(),
-        relayed: None,
+        relayed: Vec::new(),
         core: index,
         allocated: false,
         bound: None,
@@ -528,8 +528,10 @@ struct Conn {
     /// write: STUN answers are rare next to data, and an idle connection keeps no
     /// buffer for them).
     replies: Vec<u8>,
-    /// The allocation's relayed socket (a duplicate descriptor), once allocated.
-    relayed: Option<(AllocationId, StdUdpSocket)>,
+    /// The allocation's relayed sockets (duplicate descriptors), once allocated:
+    /// one, or two for a dual allocation (one per address family); none for a TCP
+    /// allocation (RFC 6062), whose relayed side is the glue's.
+    relayed: Vec<(AllocationId, StdUdpSocket)>,
     /// The shard whose core serves this connection: the one it was given, or the
     /// one that made the CONNECTION-ID of its ConnectionBind.
     core: usize,
@@ -602,12 +604,11 @@ impl Conn {
                     peer,
                     payload,
                 } => {
-                    if let (Some((a, sock)), Some(data)) = (&self.relayed, msg.get(payload)) {
-                        if *a == allocation {
-                            // Non-blocking: a full socket buffer drops the datagram,
-                            // as it would on the UDP path.
-                            let _ = sock.send_to(data, peer);
-                        }
+                    let sock = self.relayed.iter().find(|(a, _)| *a == allocation);
+                    if let (Some((_, sock)), Some(data)) = (sock, msg.get(payload)) {
+                        // Non-blocking: a full socket buffer drops the datagram,
+                        // as it would on the UDP path.
+                        let _ = sock.send_to(data, peer);
                     }
                 }
             }
@@ -615,14 +616,18 @@ impl Conn {
                 self.bound = server.tcp_bound(&self.tuple);
                 // An Allocate may have opened the relayed socket: it is still in the
                 // table's pending list (the worker takes it under this same lock).
-                let current = server.allocation_of(&self.tuple);
-                self.allocated = current.is_some();
-                if current != self.relayed.as_ref().map(|(a, _)| *a) {
-                    self.relayed = current.and_then(|a| {
-                        let s = relays.try_clone_pending(a)?;
-                        let _ = s.set_nonblocking(true);
-                        Some((a, s))
-                    });
+                let current = server.relay_ids_of(&self.tuple);
+                self.allocated = current[0].is_some();
+                if !self.holds(&current) {
+                    self.relayed = current
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| {
+                            let s = relays.try_clone_pending(a)?;
+                            let _ = s.set_nonblocking(true);
+                            Some((a, s))
+                        })
+                        .collect();
                 }
             }
             if stun {
@@ -642,10 +647,17 @@ impl Conn {
     /// Whether the connection still has an allocation; frees the relayed socket's
     /// duplicate when it does not (so the port can be used again).
     fn check_allocation(&mut self, shard: &Mutex<Shared>) -> bool {
-        let current = lock(shard).server.allocation_of(&self.tuple);
-        if current.is_none() || current != self.relayed.as_ref().map(|(a, _)| *a) {
-            self.relayed = None;
+        let current = lock(shard).server.relay_ids_of(&self.tuple);
+        if current[0].is_none() || !self.holds(&current) {
+            self.relayed = Vec::new();
         }
-        current.is_some()
+        current[0].is_some()
+    }
+
+    /// Whether the duplicates held are those of the relayed sockets `ids`.
+    fn holds(&self, ids: &[Option<AllocationId>; 2]) -> bool {
+        let held = self.relayed.iter().map(|(a, _)| Some(*a));
+        ids.iter().copied().flatten().count() == self.relayed.len()
+            && held.zip(ids.iter().copied()).all(|(h, i)| h == i)
     }
 }

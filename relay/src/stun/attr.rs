@@ -28,6 +28,9 @@ pub const RESPONSE_PORT: u16 = 0x0027;
 pub const CONNECTION_ID: u16 = 0x002A;
 pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
 pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// ADDITIONAL-ADDRESS-FAMILY under the code point of the draft before RFC 8656, which
+/// coturn's clients up to 4.6 still send (comprehension-optional, read as the same).
+pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
 pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
 pub const ALTERNATE_DOMAIN: u16 = 0x8003;
 pub const ICMP: u16 = 0x8004;

@@ -136,6 +136,25 @@ impl<'b> MessageWriter<'b> {
         })
     }
 
+    /// Append ADDRESS-ERROR-CODE (RFC 8656 section 18.12): the family (0x01 IPv4,
+    /// 0x02 IPv6) a dual Allocate did not get, and the error code saying why.
+    pub fn address_error_code(
+        &mut self,
+        family: u8,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), EncodeError> {
+        let r = reason.as_bytes();
+        self.put(attr::ADDRESS_ERROR_CODE, 4 + r.len(), |v| {
+            let Some((head, text)) = v.split_first_chunk_mut::<4>() else {
+                return false;
+            };
+            *head = [family, 0, (code / 100) as u8 & 0x07, (code % 100) as u8];
+            text.copy_from_slice(r);
+            true
+        })
+    }
+
     /// Append UNKNOWN-ATTRIBUTES.
     pub fn unknown_attributes(&mut self, types: &[u16]) -> Result<(), EncodeError> {
         self.attr_with(attr::UNKNOWN_ATTRIBUTES, types.len() * 2, |v| {

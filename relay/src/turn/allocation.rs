@@ -105,6 +105,15 @@ pub struct ChannelBinding {
     pub expires: Instant,
 }
 
+/// The second relayed address of a dual allocation (RFC 8656 section 7.2,
+/// ADDITIONAL-ADDRESS-FAMILY): its own socket, named to the driver by its own id.
+#[derive(Debug, Clone, Copy)]
+pub struct AdditionalRelay {
+    pub id: AllocationId,
+    pub relayed: SocketAddr,
+    pub advertised: SocketAddr,
+}
+
 /// One TURN allocation.
 #[derive(Debug)]
 pub struct Allocation {
@@ -114,6 +123,11 @@ pub struct Allocation {
     pub relayed: SocketAddr,
     /// The address told to the client (the external IP when configured).
     pub advertised: SocketAddr,
+    /// A dual allocation's relayed address of the other family.
+    pub additional: Option<AdditionalRelay>,
+    /// The family a dual Allocate asked for and did not get, and why (the
+    /// ADDRESS-ERROR-CODE of its answer, repeated to a retransmission).
+    pub address_error: Option<(super::Family, u16)>,
     pub username: Box<[u8]>,
     pub quota_user: Box<[u8]>,
     pub key: Key,
@@ -130,6 +144,18 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The id of the relayed socket that reaches peers at `ip` (the one of its
+    /// family), if the allocation has one.
+    #[inline]
+    pub fn relay_for(&self, ip: IpAddr) -> Option<AllocationId> {
+        if self.relayed.is_ipv4() == ip.is_ipv4() {
+            return Some(self.id);
+        }
+        self.additional
+            .filter(|r| r.relayed.is_ipv4() == ip.is_ipv4())
+            .map(|r| r.id)
+    }
+
     pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()

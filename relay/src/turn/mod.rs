@@ -49,7 +49,7 @@ use crate::stun::{
     HEADER_LEN,
 };
 
-use allocation::{Allocation, Bucket, ChannelBinding};
+use allocation::{AdditionalRelay, Allocation, Bucket, ChannelBinding};
 pub use allocation::{AllocationId, FiveTuple, Transport};
 use auth::{Credentials, Key, Lookup, NonceCheck, Nonces, RateLimiter};
 pub use policy::PeerPolicy;
@@ -411,6 +411,9 @@ enum Timer {
 struct Slot {
     generation: u32,
     allocation: Option<Allocation>,
+    /// For the second relayed socket of a dual allocation: the allocation's own id
+    /// (a peer's datagram on that socket is looked up through it).
+    alias: Option<AllocationId>,
 }
 
 /// A successful authentication.
@@ -488,6 +491,36 @@ fn err_reason(code: u16) -> &'static str {
         486 => "Allocation Quota Reached",
         508 => "Insufficient Capacity",
         _ => "Error",
+    }
+}
+
+/// What an Allocate success response says (also to a retransmission).
+struct Grant {
+    first: SocketAddr,
+    second: Option<SocketAddr>,
+    address_error: Option<(Family, u16)>,
+    token: Option<[u8; 8]>,
+    lifetime: u32,
+}
+
+impl Grant {
+    fn write(&self, w: &mut MessageWriter<'_>, client: &SocketAddr) -> Option<()> {
+        w.xor_address(attr::XOR_RELAYED_ADDRESS, &self.first).ok()?;
+        if let Some(second) = &self.second {
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, second).ok()?;
+        }
+        w.u32_attr(attr::LIFETIME, self.lifetime).ok()?;
+        if let Some(t) = self.token {
+            w.attr(attr::RESERVATION_TOKEN, &t).ok()?;
+        }
+        if let Some((family, code)) = self.address_error {
+            let f = match family {
+                Family::V4 => FAMILY_IPV4,
+                Family::V6 => FAMILY_IPV6,
+            };
+            w.address_error_code(f, code, err_reason(code)).ok()?;
+        }
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, client).ok()
     }
 }
 
@@ -581,25 +614,74 @@ impl Server {
         self.by_tuple.get(tuple).copied()
     }
 
-    fn alloc(&self, id: AllocationId) -> Option<&Allocation> {
+    /// The slot index holding the allocation that `id` names: its own, or for the
+    /// second relayed socket of a dual allocation, the allocation's.
+    #[inline]
+    fn resolve(&self, id: AllocationId) -> Option<usize> {
         let s = self.slots.get(id.index as usize)?;
         if s.generation != id.generation {
             return None;
         }
-        s.allocation.as_ref()
+        Some(s.alias.map_or(id.index, |a| a.index) as usize)
+    }
+
+    fn alloc(&self, id: AllocationId) -> Option<&Allocation> {
+        let i = self.resolve(id)?;
+        self.slots.get(i)?.allocation.as_ref()
     }
 
     fn alloc_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
-        let s = self.slots.get_mut(id.index as usize)?;
-        if s.generation != id.generation {
-            return None;
-        }
-        s.allocation.as_mut()
+        let i = self.resolve(id)?;
+        self.slots.get_mut(i)?.allocation.as_mut()
     }
 
-    /// Relayed address of an allocation (as bound by the driver).
+    /// Relayed address of the socket `id` names (as bound by the driver): an
+    /// allocation's first, or the second of a dual allocation.
     pub fn relayed_address(&self, id: AllocationId) -> Option<SocketAddr> {
-        self.alloc(id).map(|a| a.relayed)
+        let a = self.alloc(id)?;
+        match a.additional {
+            Some(r) if r.id == id => Some(r.relayed),
+            _ => Some(a.relayed),
+        }
+    }
+
+    /// The ids of the relayed sockets of `tuple`'s allocation: one, or two for a dual
+    /// allocation (a stream connection sends its client's data from them).
+    pub fn relay_ids_of(&self, tuple: &FiveTuple) -> [Option<AllocationId>; 2] {
+        let Some(a) = self.by_tuple.get(tuple).and_then(|&id| self.alloc(id)) else {
+            return [None, None];
+        };
+        [Some(a.id), a.additional.map(|r| r.id)]
+    }
+
+    /// Take a free slot (and so an id) for a relayed socket.
+    fn take_slot(&mut self) -> AllocationId {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    allocation: None,
+                    alias: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[index as usize].generation;
+        AllocationId { index, generation }
+    }
+
+    /// Give back a slot taken by [`Self::take_slot`] (its id can never name
+    /// anything again).
+    fn free_slot(&mut self, id: AllocationId) {
+        if let Some(s) = self.slots.get_mut(id.index as usize) {
+            if s.generation == id.generation {
+                s.generation = s.generation.wrapping_add(1);
+                s.allocation = None;
+                s.alias = None;
+                self.free.push(id.index);
+            }
+        }
     }
 
     /// When [`Server::handle_timeout`] should next be called.
@@ -679,6 +761,10 @@ impl Server {
         self.live -= 1;
         self.tcp_allocation_removed(id);
         ports.close(id);
+        if let Some(r) = a.additional {
+            self.free_slot(r.id);
+            ports.close(r.id);
+        }
     }
 
     /// Close every allocation (graceful shutdown).
@@ -740,6 +826,11 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return ClientOutput::None;
         }
+        // A channel's peer passed the family check at ChannelBind, so the socket of
+        // its family exists.
+        let Some(via) = a.relay_for(peer.ip()) else {
+            return ClientOutput::None;
+        };
         if !a.bucket.take(now.mono, rate, cd.data.len()) {
             self.stats.dropped_bandwidth += 1;
             return ClientOutput::None;
@@ -748,7 +839,7 @@ impl Server {
         self.stats.to_peer_bytes += cd.data.len() as u64;
         let start = channel_data::HEADER_LEN;
         ClientOutput::Forward {
-            allocation: id,
+            allocation: via,
             peer,
             payload: start..start + cd.data.len(),
         }
@@ -1143,16 +1234,14 @@ impl Server {
             };
             if a.allocate_tid == *req.msg.transaction_id() && *a.username == *auth.username {
                 // A retransmission of the Allocate that created it.
-                let (adv, tok) = (a.advertised, a.reservation_token);
-                let left = a.expires.saturating_duration_since(now.mono).as_secs() as u32;
-                return self.auth_success(req, out, auth, |w| {
-                    w.xor_address(attr::XOR_RELAYED_ADDRESS, &adv).ok()?;
-                    w.u32_attr(attr::LIFETIME, left).ok()?;
-                    if let Some(t) = tok {
-                        w.attr(attr::RESERVATION_TOKEN, &t).ok()?;
-                    }
-                    w.xor_address(attr::XOR_MAPPED_ADDRESS, &tuple.client).ok()
-                });
+                let grant = Grant {
+                    first: a.advertised,
+                    second: a.additional.map(|r| r.advertised),
+                    address_error: a.address_error,
+                    token: a.reservation_token,
+                    lifetime: a.expires.saturating_duration_since(now.mono).as_secs() as u32,
+                };
+                return self.auth_success(req, out, auth, |w| grant.write(w, &tuple.client));
             }
             return self.auth_error(req, out, auth, 437, &[]);
         }
@@ -1172,16 +1261,28 @@ impl Server {
             }
             Some(_) => return self.auth_error(req, out, auth, 442, &[]),
         };
+        // RFC 8656 section 7.2: a token names a port already chosen, so no other
+        // port or family request may come with it; REQUESTED- and
+        // ADDITIONAL-ADDRESS-FAMILY exclude each other; the additional family can
+        // only be IPv6 (IPv4 is the default one).
         if req.reservation_token.is_some()
-            && (req.even_port.is_some() || req.requested_family.is_some())
+            && (req.even_port.is_some()
+                || req.requested_family.is_some()
+                || req.additional_family.is_some())
         {
             return self.auth_error(req, out, auth, 400, &[]);
         }
-        if req.additional_family.is_some() {
-            // Dual allocation (RFC 8656 section 7.2) is not offered yet.
-            return self.auth_error(req, out, auth, 440, &[]);
+        if req.requested_family.is_some() && req.additional_family.is_some() {
+            return self.auth_error(req, out, auth, 400, &[]);
         }
-        let family = match req.requested_family {
+        let second = match req.additional_family {
+            None => None,
+            // A TCP allocation (RFC 6062) has one relayed address.
+            Some(_) if tcp => return self.auth_error(req, out, auth, 400, &[]),
+            Some(FAMILY_IPV6) => Some(Family::V6),
+            Some(_) => return self.auth_error(req, out, auth, 400, &[]),
+        };
+        let first = match req.requested_family {
             None | Some(FAMILY_IPV4) => Family::V4,
             Some(FAMILY_IPV6) => Family::V6,
             Some(_) => return self.auth_error(req, out, auth, 440, &[]),
@@ -1209,40 +1310,57 @@ impl Server {
         } else {
             PortRequest::Any
         };
-        // Pick the slot (and so the id) before asking for a socket.
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    allocation: None,
-                });
-                (self.slots.len() - 1) as u32
+        // Open the relayed socket of each family asked for, each under its own id.
+        // The port request (EVEN-PORT, a reservation) goes to the first socket
+        // opened; a dual allocation's other socket is any port. One family failing
+        // in a dual allocation leaves the other, with ADDRESS-ERROR-CODE saying why.
+        let mut opened: [Option<(AllocationId, OpenedPort)>; 2] = [None, None];
+        let mut failed: Option<(Family, PortError)> = None;
+        for family in [Some(first), second].into_iter().flatten() {
+            let id = self.take_slot();
+            let request = match opened[0] {
+                None => port_req,
+                Some(_) => PortRequest::Any,
+            };
+            let r = if tcp {
+                ports.open_tcp(id, family)
+            } else {
+                ports.open(id, family, request, req.dont_fragment)
+            };
+            match r {
+                Ok(o) => {
+                    let i = usize::from(opened[0].is_some());
+                    opened[i] = Some((id, o));
+                }
+                Err(e) => {
+                    self.free_slot(id);
+                    failed = Some((family, e));
+                }
             }
-        };
-        let generation = self.slots[index as usize].generation;
-        let id = AllocationId { index, generation };
-        let opened = if tcp {
-            ports.open_tcp(id, family)
-        } else {
-            ports.open(id, family, port_req, req.dont_fragment)
-        };
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                self.free.push(index);
+        }
+        let (id, first_port) = match (opened[0], failed) {
+            (Some(o), _) => o,
+            (None, e) => {
                 self.quota.release(&quota_user);
-                return match e {
-                    PortError::Family => self.auth_error(req, out, auth, 440, &[]),
-                    PortError::DontFragment => {
+                return match e.map(|(_, e)| e) {
+                    Some(PortError::DontFragment) => {
                         self.auth_error(req, out, auth, 420, &[attr::DONT_FRAGMENT])
                     }
-                    PortError::Exhausted => self.auth_error(req, out, auth, 508, &[]),
-                    PortError::Transport => self.auth_error(req, out, auth, 442, &[]),
+                    Some(PortError::Exhausted) => self.auth_error(req, out, auth, 508, &[]),
+                    Some(PortError::Transport) => self.auth_error(req, out, auth, 442, &[]),
+                    Some(PortError::Family) | None => self.auth_error(req, out, auth, 440, &[]),
                 };
             }
         };
-        let token = opened.reserved.map(|addr| {
+        let address_error = failed.map(|(family, e)| {
+            let code = match e {
+                PortError::Family | PortError::DontFragment => 440,
+                PortError::Exhausted => 508,
+                PortError::Transport => 442,
+            };
+            (family, code)
+        });
+        let token = first_port.reserved.map(|addr| {
             let mut t = [0u8; 8];
             self.rng.fill_bytes(&mut t);
             let exp = now.mono + RESERVATION_LIFETIME;
@@ -1252,15 +1370,19 @@ impl Server {
             t
         });
         let lifetime = self.lifetime(req.lifetime);
-        let advertised = match self.cfg.external_ip {
-            Some(ip) => SocketAddr::new(ip, opened.addr.port()),
-            None => opened.addr,
-        };
+        let advertised = self.advertise(first_port.addr);
+        let additional = opened[1].map(|(sid, o)| AdditionalRelay {
+            id: sid,
+            relayed: o.addr,
+            advertised: self.advertise(o.addr),
+        });
         let a = Allocation {
             id,
             tuple,
-            relayed: opened.addr,
+            relayed: first_port.addr,
             advertised,
+            additional,
+            address_error,
             username: auth.username.clone().into(),
             quota_user: quota_user.clone(),
             key: auth.key,
@@ -1273,7 +1395,10 @@ impl Server {
             scheduled: None,
             bucket: Bucket::full(self.cfg.quotas.bytes_per_sec),
         };
-        self.slots[index as usize].allocation = Some(a);
+        self.slots[id.index as usize].allocation = Some(a);
+        if let Some(r) = additional {
+            self.slots[r.id.index as usize].alias = Some(id);
+        }
         self.by_tuple.insert(tuple, id);
         self.live += 1;
         self.stats.allocations_created += 1;
@@ -1281,14 +1406,23 @@ impl Server {
             self.tcp_allocation_created(id);
         }
         self.schedule(id);
-        self.auth_success(req, out, auth, |w| {
-            w.xor_address(attr::XOR_RELAYED_ADDRESS, &advertised).ok()?;
-            w.u32_attr(attr::LIFETIME, lifetime).ok()?;
-            if let Some(t) = token {
-                w.attr(attr::RESERVATION_TOKEN, &t).ok()?;
-            }
-            w.xor_address(attr::XOR_MAPPED_ADDRESS, &tuple.client).ok()
-        })
+        let grant = Grant {
+            first: advertised,
+            second: additional.map(|r| r.advertised),
+            address_error,
+            token,
+            lifetime,
+        };
+        self.auth_success(req, out, auth, |w| grant.write(w, &tuple.client))
+    }
+
+    /// The address told to the client for a relayed socket bound to `addr`: the
+    /// external IP when one of the same family is configured.
+    fn advertise(&self, addr: SocketAddr) -> SocketAddr {
+        match self.cfg.external_ip {
+            Some(ip) if ip.is_ipv4() == addr.is_ipv4() => SocketAddr::new(ip, addr.port()),
+            _ => addr,
+        }
     }
 
     fn refresh(
@@ -1300,6 +1434,21 @@ impl Server {
         auth: &Auth,
         ports: &mut dyn RelayPorts,
     ) -> ClientOutput {
+        // RFC 8656 section 8.2: a REQUESTED-ADDRESS-FAMILY the allocation has no
+        // relayed address of is a mismatch. A Refresh covers the whole allocation
+        // (both addresses of a dual one).
+        if let Some(f) = req.requested_family {
+            let ip: Option<IpAddr> = match f {
+                FAMILY_IPV4 => Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                FAMILY_IPV6 => Some(std::net::Ipv6Addr::UNSPECIFIED.into()),
+                _ => None,
+            };
+            let has =
+                ip.is_some_and(|ip| self.alloc(id).is_some_and(|a| a.relay_for(ip).is_some()));
+            if !has {
+                return self.auth_error(req, out, auth, 443, &[]);
+            }
+        }
         if req.lifetime == Some(0) {
             self.stats.allocations_deleted += 1;
             self.remove(id, ports);
@@ -1327,7 +1476,7 @@ impl Server {
         let Some(a) = self.alloc(id) else {
             return Err(437);
         };
-        if Family::of(a.relayed.ip()) != Family::of(peer.ip()) {
+        if a.relay_for(peer.ip()).is_none() {
             return Err(443);
         }
         Ok(peer)
@@ -1463,6 +1612,12 @@ impl Server {
         let Some(a) = self.alloc_mut(id) else {
             return ClientOutput::None;
         };
+        // No relayed address of the peer's family: an indication gets no 443, it is
+        // dropped (RFC 8656 section 11.2).
+        let Some(via) = a.relay_for(peer.ip()) else {
+            self.stats.peer_refused += 1;
+            return ClientOutput::None;
+        };
         if !a.has_permission(peer.ip(), now.mono) {
             self.stats.dropped_no_permission += 1;
             return ClientOutput::None;
@@ -1474,7 +1629,7 @@ impl Server {
         self.stats.to_peer_packets += 1;
         self.stats.to_peer_bytes += data.len() as u64;
         ClientOutput::Forward {
-            allocation: id,
+            allocation: via,
             peer,
             payload: data,
         }

@@ -133,10 +133,12 @@ impl<'a> Request<'a> {
                     [f, _, _, _] => r.requested_family = Some(*f),
                     _ => r.malformed = true,
                 },
-                attr::ADDITIONAL_ADDRESS_FAMILY => match v {
-                    [f, _, _, _] => r.additional_family = Some(*f),
-                    _ => r.malformed = true,
-                },
+                attr::ADDITIONAL_ADDRESS_FAMILY | attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT => {
+                    match v {
+                        [f, _, _, _] => r.additional_family = Some(*f),
+                        _ => r.malformed = true,
+                    }
+                }
                 attr::CHANNEL_NUMBER => match v {
                     [a0, a1, _, _] => {
                         r.channel_number = r.channel_number.or(Some(u16::from_be_bytes([*a0, *a1])))

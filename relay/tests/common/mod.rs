@@ -25,6 +25,10 @@ pub struct FakePorts {
     pub released: Vec<SocketAddr>,
     pub closed: Vec<AllocationId>,
     pub exhausted: bool,
+    /// Offer IPv6 relayed addresses (2001:db8::100) too.
+    pub v6: bool,
+    /// Offer no IPv4 relayed addresses.
+    pub no_v4: bool,
 }
 
 impl RelayPorts for FakePorts {
@@ -38,9 +42,11 @@ impl RelayPorts for FakePorts {
         if dont_fragment {
             return Err(PortError::DontFragment);
         }
-        if family != Family::V4 {
-            return Err(PortError::Family);
-        }
+        let ip: std::net::IpAddr = match family {
+            Family::V4 if !self.no_v4 => "192.0.2.100".parse().unwrap(),
+            Family::V6 if self.v6 => "2001:db8::100".parse().unwrap(),
+            _ => return Err(PortError::Family),
+        };
         if self.exhausted {
             return Err(PortError::Exhausted);
         }
@@ -54,14 +60,11 @@ impl RelayPorts for FakePorts {
             }
             PortRequest::Any => {
                 self.next += 2;
-                (
-                    SocketAddr::new("192.0.2.100".parse().unwrap(), self.next),
-                    None,
-                )
+                (SocketAddr::new(ip, self.next), None)
             }
             PortRequest::Even { reserve_next } => {
                 self.next += 2;
-                let a = SocketAddr::new("192.0.2.100".parse().unwrap(), self.next);
+                let a = SocketAddr::new(ip, self.next);
                 let r = reserve_next.then(|| SocketAddr::new(a.ip(), a.port() + 1));
                 if let Some(r) = r {
                     self.reserved.insert(r);
