@@ -1,7 +1,8 @@
 //! SIGTERM drains the real binary: `/ready` turns 503 while `/health` stays 200, a
 //! new Allocate gets 508, an existing allocation keeps relaying to its peer, and the
-//! process exits by itself once `drain-timeout` has passed (status 0). SIGHUP without
-//! TLS changes nothing and does not stop it.
+//! process exits by itself once `drain-timeout` has passed (status 0). SIGHUP reads
+//! the configuration file again: a user added there can allocate, allocations stay,
+//! and a file that does not validate is refused while the running one stays.
 
 mod common;
 
@@ -52,11 +53,15 @@ struct Udp {
 
 impl Udp {
     fn new(relay: SocketAddr) -> Udp {
+        Udp::as_user(relay, "alice", "wonderland", "drain")
+    }
+
+    fn as_user(relay: SocketAddr, user: &str, password: &str, realm: &str) -> Udp {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let me = sock.local_addr().unwrap().to_string();
-        let mut creds = Creds::md5("alice", "wonderland");
-        creds.realm = "drain".into();
+        let mut creds = Creds::md5(user, password);
+        creds.realm = realm.into();
         Udp {
             sock,
             relay,
@@ -212,4 +217,105 @@ fn sigterm_drains_then_stops_and_sighup_does_not_stop() {
         "stopped before drain-timeout: {:?}",
         term_at.elapsed()
     );
+}
+
+fn hup(pid: u32) {
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn sighup_reloads_users_and_refuses_a_bad_file() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tandem-relay-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    let write = |users: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "listening-ip = [\"127.0.0.1\"]\nlistening-port = {port}\nrealm = \"reload\"\n\
+                 allow-loopback-peers = true\n{users}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("user = [\"alice:wonderland\"]");
+    let child = Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+        .arg("--config")
+        .arg(&file)
+        .env_remove("TANDEM_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let relay_proc = Guard(child);
+    let pid = relay_proc.0.id();
+    let relay: SocketAddr = ([127, 0, 0, 1], port).into();
+    // Up once alice can allocate.
+    let mut alice = Udp::as_user(relay, "alice", "wonderland", "reload");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let req = [
+            0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
+        probe.send_to(&req, relay).unwrap();
+        let mut b = [0u8; 512];
+        if probe.recv_from(&mut b).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay did not start");
+    }
+    let r = alice.request(method::ALLOCATE, &udp_transport);
+    assert_eq!(error_code(&r), None, "alice allocates");
+    let mut bob = Udp::as_user(relay, "bob", "builder", "reload");
+    let r = bob.request(method::ALLOCATE, &udp_transport);
+    assert_eq!(error_code(&r), Some(401), "bob is not a user yet");
+
+    // bob added to the file: after SIGHUP he can allocate; alice's allocation stays.
+    write("user = [\"alice:wonderland\", \"bob:builder\"]");
+    hup(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut bob = Udp::as_user(relay, "bob", "builder", "reload");
+        let r = bob.request(method::ALLOCATE, &udp_transport);
+        if error_code(&r).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never allowed after SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = alice.request(method::REFRESH, &|w| {
+        w.u32_attr(attr::LIFETIME, 600).unwrap()
+    });
+    assert_eq!(
+        error_code(&r),
+        None,
+        "alice's allocation survived the reload"
+    );
+
+    // A file that does not validate: refused, the running configuration stays.
+    std::fs::write(&file, "listening-ip = []\nuser = 5\n").unwrap();
+    hup(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut relay_proc = relay_proc;
+    assert!(
+        relay_proc.0.try_wait().unwrap().is_none(),
+        "a bad file on SIGHUP stopped the relay"
+    );
+    let mut bob2 = Udp::as_user(relay, "bob", "builder", "reload");
+    let r = bob2.request(method::ALLOCATE, &udp_transport);
+    assert_eq!(
+        error_code(&r),
+        None,
+        "the running users stay after a refused reload"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
