@@ -72,15 +72,16 @@ stop() {
 trap stop INT TERM EXIT
 
 # Each process's output (stdout and stderr) goes through a prefixer so the two logs
-# can be told apart; $! is still the server's own pid.
+# can be told apart; $! is still the server's own pid. The prefixers ignore Ctrl-C:
+# they end when their server closes its output, so the shutdown lines still show.
 TANDEM_STATIC_AUTH_SECRET="$(cat data/turn-secret)" "$relay_bin" \
   --config "$relay_conf" --control-listen "$control_listen" \
   --control-secret-file data/control-secret \
-  > >(sed -u 's/^/relay     | /') 2>&1 &
+  > >(trap '' INT; exec sed -u 's/^/relay     | /') 2>&1 &
 pids+=($!)
 TANDEM_TURN_SECRET_FILE=data/turn-secret "$signaling_bin" \
   --config data/signaling.local.toml \
-  > >(sed -u 's/^/signaling | /') 2>&1 &
+  > >(trap '' INT; exec sed -u 's/^/signaling | /') 2>&1 &
 pids+=($!)
 
 # The addresses, read from the same files the processes read.

@@ -69,7 +69,12 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LogError> {
         filter: filter.to_string(),
         reason: e.to_string(),
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter);
+    // A log line that cannot be written (standard output closed, a full disk) is
+    // dropped: the subscriber must not report it on standard error, which is often the
+    // same closed pipe, where that report would panic the task that logged.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .log_internal_errors(false);
     let r = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

@@ -267,8 +267,11 @@ fn readme_first_command_starts_prints_ready_block_and_stops_on_ctrl_c() {
         }
     }
     let work = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo().join("deploy/local.sh"))
+    // As from a terminal: SIGINT at its default disposition even when this test was
+    // started from a job that ignores it (bash cannot trap a signal ignored at entry).
+    let mut cmd = Command::new("env");
+    cmd.args(["--default-signal=INT", "bash"])
+        .arg(repo().join("deploy/local.sh"))
         .env("TANDEM_LOCAL_BIN_DIR", &bins)
         .env("TANDEM_LOCAL_DIR", work.path())
         .env_remove("TANDEM_ADMIN_TOKEN")
@@ -437,7 +440,12 @@ fn readme_first_command_starts_prints_ready_block_and_stops_on_ctrl_c() {
         if let Some(s) = group.0.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "still running 30 s after SIGINT");
+        if Instant::now() >= deadline {
+            while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+                log.push(l);
+            }
+            panic!("still running 30 s after SIGINT:\n{}", log.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
