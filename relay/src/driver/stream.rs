@@ -21,7 +21,7 @@
 //!
 //! A connection whose ConnectionBind succeeds (RFC 6062) stops being framed after the
 //! answer: it moves to the worker that made the CONNECTION-ID and becomes a raw pipe
-//! to its peer connection ([`super::tcp_relay::pipe`]).
+//! to its peer connection (`tcp_relay::pipe`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
