@@ -237,6 +237,11 @@ struct Results {
 }
 
 pub fn run(mut a: StreamCompareArgs) -> anyhow::Result<()> {
+    // What else the machine was doing when the run started, for the report.
+    let load_at_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
     if a.quick {
         a.rounds = 1;
         a.duration = 1.0;
@@ -443,8 +448,8 @@ pub fn run(mut a: StreamCompareArgs) -> anyhow::Result<()> {
     let results = Results {
         date: today(),
         host_note: format!(
-            "{} CPUs; the machine was shared with other builds during the run, so absolute \
-             figures are noisy; contenders alternate per rate point so both see the same noise",
+            "{} CPUs; load average (1 min) when the run started: {load_at_start}; \
+             contenders alternate per rate point so both see the same background load",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         ),
         settings,
