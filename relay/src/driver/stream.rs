@@ -500,8 +500,16 @@ where
         (End::Bound(_), Some((c, (peer, close), stall))) => {
             let io = rd.unsplit(wr);
             let first = conn.buf.get(..conn.filled).unwrap_or_default();
-            let how =
-                super::tcp_relay::pipe(io, peer, first, close, shutdown, stall, &ctx.stats).await;
+            let how = super::tcp_relay::pipe(
+                io,
+                peer,
+                first,
+                close,
+                shutdown,
+                stall,
+                &ctx.stats.closed_slow_reader,
+            )
+            .await;
             tracing::debug!(id, connection = c, end = ?how, "TCP allocation connection closed");
             let mut g = lock(shard);
             g.server.tcp_connection_closed(c);

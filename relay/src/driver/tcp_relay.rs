@@ -323,7 +323,7 @@ pub(crate) async fn pipe<C>(
     close: CancellationToken,
     shutdown: CancellationToken,
     stall: Duration,
-    stats: &super::stream::StreamStats,
+    slow_readers: &std::sync::atomic::AtomicU64,
 ) -> PipeEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -343,7 +343,7 @@ where
         _ = shutdown.cancelled() => PipeEnd::Cancelled,
     };
     if end == PipeEnd::SlowReader {
-        stats.closed_slow_reader.fetch_add(1, Relaxed);
+        slow_readers.fetch_add(1, Relaxed);
     }
     let _ = pwr.shutdown().await;
     let _ = cwr.shutdown().await;
