@@ -637,6 +637,40 @@ async fn register_device(sip: SocketAddr, dev: &UdpSocket, login: &str, inst: &s
     assert_eq!(status(&exchange(dev, sip, &reg(2, Some(a))).await), 200);
 }
 
+/// Account bob with two authorised phones (instances `...0b<tag>01` and `...0b<tag>02`),
+/// each registered from its own UDP socket.
+async fn bob_with_two_phones(
+    client: &reqwest::Client,
+    base: &str,
+    sip: SocketAddr,
+    tag: &str,
+) -> ([String; 2], Vec<UdpSocket>) {
+    api(
+        client,
+        base,
+        "/accounts",
+        None,
+        json!({"login": "bob", "password": PASSWORD}),
+    )
+    .await;
+    let insts = [1, 2].map(|n| format!("urn:uuid:00000000-0000-4000-8000-0000000b{tag}0{n}"));
+    let mut devs = Vec::new();
+    for (i, inst) in insts.iter().enumerate() {
+        api(
+            client,
+            base,
+            "/me/devices",
+            Some("bob"),
+            json!({"instance_id": inst, "class": "mobile", "name": format!("phone {i}")}),
+        )
+        .await;
+        let d = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        register_device(sip, &d, "bob", inst).await;
+        devs.push(d);
+    }
+    (insts, devs)
+}
+
 /// A response to a request a device received, built the way a UAS does.
 fn answer(req: &str, code: u16, reason: &str, to_tag: &str) -> String {
     let m = Message::parse(req.as_bytes()).unwrap();
@@ -867,32 +901,7 @@ async fn revoking_a_device_while_it_rings_cancels_its_branch() {
     let sip = running.sip.udp.unwrap();
     let base = format!("http://{}", running.api);
     let client = reqwest::Client::new();
-    api(
-        &client,
-        &base,
-        "/accounts",
-        None,
-        json!({"login": "bob", "password": PASSWORD}),
-    )
-    .await;
-    let insts = [
-        "urn:uuid:00000000-0000-4000-8000-0000000b0c01",
-        "urn:uuid:00000000-0000-4000-8000-0000000b0c02",
-    ];
-    let mut devs = Vec::new();
-    for (i, inst) in insts.iter().enumerate() {
-        api(
-            &client,
-            &base,
-            "/me/devices",
-            Some("bob"),
-            json!({"instance_id": inst, "class": "mobile", "name": format!("phone {i}")}),
-        )
-        .await;
-        let d = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        register_device(sip, &d, "bob", inst).await;
-        devs.push(d);
-    }
+    let (insts, devs) = bob_with_two_phones(&client, &base, sip, "0c").await;
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = caller.local_addr().unwrap();
     let inv = Invite::new(me, "sip:carol@example.org", &format!("sip:bob@{REALM}"));
@@ -1087,32 +1096,7 @@ async fn draining_ends_ringing_calls_and_refuses_new_ones() {
     let sip = running.sip.udp.unwrap();
     let base = format!("http://{}", running.api);
     let client = reqwest::Client::new();
-    api(
-        &client,
-        &base,
-        "/accounts",
-        None,
-        json!({"login": "bob", "password": PASSWORD}),
-    )
-    .await;
-    let insts = [
-        "urn:uuid:00000000-0000-4000-8000-0000000b0d01",
-        "urn:uuid:00000000-0000-4000-8000-0000000b0d02",
-    ];
-    let mut devs = Vec::new();
-    for (i, inst) in insts.iter().enumerate() {
-        api(
-            &client,
-            &base,
-            "/me/devices",
-            Some("bob"),
-            json!({"instance_id": inst, "class": "mobile", "name": format!("phone {i}")}),
-        )
-        .await;
-        let d = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        register_device(sip, &d, "bob", inst).await;
-        devs.push(d);
-    }
+    let (_, devs) = bob_with_two_phones(&client, &base, sip, "0d").await;
     let ready = |c: reqwest::Client, url: String| async move {
         c.get(url).send().await.unwrap().status().as_u16()
     };
